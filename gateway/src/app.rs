@@ -1,0 +1,28 @@
+//! Everything a request needs, built once at start.
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::fhir::capability::capability_statement;
+use crate::fhir::validate::Structure;
+use crate::policy::Policy;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use serde_json::Value;
+use std::sync::Arc;
+
+pub struct App {
+    pub config: Config,
+    pub structure: Structure,
+    pub store: Arc<dyn Store>,
+    pub policy: Policy,
+    pub capability: Value,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App> {
+        let structure = Structure::load(config.limits.max_validation_errors as usize)?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir).await?);
+        let capability = capability_statement(&config, &structure);
+        Ok(App { config, structure, store, policy: Policy::new(), capability })
+    }
+}

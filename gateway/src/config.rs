@@ -1,0 +1,169 @@
+//! The gateway's configuration: one TOML file, checked against `schemas/config.schema.json`
+//! before it is read, so a bad file is refused with the JSON pointer of every error.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The config schema, compiled into the binary: the product needs nothing from disk to check it.
+pub const SCHEMA: &str = include_str!("../../schemas/config.schema.json");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub base_url: Option<String>,
+    pub store: String,
+    pub log_format: String,
+    pub rest: Rest,
+    pub limits: Limits,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rest {
+    pub update_create: bool,
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+    pub default_handling: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_json_depth: u32,
+    pub max_id_length: u32,
+    pub max_url_bytes: u32,
+    pub header_read_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+    pub max_connections: u32,
+    pub max_validation_errors: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("data"),
+            base_url: None,
+            store: "sqlite".into(),
+            log_format: "text".into(),
+            rest: Rest::default(),
+            limits: Limits::default(),
+            tls: None,
+        }
+    }
+}
+
+impl Default for Rest {
+    fn default() -> Self {
+        Rest { update_create: true, default_page_size: 20, max_page_size: 1000, default_handling: "lenient".into() }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_json_depth: 64,
+            max_id_length: 64,
+            max_url_bytes: 8192,
+            header_read_timeout_ms: 30_000,
+            request_timeout_ms: 60_000,
+            idle_timeout_ms: 120_000,
+            shutdown_grace_ms: 30_000,
+            max_connections: 4096,
+            max_validation_errors: 50,
+        }
+    }
+}
+
+impl Limits {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+impl Config {
+    /// Parses and checks a TOML config. Errors name each offending place as a JSON pointer.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let value: toml::Value = toml::from_str(text).map_err(|e| format!("config is not valid TOML: {e}"))?;
+        let json = serde_json::to_value(&value).map_err(|e| format!("config: {e}"))?;
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).map_err(|e| format!("config schema: {e}"))?;
+        let validator = jsonschema::validator_for(&schema).map_err(|e| format!("config schema: {e}"))?;
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| {
+                let pointer = e.instance_path().to_string();
+                format!("{}: {e}", if pointer.is_empty() { "/".to_owned() } else { pointer })
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(format!("config refused:\n  {}", errors.join("\n  ")));
+        }
+        serde_json::from_value(json).map_err(|e| format!("config: {e}"))
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Config::from_toml(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.limits.max_json_depth, 64);
+        assert!(c.rest.update_create);
+    }
+
+    #[test]
+    fn bad_config_names_each_error_by_pointer() {
+        let err = Config::from_toml("listen = 5\n[limits]\nmax_json_depth = 1\nbogus = true\n").unwrap_err();
+        assert!(err.contains("/listen"), "{err}");
+        assert!(err.contains("/limits/max_json_depth"), "{err}");
+        assert!(err.contains("/limits"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn a_full_config_is_read() {
+        let c = Config::from_toml(
+            "listen = \"0.0.0.0:9090\"\ndata_dir = \"/tmp/x\"\nbase_url = \"https://fhir.example.nl/fhir\"\n\
+             [rest]\nupdate_create = false\nmax_page_size = 50\n[limits]\nmax_body_bytes = 2048\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9090");
+        assert!(!c.rest.update_create);
+        assert_eq!(c.rest.max_page_size, 50);
+        assert_eq!(c.limits.max_body_bytes, 2048);
+        assert_eq!(c.base_url.as_deref(), Some("https://fhir.example.nl/fhir"));
+    }
+}

@@ -1,0 +1,9 @@
+//! FHIR R4 semantics independent of transport and storage: parsing a request into an operation,
+//! structure validation, search criteria, bundles and the CapabilityStatement.
+
+pub mod bundle;
+pub mod capability;
+pub mod json;
+pub mod operation;
+pub mod search;
+pub mod validate;

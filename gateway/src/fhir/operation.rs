@@ -1,0 +1,491 @@
+//! One HTTP request -> one FHIR operation value, parsed once. Policy, handler and audit all read
+//! this value; nothing downstream looks at the raw request again.
+
+use super::json::{parse_resource, valid_id};
+use super::search::{Criteria, parse_criteria};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fhir::validate::Structure;
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+/// What the client asked for.
+#[derive(Debug, Clone)]
+pub enum Operation {
+    Capabilities,
+    Read(Read),
+    VRead(VRead),
+    Create(Create),
+    Update(Update),
+    Delete(Delete),
+    History(History),
+    Search(Search),
+}
+
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub ty: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct VRead {
+    pub ty: String,
+    pub id: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Create {
+    pub ty: String,
+    /// The resource as sent, already parsed and checked to be of `ty`; any `id` was removed.
+    pub resource: Value,
+    /// `If-None-Exist`: create only when nothing matches.
+    pub if_none_exist: Option<Criteria>,
+}
+
+/// Which resource an update or delete is about.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Id(String),
+    /// Conditional update/delete: the one resource the criteria match.
+    Criteria(Criteria),
+}
+
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub ty: String,
+    pub target: Target,
+    pub resource: Value,
+    /// `If-Match`: the version the client last saw.
+    pub if_match: Option<u64>,
+    /// Whether a PUT to an unknown id may create it (config `rest.update_create`).
+    pub allow_create: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Delete {
+    pub ty: String,
+    pub target: Target,
+    pub if_match: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum HistoryScope {
+    System,
+    Type(String),
+    Instance(String, String),
+}
+
+#[derive(Debug, Clone)]
+pub struct History {
+    pub scope: HistoryScope,
+    pub since: Option<OffsetDateTime>,
+    pub count: u32,
+    /// Opaque position from a previous page's `next` link.
+    pub cursor: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Search {
+    pub ty: String,
+    pub criteria: Criteria,
+    pub count: u32,
+    pub cursor: Option<String>,
+    /// The parameters that were applied, for the bundle's `self` link.
+    pub applied: Vec<(String, String)>,
+}
+
+/// `Prefer: return=...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+/// The parsed request: the operation plus how to answer it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub op: Operation,
+    pub ret: Return,
+    pub pretty: bool,
+    /// The FHIR base URL as the client sees it (for Location, fullUrl and links).
+    pub base: String,
+    /// Method and path as received, for the log and audit.
+    pub method: Method,
+    pub path: String,
+}
+
+/// The raw pieces of an HTTP request that parsing needs.
+pub struct Raw<'a> {
+    pub method: &'a Method,
+    /// Path below the FHIR base, without the leading `/fhir`.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// Parses a request. `structure` says which resource types exist.
+pub fn parse(raw: &Raw<'_>, base: String, config: &Config, structure: &Structure) -> Result<Request> {
+    let params: Vec<(String, String)> =
+        raw.query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    let pretty = negotiate_format(raw.headers, &params)?;
+    let prefer = header(raw.headers, "prefer").unwrap_or_default();
+    let ret = prefer_return(&prefer);
+    let strict = match prefer_handling(&prefer) {
+        Some(h) => h == "strict",
+        None => config.rest.default_handling == "strict",
+    };
+    let max_id = config.limits.max_id_length;
+
+    let segments: Vec<&str> = raw.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let m = raw.method;
+    let type_of = |s: &str| -> Result<String> {
+        if structure.is_resource_type(s) {
+            Ok(s.to_owned())
+        } else if s.starts_with('$') {
+            Err(Error::not_supported(StatusCode::NOT_IMPLEMENTED, format!("operation {s} is not supported")))
+        } else {
+            Err(Error::not_found(format!("unknown resource type '{}'", clip(s))))
+        }
+    };
+    let id_of = |s: &str| -> Result<String> {
+        if valid_id(s, max_id) {
+            Ok(s.to_owned())
+        } else {
+            Err(Error::invalid(format!(
+                "'{}' is not a valid resource id ([A-Za-z0-9-.], 1 to {max_id} characters)",
+                clip(s)
+            )))
+        }
+    };
+
+    let op = match (m, segments.as_slice()) {
+        (&Method::GET, ["metadata"]) => Operation::Capabilities,
+        (&Method::GET, ["_history"]) => Operation::History(history(HistoryScope::System, &params, config)?),
+        (&Method::GET, [ty]) => {
+            let ty = type_of(ty)?;
+            Operation::Search(search(ty, &params, strict, config, structure)?)
+        }
+        (&Method::POST, [ty, "_search"]) => {
+            let ty = type_of(ty)?;
+            let mut all = params.clone();
+            if !raw.body.is_empty() {
+                let ct = header(raw.headers, "content-type").unwrap_or_default();
+                if !ct.starts_with("application/x-www-form-urlencoded") {
+                    return Err(Error::not_supported(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "POST _search takes application/x-www-form-urlencoded parameters",
+                    ));
+                }
+                all.extend(form_urlencoded::parse(raw.body).into_owned());
+            }
+            Operation::Search(search(ty, &all, strict, config, structure)?)
+        }
+        (&Method::POST, [ty]) => {
+            let ty = type_of(ty)?;
+            let mut resource = body_resource(raw, &ty, config)?;
+            // The server assigns the id of a created resource (FHIR RESTful API, create).
+            if let Some(obj) = resource.as_object_mut() {
+                obj.remove("id");
+            }
+            let if_none_exist = match header(raw.headers, "if-none-exist") {
+                Some(q) => Some(conditional_criteria(&ty, q.trim_start_matches('?'), structure)?),
+                None => None,
+            };
+            Operation::Create(Create { ty, resource, if_none_exist })
+        }
+        (&Method::PUT, [ty]) => {
+            let ty = type_of(ty)?;
+            let criteria = conditional_from_params(&ty, &params, structure)?;
+            let resource = body_resource(raw, &ty, config)?;
+            Operation::Update(Update {
+                ty,
+                target: Target::Criteria(criteria),
+                resource,
+                if_match: if_match(raw.headers)?,
+                allow_create: true,
+            })
+        }
+        (&Method::DELETE, [ty]) => {
+            let ty = type_of(ty)?;
+            let criteria = conditional_from_params(&ty, &params, structure)?;
+            Operation::Delete(Delete { ty, target: Target::Criteria(criteria), if_match: if_match(raw.headers)? })
+        }
+        (&Method::GET, [ty, "_history"]) => {
+            Operation::History(history(HistoryScope::Type(type_of(ty)?), &params, config)?)
+        }
+        (&Method::GET, [ty, id]) => Operation::Read(Read { ty: type_of(ty)?, id: id_of(id)? }),
+        (&Method::PUT, [ty, id]) => {
+            let ty = type_of(ty)?;
+            let id = id_of(id)?;
+            let resource = body_resource(raw, &ty, config)?;
+            match resource.get("id").and_then(Value::as_str) {
+                Some(body_id) if body_id == id => {}
+                Some(_) => return Err(Error::invalid("the resource's id differs from the id in the URL")),
+                None => return Err(Error::invalid("an update must carry the resource's id, equal to the URL's")),
+            }
+            Operation::Update(Update {
+                ty,
+                target: Target::Id(id),
+                resource,
+                if_match: if_match(raw.headers)?,
+                allow_create: config.rest.update_create,
+            })
+        }
+        (&Method::DELETE, [ty, id]) => Operation::Delete(Delete {
+            ty: type_of(ty)?,
+            target: Target::Id(id_of(id)?),
+            if_match: if_match(raw.headers)?,
+        }),
+        (&Method::GET, [ty, id, "_history"]) => {
+            let scope = HistoryScope::Instance(type_of(ty)?, id_of(id)?);
+            Operation::History(history(scope, &params, config)?)
+        }
+        (&Method::GET, [ty, id, "_history", vid]) => {
+            let version = vid
+                .parse::<u64>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| Error::invalid(format!("'{}' is not a version id", clip(vid))))?;
+            Operation::VRead(VRead { ty: type_of(ty)?, id: id_of(id)?, version })
+        }
+        (_, []) if m == Method::POST => {
+            return Err(Error::not_supported(
+                StatusCode::NOT_IMPLEMENTED,
+                "batch and transaction bundles are not supported by this server yet (see the CapabilityStatement)",
+            ));
+        }
+        (_, [seg, ..]) if seg.starts_with('$') => {
+            return Err(Error::not_supported(StatusCode::NOT_IMPLEMENTED, format!("operation {} is not supported", clip(seg))));
+        }
+        (_, [_, _, seg, ..]) if seg.starts_with('$') => {
+            return Err(Error::not_supported(StatusCode::NOT_IMPLEMENTED, format!("operation {} is not supported", clip(seg))));
+        }
+        (_, [ty, ..]) if ["GET", "POST", "PUT", "DELETE"].contains(&m.as_str()) => {
+            // Known shapes with an unknown type answer as unknown types; the rest as unknown paths.
+            type_of(ty)?;
+            return Err(Error::not_found("no such FHIR endpoint"));
+        }
+        _ => {
+            return Err(Error::client(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not-supported",
+                format!("{} is not allowed here", m.as_str()),
+            ));
+        }
+    };
+    Ok(Request { op, ret, pretty, base, method: m.clone(), path: raw.path.to_owned() })
+}
+
+/// JSON only (for now). Returns whether `_pretty` output was asked for.
+fn negotiate_format(headers: &HeaderMap, params: &[(String, String)]) -> Result<bool> {
+    let xml = || {
+        Error::not_supported(
+            StatusCode::NOT_ACCEPTABLE,
+            "this server speaks FHIR JSON only (application/fhir+json); XML is not supported",
+        )
+    };
+    if let Some((_, f)) = params.iter().find(|(k, _)| k == "_format") {
+        match f.as_str() {
+            "json" | "application/json" | "application/fhir+json" | "application/json+fhir" => {}
+            f if f.contains("xml") => return Err(xml()),
+            _ => return Err(Error::not_supported(StatusCode::NOT_ACCEPTABLE, "unsupported _format")),
+        }
+    } else if let Some(accept) = header(headers, "accept") {
+        let acceptable = accept.split(',').any(|a| {
+            let t = a.split(';').next().unwrap_or("").trim();
+            t.is_empty() || t == "*/*" || t == "application/*" || t.contains("json")
+        });
+        if !acceptable {
+            return Err(xml());
+        }
+    }
+    let pretty = match params.iter().find(|(k, _)| k == "_pretty").map(|(_, v)| v.as_str()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(Error::invalid("_pretty is true or false")),
+    };
+    Ok(pretty)
+}
+
+fn body_resource(raw: &Raw<'_>, ty: &str, config: &Config) -> Result<Value> {
+    if let Some(ct) = header(raw.headers, "content-type") {
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if mime.contains("xml") {
+            return Err(Error::not_supported(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "this server reads FHIR JSON only; XML is not supported",
+            ));
+        }
+        if !matches!(mime.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir") {
+            return Err(Error::not_supported(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported content type '{}'; send application/fhir+json", clip(&mime)),
+            ));
+        }
+    }
+    let resource = parse_resource(raw.body, config.limits.max_json_depth)?;
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == ty => Ok(resource),
+        Some(t) => Err(Error::invalid(format!("resourceType '{}' does not match the URL's type '{ty}'", clip(t)))),
+        None => Err(Error::invalid("the resource has no resourceType")),
+    }
+}
+
+fn history(scope: HistoryScope, params: &[(String, String)], config: &Config) -> Result<History> {
+    let mut h = History { scope, since: None, count: config.rest.default_page_size, cursor: None };
+    for (k, v) in params {
+        match k.as_str() {
+            "_since" => h.since = Some(parse_instant(v)?),
+            "_count" => h.count = page_size(v, config)?,
+            "_cursor" => h.cursor = Some(v.parse().map_err(|_| Error::invalid("malformed _cursor"))?),
+            "_format" | "_pretty" => {}
+            other => return Err(Error::invalid(format!("history does not take the parameter '{}'", clip(other)))),
+        }
+    }
+    Ok(h)
+}
+
+fn search(ty: String, params: &[(String, String)], strict: bool, config: &Config, s: &Structure) -> Result<Search> {
+    let mut count = config.rest.default_page_size;
+    let mut cursor = None;
+    let mut rest = Vec::new();
+    let mut applied = Vec::new();
+    for (k, v) in params {
+        match k.as_str() {
+            "_count" => {
+                count = page_size(v, config)?;
+                applied.push((k.clone(), count.to_string()));
+            }
+            "_cursor" => cursor = Some(v.clone()),
+            "_format" | "_pretty" => {}
+            // Always accurate here: the count is cheap for the parameters this store indexes.
+            "_total" if matches!(v.as_str(), "none" | "estimate" | "accurate") => {}
+            _ => rest.push((k.clone(), v.clone())),
+        }
+    }
+    let (criteria, unknown) = parse_criteria(&ty, &rest, s)?;
+    if strict && !unknown.is_empty() {
+        return Err(Error::invalid(format!(
+            "unknown or unsupported search parameter(s): {}",
+            unknown.iter().map(|u| clip(u)).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    applied.extend(rest.into_iter().filter(|(k, _)| !unknown.contains(k)));
+    Ok(Search { ty, criteria, count, cursor, applied })
+}
+
+/// Criteria of a conditional create/update/delete: an ignored parameter would widen the match, so
+/// every parameter must be understood, and there must be at least one.
+fn conditional_criteria(ty: &str, query: &str, s: &Structure) -> Result<Criteria> {
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    conditional_from_params(ty, &params, s)
+}
+
+fn conditional_from_params(ty: &str, params: &[(String, String)], s: &Structure) -> Result<Criteria> {
+    let params: Vec<(String, String)> =
+        params.iter().filter(|(k, _)| k != "_format" && k != "_pretty").cloned().collect();
+    let (criteria, unknown) = parse_criteria(ty, &params, s)?;
+    if !unknown.is_empty() {
+        return Err(Error::invalid(format!(
+            "conditional operations support _id and identifier only; not: {}",
+            unknown.iter().map(|u| clip(u)).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if criteria.is_empty() {
+        return Err(Error::invalid("a conditional operation needs search criteria"));
+    }
+    Ok(criteria)
+}
+
+fn page_size(v: &str, config: &Config) -> Result<u32> {
+    let n: u32 = v.parse().map_err(|_| Error::invalid(format!("_count must be a whole number, not '{}'", clip(v))))?;
+    Ok(n.min(config.rest.max_page_size))
+}
+
+/// FHIR instant (or a date, taken as its start in UTC).
+pub fn parse_instant(v: &str) -> Result<OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = OffsetDateTime::parse(v, &Rfc3339) {
+        return Ok(t);
+    }
+    let d = time::Date::parse(v, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|_| Error::invalid(format!("'{}' is not a FHIR instant", clip(v))))?;
+    Ok(d.midnight().assume_utc())
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>> {
+    match header(headers, "if-match") {
+        None => Ok(None),
+        Some(v) => parse_etag(v).map(Some).ok_or_else(|| Error::invalid("If-Match must be an ETag such as W/\"3\"")),
+    }
+}
+
+/// `W/"3"` or `"3"` -> 3.
+pub fn parse_etag(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    v.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+}
+
+fn prefer_return(prefer: &str) -> Return {
+    for part in prefer.split([',', ';']) {
+        match part.trim() {
+            "return=minimal" => return Return::Minimal,
+            "return=OperationOutcome" => return Return::OperationOutcome,
+            "return=representation" => return Return::Representation,
+            _ => {}
+        }
+    }
+    Return::Representation
+}
+
+fn prefer_handling(prefer: &str) -> Option<&str> {
+    prefer.split([',', ';']).find_map(|p| p.trim().strip_prefix("handling="))
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Client text echoed in an error is cut short: an error must never amplify what was sent.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(70).collect();
+    if out.len() < s.len() {
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_parse_weak_and_strong() {
+        assert_eq!(parse_etag("W/\"3\""), Some(3));
+        assert_eq!(parse_etag("\"12\""), Some(12));
+        assert_eq!(parse_etag("3"), None);
+        assert_eq!(parse_etag("W/\"x\""), None);
+    }
+
+    #[test]
+    fn prefer_header_forms() {
+        assert_eq!(prefer_return("return=minimal"), Return::Minimal);
+        assert_eq!(prefer_return("handling=strict, return=OperationOutcome"), Return::OperationOutcome);
+        assert_eq!(prefer_return(""), Return::Representation);
+        assert_eq!(prefer_handling("return=minimal; handling=strict"), Some("strict"));
+    }
+
+    #[test]
+    fn instants_and_dates() {
+        assert!(parse_instant("2024-01-02T03:04:05Z").is_ok());
+        assert!(parse_instant("2024-01-02T03:04:05.123+01:00").is_ok());
+        assert_eq!(parse_instant("2024-01-02").unwrap().unix_timestamp(), 1704153600);
+        assert!(parse_instant("yesterday").is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! The Health Hub Utrecht regional FHIR gateway.
+//!
+//! Request path: `server` (listen, limits) -> `fhir::operation` (one parsed operation) ->
+//! `policy` (permit) -> `store` -> `policy` (disclose) -> `server::respond`.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod fhir;
+pub mod policy;
+pub mod rest;
+pub mod server;
+pub mod store;

@@ -1,0 +1,96 @@
+//! `gateway`: the regional FHIR gateway's command line.
+
+use clap::{Parser, Subcommand};
+use gateway::app::App;
+use gateway::config::Config;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "Health Hub Utrecht regional FHIR R4 gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve FHIR R4 at /fhir (embedded SQLite store in the data directory).
+    Serve {
+        /// TOML config file (schema: schemas/config.schema.json).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides the config).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (overrides the config).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, listen, data } => {
+            let mut cfg = match config {
+                Some(p) => Config::load(&p),
+                None => Ok(Config::default()),
+            }
+            .unwrap_or_else(|e| fail(&e));
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if let Some(d) = data {
+                cfg.data_dir = d;
+            }
+            init_logging(&cfg.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
+            runtime.block_on(serve(cfg));
+        }
+    }
+}
+
+async fn serve(cfg: Config) {
+    let tls = cfg.tls.as_ref().map(|t| gateway::server::tls_acceptor(t).unwrap_or_else(|e| fail(&e)));
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .unwrap_or_else(|e| fail(&format!("cannot listen on {}: {e}", cfg.listen)));
+    let app = App::build(cfg).await.unwrap_or_else(|e| fail(&e.to_string()));
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(data = %app.config.data_dir.display(), "FHIR R4 base at {scheme}://{addr}/fhir");
+    gateway::server::serve(Arc::new(app), listener, tls, shutdown_signal()).await;
+}
+
+/// SIGTERM (Kubernetes, systemd) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .unwrap_or_else(|e| fail(&format!("cannot install SIGTERM handler: {e}")));
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("gateway: {msg}");
+    std::process::exit(2);
+}

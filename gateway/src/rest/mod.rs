@@ -1,0 +1,184 @@
+//! Executes a parsed request: each interaction gets its permit from the policy, calls the store,
+//! and hands what leaves back through the policy's disclosure. The only way to build a [`Reply`]
+//! that carries a resource is from a [`Disclosed`] value.
+
+use crate::app::App;
+use crate::error::{Error, Result, information};
+use crate::fhir::bundle::{self, PageInfo};
+use crate::fhir::operation::{HistoryScope, Operation, Request, Return};
+use crate::policy::{Disclosed, Principal};
+use crate::store::{Created, Page, Stored};
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::Value;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// What goes on the wire, before formatting (pretty, gzip) and headers common to every response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Option<Payload>,
+    pub version: Option<u64>,
+    pub last_modified: Option<OffsetDateTime>,
+    pub location: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Payload {
+    /// A stored resource's JSON, sent as kept.
+    Stored(Bytes),
+    Json(Value),
+}
+
+impl Reply {
+    fn new(status: StatusCode, body: Option<Payload>) -> Reply {
+        Reply { status, body, version: None, last_modified: None, location: None }
+    }
+
+    /// A stored version the policy released.
+    fn resource(status: StatusCode, d: Disclosed<Stored>) -> Reply {
+        let s = d.into_inner();
+        Reply {
+            status,
+            version: Some(s.version),
+            last_modified: Some(s.last_updated),
+            body: s.body.map(Payload::Stored),
+            location: None,
+        }
+    }
+
+    /// A document the policy released (bundle, CapabilityStatement).
+    fn json(status: StatusCode, d: Disclosed<Value>) -> Reply {
+        Reply::new(status, Some(Payload::Json(d.into_inner())))
+    }
+
+    /// A server-written informational outcome: carries no resource data.
+    fn information(status: StatusCode, message: impl Into<String>) -> Reply {
+        Reply::new(status, Some(Payload::Json(information(message))))
+    }
+}
+
+pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Result<Reply> {
+    let policy = &app.policy;
+    match req.op {
+        Operation::Capabilities => {
+            let permit = policy.authorize(principal, ())?;
+            Ok(Reply::json(StatusCode::OK, policy.disclose(permit.principal(), app.capability.clone())?))
+        }
+        Operation::Read(op) => {
+            let what = format!("{}/{}", op.ty, op.id);
+            let permit = policy.authorize(principal, op)?;
+            match app.store.read(&permit).await? {
+                None => Err(Error::not_found(format!("{what} is not known"))),
+                Some(s) if s.is_deleted() => Err(Error::gone(format!("{what} was deleted"))),
+                Some(s) => Ok(Reply::resource(StatusCode::OK, policy.disclose(permit.principal(), s)?)),
+            }
+        }
+        Operation::VRead(op) => {
+            let what = format!("{}/{}/_history/{}", op.ty, op.id, op.version);
+            let permit = policy.authorize(principal, op)?;
+            match app.store.vread(&permit).await? {
+                None => Err(Error::not_found(format!("{what} is not known"))),
+                Some(s) if s.is_deleted() => Err(Error::gone(format!("{what} is a deletion"))),
+                Some(s) => Ok(Reply::resource(StatusCode::OK, policy.disclose(permit.principal(), s)?)),
+            }
+        }
+        Operation::Create(op) => {
+            app.structure.validate(&op.resource)?;
+            let permit = policy.authorize(principal, op)?;
+            match app.store.create(&permit).await? {
+                Created::New(s) => {
+                    let location = version_url(&req.base, &s);
+                    let mut reply = written(StatusCode::CREATED, policy.disclose(permit.principal(), s)?, req.ret, "created");
+                    reply.location = Some(location);
+                    Ok(reply)
+                }
+                Created::Existing(s) => Ok(written(
+                    StatusCode::OK,
+                    policy.disclose(permit.principal(), s)?,
+                    req.ret,
+                    "a matching resource exists; nothing was created",
+                )),
+            }
+        }
+        Operation::Update(op) => {
+            app.structure.validate(&op.resource)?;
+            let permit = policy.authorize(principal, op)?;
+            let updated = app.store.update(&permit).await?;
+            let (status, message) =
+                if updated.created { (StatusCode::CREATED, "created") } else { (StatusCode::OK, "updated") };
+            let location = updated.created.then(|| version_url(&req.base, &updated.stored));
+            let mut reply = written(status, policy.disclose(permit.principal(), updated.stored)?, req.ret, message);
+            reply.location = location;
+            Ok(reply)
+        }
+        Operation::Delete(op) => {
+            let permit = policy.authorize(principal, op)?;
+            match app.store.delete(&permit).await? {
+                Some(s) => {
+                    let mut reply = Reply::information(StatusCode::OK, format!("deleted {}/{}", s.ty, s.id));
+                    reply.version = Some(s.version);
+                    Ok(reply)
+                }
+                None => Ok(Reply::new(StatusCode::NO_CONTENT, None)),
+            }
+        }
+        Operation::History(op) => {
+            let url = match &op.scope {
+                HistoryScope::System => format!("{}/_history", req.base),
+                HistoryScope::Type(ty) => format!("{}/{ty}/_history", req.base),
+                HistoryScope::Instance(ty, id) => format!("{}/{ty}/{id}/_history", req.base),
+            };
+            let mut params = vec![("_count".to_owned(), op.count.to_string())];
+            if let Some(since) = op.since {
+                params.push(("_since".into(), crate::store::format_instant(since)));
+            }
+            let cursor = op.cursor.map(|c| c.to_string());
+            let permit = policy.authorize(principal, op)?;
+            let page = app.store.history(&permit).await?;
+            let (entries, next, total) = disclose_page(app, permit.principal(), page)?;
+            let info = PageInfo { url, params, cursor: cursor.as_deref(), next: next.as_deref(), total };
+            let b = bundle::history(&req.base, info, entries);
+            Ok(Reply::json(StatusCode::OK, policy.disclose(permit.principal(), b)?))
+        }
+        Operation::Search(op) => {
+            let url = format!("{}/{}", req.base, op.ty);
+            let params = op.applied.clone();
+            let cursor = op.cursor.clone();
+            let permit = policy.authorize(principal, op)?;
+            let page = app.store.search(&permit).await?;
+            let (entries, next, total) = disclose_page(app, permit.principal(), page)?;
+            let info = PageInfo { url, params, cursor: cursor.as_deref(), next: next.as_deref(), total };
+            let b = bundle::searchset(&req.base, info, entries);
+            Ok(Reply::json(StatusCode::OK, policy.disclose(permit.principal(), b)?))
+        }
+    }
+}
+
+type DisclosedPage = (Vec<Disclosed<Stored>>, Option<String>, Option<u64>);
+
+/// Every entry of a page passes the policy on its own.
+fn disclose_page(app: &App, principal: &Principal, page: Page) -> Result<DisclosedPage> {
+    let entries = page
+        .entries
+        .into_iter()
+        .map(|s| app.policy.disclose(principal, s))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((entries, page.next, page.total))
+}
+
+fn version_url(base: &str, s: &Stored) -> String {
+    format!("{base}/{}/{}/_history/{}", s.ty, s.id, s.version)
+}
+
+/// The answer to a write, shaped by `Prefer: return=`.
+fn written(status: StatusCode, d: Disclosed<Stored>, ret: Return, message: &str) -> Reply {
+    let mut reply = Reply::resource(status, d);
+    match ret {
+        Return::Representation => {}
+        Return::Minimal => reply.body = None,
+        Return::OperationOutcome => reply.body = Some(Payload::Json(information(message))),
+    }
+    reply
+}

@@ -1,0 +1,240 @@
+//! Listening: TCP (optionally TLS with rustls), HTTP/1.1 and HTTP/2 by hyper, connection limits,
+//! time-outs, body caps, graceful shutdown; and the per-request pipeline that ties parsing, the
+//! REST layer and the response together, with one access-log line per request.
+
+pub mod idle;
+pub mod respond;
+
+use crate::app::App;
+use crate::error::Error;
+use crate::fhir::operation::{Raw, parse};
+use crate::policy::Principal;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use respond::Shape;
+use serde_json::json;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// The FHIR base path.
+pub const FHIR_BASE: &str = "/fhir";
+
+/// Accepts connections until `shutdown` resolves, then lets in-flight requests finish (up to the
+/// configured grace period).
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = app.config.limits.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout())
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    loop {
+        // Back-pressure: with every slot taken, stop accepting rather than accept and drop.
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+            _ = shutdown.as_mut() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.as_mut() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let is_tls = tls.is_some();
+        let service = hyper::service::service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(app, req, peer, is_tls).await) }
+        });
+        let io = idle::IdleTimeout::new(stream, limits.idle_timeout());
+        match &tls {
+            None => {
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(slot);
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let handshake_limit = limits.header_read_timeout();
+                tokio::spawn(async move {
+                    let tls_stream = match tokio::time::timeout(handshake_limit, acceptor.accept(io)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let _ = watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service).into_owned()).await;
+                    drop(slot);
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(connections = graceful.count(), "shutting down: finishing in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("shutdown complete"),
+        _ = tokio::time::sleep(limits.shutdown_grace()) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// One request: time-out, pipeline, access log.
+async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr, is_tls: bool) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let shape = Shape {
+        gzip: respond::accepts_gzip(req.headers().get(http::header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok())),
+        pretty: false,
+    };
+    let limit = app.config.limits.request_timeout();
+    let resp = match tokio::time::timeout(limit, pipeline(&app, req, is_tls, shape)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(%method, path, "request timed out");
+            respond::error(&Error::timeout(), shape)
+        }
+    };
+    tracing::info!(
+        target: "gateway::access",
+        %peer,
+        %method,
+        path,
+        status = resp.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+    resp
+}
+
+async fn pipeline(app: &App, req: Request<Incoming>, is_tls: bool, mut shape: Shape) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    match path {
+        "/healthz" => return respond::json(StatusCode::OK, &json!({ "status": "pass" })),
+        "/readyz" => {
+            return match app.store.ping().await {
+                Ok(()) => respond::json(StatusCode::OK, &json!({ "status": "pass" })),
+                Err(e) => {
+                    tracing::warn!(error = %e, "store not ready");
+                    respond::json(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "fail" }))
+                }
+            };
+        }
+        _ => {}
+    }
+    let Some(fhir_path) = path.strip_prefix(FHIR_BASE).filter(|p| p.is_empty() || p.starts_with('/')) else {
+        return respond::error(&Error::not_found("no such endpoint; the FHIR base is /fhir"), shape);
+    };
+    let limits = &app.config.limits;
+    if parts.uri.to_string().len() > limits.max_url_bytes as usize {
+        return respond::error(
+            &Error::client(StatusCode::URI_TOO_LONG, "too-long", format!("URL longer than {} bytes", limits.max_url_bytes)),
+            shape,
+        );
+    }
+    let too_large = || Error::too_large(format!("body larger than {} bytes", limits.max_body_bytes));
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return respond::error(&too_large(), shape);
+    }
+    let bytes = match Limited::new(body, limits.max_body_bytes as usize).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return respond::error(&too_large(), shape);
+        }
+        Err(_) => return respond::error(&Error::invalid("the request body could not be read"), shape),
+    };
+    let raw = Raw { method: &parts.method, path: fhir_path, query: parts.uri.query(), headers: &parts.headers, body: &bytes };
+    let base = base_url(app, &parts.headers, is_tls);
+    let request = match parse(&raw, base, &app.config, &app.structure) {
+        Ok(r) => r,
+        Err(e) => return respond::error(&e, shape),
+    };
+    shape.pretty = request.pretty;
+    let principal = Arc::new(Principal::Open);
+    match crate::rest::execute(app, &principal, request).await {
+        Ok(reply) => respond::reply(reply, shape),
+        Err(e) => {
+            match e.origin {
+                crate::error::Origin::Store | crate::error::Origin::Internal | crate::error::Origin::Upstream => {
+                    tracing::error!(error = %e, "request failed")
+                }
+                _ => tracing::debug!(error = %e, "request refused"),
+            }
+            respond::error(&e, shape)
+        }
+    }
+}
+
+/// The FHIR base as the client addressed it: the configured one, or built from a well-formed
+/// `Host` header (a malformed one cannot inject text into links).
+fn base_url(app: &App, headers: &http::HeaderMap, is_tls: bool) -> String {
+    if let Some(b) = &app.config.base_url {
+        return b.clone();
+    }
+    let scheme = if is_tls { "https" } else { "http" };
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .unwrap_or(&app.config.listen);
+    format!("{scheme}://{host}{FHIR_BASE}")
+}
+
+/// A rustls acceptor from PEM files (HTTP/2 and HTTP/1.1 by ALPN).
+pub fn tls_acceptor(tls: &crate::config::Tls) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .map_err(|e| format!("{}: {e}", tls.cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", tls.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| format!("{}: {e}", tls.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("TLS certificate/key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,179 @@
+//! The gateway's own store. [`Store`] is the contract every backend implements (SQLite now,
+//! PostgreSQL next); `tests/store_contract.rs` runs one suite against each.
+//!
+//! Every call takes a [`Permit`]: the store cannot be reached without the policy's decision.
+//! Resources are kept as the JSON that was validated, with the server's `id` and `meta` stamped
+//! in, and every version is kept.
+
+pub mod sqlite;
+
+use crate::error::Result;
+use crate::fhir::operation::{Create, Delete, History, Read, Search, Update, VRead};
+use crate::policy::Permit;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+/// How a version came to be (history entries report it as `request.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMethod {
+    Post,
+    Put,
+    Delete,
+}
+
+impl WriteMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMethod::Post => "POST",
+            WriteMethod::Put => "PUT",
+            WriteMethod::Delete => "DELETE",
+        }
+    }
+    pub fn parse(s: &str) -> WriteMethod {
+        match s {
+            "POST" => WriteMethod::Post,
+            "DELETE" => WriteMethod::Delete,
+            _ => WriteMethod::Put,
+        }
+    }
+}
+
+/// One stored version.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub ty: String,
+    pub id: String,
+    pub version: u64,
+    pub last_updated: OffsetDateTime,
+    pub method: WriteMethod,
+    /// The resource JSON with server meta; `None` for a deletion.
+    pub body: Option<Bytes>,
+}
+
+impl Stored {
+    pub fn is_deleted(&self) -> bool {
+        self.body.is_none()
+    }
+}
+
+#[derive(Debug)]
+pub enum Created {
+    New(Stored),
+    /// `If-None-Exist` matched this one; nothing was written.
+    Existing(Stored),
+}
+
+#[derive(Debug)]
+pub struct Updated {
+    pub stored: Stored,
+    /// The update created the resource (no earlier version existed).
+    pub created: bool,
+}
+
+/// A page of search or history results.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub entries: Vec<Stored>,
+    pub total: Option<u64>,
+    /// Cursor for the next page, if there is one.
+    pub next: Option<String>,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    async fn create(&self, permit: &Permit<Create>) -> Result<Created>;
+    /// The current version, which may be a deletion.
+    async fn read(&self, permit: &Permit<Read>) -> Result<Option<Stored>>;
+    async fn vread(&self, permit: &Permit<VRead>) -> Result<Option<Stored>>;
+    async fn update(&self, permit: &Permit<Update>) -> Result<Updated>;
+    /// The deletion version written, or `None` if there was nothing to delete.
+    async fn delete(&self, permit: &Permit<Delete>) -> Result<Option<Stored>>;
+    /// Newest first, paged by a cursor that stays stable while writes go on.
+    async fn history(&self, permit: &Permit<History>) -> Result<Page>;
+    async fn search(&self, permit: &Permit<Search>) -> Result<Page>;
+    /// Whether the store answers (for readiness).
+    async fn ping(&self) -> Result<()>;
+}
+
+/// The resource as stored: `resourceType`, `id` and `meta` first (with the server's `versionId`
+/// and `lastUpdated`; the client's tags, profiles, security labels and source kept), the rest in
+/// the order sent.
+pub fn stamp(resource: &Value, id: &str, version: u64, last_updated: OffsetDateTime) -> Bytes {
+    let mut out = Map::new();
+    let src = resource.as_object().cloned().unwrap_or_default();
+    out.insert("resourceType".into(), src.get("resourceType").cloned().unwrap_or(Value::Null));
+    out.insert("id".into(), Value::String(id.to_owned()));
+    let mut meta = Map::new();
+    meta.insert("versionId".into(), Value::String(version.to_string()));
+    meta.insert("lastUpdated".into(), Value::String(format_instant(last_updated)));
+    if let Some(Value::Object(client_meta)) = src.get("meta") {
+        for (k, v) in client_meta {
+            if k != "versionId" && k != "lastUpdated" {
+                meta.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out.insert("meta".into(), Value::Object(meta));
+    for (k, v) in src {
+        if !matches!(k.as_str(), "resourceType" | "id" | "meta") {
+            out.insert(k, v);
+        }
+    }
+    Bytes::from(serde_json::to_vec(&Value::Object(out)).expect("a JSON value serializes"))
+}
+
+/// FHIR instant in UTC with millisecond precision (what the store keeps).
+pub fn format_instant(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Now, truncated to the millisecond the store keeps.
+pub fn now_ms() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    from_millis(to_millis(now))
+}
+
+pub fn to_millis(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+pub fn from_millis(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// A fresh server-assigned id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stamp_puts_server_meta_first_and_keeps_client_meta() {
+        let r = json!({"name": [{"family": "X"}], "resourceType": "Patient", "id": "old",
+            "meta": {"versionId": "99", "tag": [{"code": "t"}], "profile": ["p"]}});
+        let t = from_millis(1_700_000_000_123);
+        let out: Value = serde_json::from_slice(&stamp(&r, "new", 3, t)).unwrap();
+        let keys: Vec<_> = out.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, vec!["resourceType", "id", "meta", "name"]);
+        assert_eq!(out["id"], "new");
+        assert_eq!(out["meta"]["versionId"], "3");
+        assert_eq!(out["meta"]["lastUpdated"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(out["meta"]["tag"][0]["code"], "t");
+        assert_eq!(out["meta"]["profile"][0], "p");
+    }
+}
