@@ -130,8 +130,7 @@ pub struct Raw<'a> {
 
 /// Parses a request. `structure` says which resource types exist.
 pub fn parse(raw: &Raw<'_>, base: String, config: &Config, structure: &Structure) -> Result<Request> {
-    let params: Vec<(String, String)> =
-        raw.query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    let params = decode_query(raw.query.unwrap_or("").as_bytes())?;
     let pretty = negotiate_format(raw.headers, &params)?;
     let prefer = header(raw.headers, "prefer").unwrap_or_default();
     let ret = prefer_return(&prefer);
@@ -181,7 +180,7 @@ pub fn parse(raw: &Raw<'_>, base: String, config: &Config, structure: &Structure
                         "POST _search takes application/x-www-form-urlencoded parameters",
                     ));
                 }
-                all.extend(form_urlencoded::parse(raw.body).into_owned());
+                all.extend(decode_query(raw.body)?);
             }
             Operation::Search(search(ty, &all, strict, config, structure)?)
         }
@@ -382,8 +381,7 @@ fn search(ty: String, params: &[(String, String)], strict: bool, config: &Config
 /// Criteria of a conditional create/update/delete: an ignored parameter would widen the match, so
 /// every parameter must be understood, and there must be at least one.
 fn conditional_criteria(ty: &str, query: &str, s: &Structure) -> Result<Criteria> {
-    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    conditional_from_params(ty, &params, s)
+    conditional_from_params(ty, &decode_query(query.as_bytes())?, s)
 }
 
 fn conditional_from_params(ty: &str, params: &[(String, String)], s: &Structure) -> Result<Criteria> {
@@ -400,6 +398,28 @@ fn conditional_from_params(ty: &str, params: &[(String, String)], s: &Structure)
         return Err(Error::invalid("a conditional operation needs search criteria"));
     }
     Ok(criteria)
+}
+
+/// `application/x-www-form-urlencoded` pairs, refusing text that is not UTF-8 once decoded
+/// (a lossy decode would silently search for U+FFFD).
+pub fn decode_query(q: &[u8]) -> Result<Vec<(String, String)>> {
+    let decode = |part: &[u8]| -> Result<String> {
+        let plus: Vec<u8> = part.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+        percent_encoding::percent_decode(&plus)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| Error::invalid("query parameters must be UTF-8"))
+    };
+    q.split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = match p.iter().position(|&b| b == b'=') {
+                Some(i) => (&p[..i], &p[i + 1..]),
+                None => (p, &b""[..]),
+            };
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
 }
 
 fn page_size(v: &str, config: &Config) -> Result<u32> {
@@ -479,6 +499,16 @@ mod tests {
         assert_eq!(prefer_return("handling=strict, return=OperationOutcome"), Return::OperationOutcome);
         assert_eq!(prefer_return(""), Return::Representation);
         assert_eq!(prefer_handling("return=minimal; handling=strict"), Some("strict"));
+    }
+
+    #[test]
+    fn queries_decode_strictly() {
+        assert_eq!(decode_query(b"a=1&b=x%7Cy+z&c").unwrap(), vec![
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "x|y z".to_owned()),
+            ("c".to_owned(), String::new())
+        ]);
+        assert!(decode_query(b"identifier=%ff%fe").is_err());
     }
 
     #[test]
