@@ -263,6 +263,11 @@ impl Ctx<'_> {
             .flatten()
             .map(|t| self.type_code(t, e))
             .collect();
+        // Element ids (`Element.id`, `Resource.id`, FHIRPath system strings) and narrative XHTML
+        // carry no extensions in FHIR JSON, so they get no `_x` twin (as in HL7's schema).
+        let system_typed = types[0] == "xhtml"
+            || (name == "id"
+                && e["type"][0]["code"].as_str().is_some_and(|c| c.starts_with("http://hl7.org/fhirpath/System.")));
         if types.is_empty() {
             return Err(format!("{path}: no type"));
         }
@@ -280,7 +285,9 @@ impl Ctx<'_> {
             let t = &types[0];
             self.add_typed(name, t, is_array, props);
             names.push(name.to_owned());
-            if self.primitives.contains(t) {
+            if system_typed {
+                props.remove(&format!("_{name}"));
+            } else if self.primitives.contains(t) {
                 names.push(format!("_{name}"));
             }
         }
