@@ -2,11 +2,8 @@
 //! gateway, or a partner's deployment) and writes a JUnit XML report and a readable summary.
 //! Exit code 0 when every case passed, 1 otherwise, 2 when the suite could not run.
 
-mod cases;
-mod client;
-mod report;
-
 use clap::Parser;
+use conformance::{client, report};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -38,17 +35,7 @@ async fn main() {
         }
     };
     let started = Instant::now();
-    let mut results = Vec::new();
-    for group in cases::groups() {
-        if args.group.as_deref().is_some_and(|g| !group.name.contains(g)) {
-            continue;
-        }
-        for case in group.cases {
-            let t = Instant::now();
-            let outcome = (case.run)(client.clone()).await;
-            results.push(report::CaseResult { group: group.name, name: case.name, outcome, seconds: t.elapsed().as_secs_f64() });
-        }
-    }
+    let results = conformance::run(&client, args.group.as_deref()).await;
     let summary = report::summary(&args.base, &results, started.elapsed().as_secs_f64());
     print!("{summary}");
     if let Err(e) = std::fs::write(&args.junit, report::junit(&results)) {

@@ -1,0 +1,25 @@
+//! The gateway's conformance suite as a library: the `conformance` binary runs it against any
+//! FHIR base, and the gateway's own tests run it against the real binary.
+
+pub mod cases;
+pub mod client;
+pub mod report;
+
+use report::CaseResult;
+use std::time::Instant;
+
+/// Runs every case (of the groups whose name contains `group`, if given), in order.
+pub async fn run(client: &client::Fhir, group: Option<&str>) -> Vec<CaseResult> {
+    let mut results = Vec::new();
+    for g in cases::groups() {
+        if group.is_some_and(|want| !g.name.contains(want)) {
+            continue;
+        }
+        for case in g.cases {
+            let t = Instant::now();
+            let outcome = (case.run)(client.clone()).await;
+            results.push(CaseResult { group: g.name, name: case.name, outcome, seconds: t.elapsed().as_secs_f64() });
+        }
+    }
+    results
+}
