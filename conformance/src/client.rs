@@ -18,7 +18,10 @@ pub struct Answer {
 
 impl Answer {
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
@@ -27,7 +30,9 @@ impl Fhir {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut headers = HeaderMap::new();
         for h in extra {
-            let (k, v) = h.split_once(':').ok_or_else(|| format!("--header '{h}' is not 'Name: value'"))?;
+            let (k, v) = h
+                .split_once(':')
+                .ok_or_else(|| format!("--header '{h}' is not 'Name: value'"))?;
             headers.insert(
                 HeaderName::from_bytes(k.trim().as_bytes()).map_err(|e| e.to_string())?,
                 HeaderValue::from_str(v.trim()).map_err(|e| e.to_string())?,
@@ -38,7 +43,10 @@ impl Fhir {
             .timeout(std::time::Duration::from_secs(60))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Fhir { base: base.trim_end_matches('/').to_owned(), http })
+        Ok(Fhir {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -46,24 +54,53 @@ impl Fhir {
     }
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Answer, String> {
-        let r = req.send().await.map_err(|e| format!("request failed: {e}"))?;
+        let r = req
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text().await.map_err(|e| format!("reading body: {e}"))?;
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::Null) };
-        Ok(Answer { status, headers, body, text })
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::Null)
+        };
+        Ok(Answer {
+            status,
+            headers,
+            body,
+            text,
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<Answer, String> {
-        self.send(self.http.get(self.url(path)).header("accept", "application/fhir+json")).await
+        self.send(
+            self.http
+                .get(self.url(path))
+                .header("accept", "application/fhir+json"),
+        )
+        .await
     }
 
-    pub async fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Result<Answer, String> {
-        self.raw("POST", path, body.to_string().into_bytes(), headers).await
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
+        self.raw("POST", path, body.to_string().into_bytes(), headers)
+            .await
     }
 
-    pub async fn put(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Result<Answer, String> {
-        self.raw("PUT", path, body.to_string().into_bytes(), headers).await
+    pub async fn put(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
+        self.raw("PUT", path, body.to_string().into_bytes(), headers)
+            .await
     }
 
     pub async fn delete(&self, path: &str, headers: &[(&str, &str)]) -> Result<Answer, String> {
@@ -75,10 +112,19 @@ impl Fhir {
     }
 
     /// Any method and body, with `application/fhir+json` unless a header says otherwise.
-    pub async fn raw(&self, method: &str, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Result<Answer, String> {
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
         let mut req = self.http.request(method, self.url(path)).body(body);
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
             req = req.header("content-type", "application/fhir+json");
         }
         for (k, v) in headers {

@@ -18,7 +18,12 @@ pub async fn run(client: &client::Fhir, group: Option<&str>) -> Vec<CaseResult> 
         for case in g.cases {
             let t = Instant::now();
             let outcome = (case.run)(client.clone()).await;
-            results.push(CaseResult { group: g.name, name: case.name, outcome, seconds: t.elapsed().as_secs_f64() });
+            results.push(CaseResult {
+                group: g.name,
+                name: case.name,
+                outcome,
+                seconds: t.elapsed().as_secs_f64(),
+            });
         }
     }
     results

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "conformance", version, about = "Conformance suite for the regional FHIR gateway")]
+#[command(
+    name = "conformance",
+    version,
+    about = "Conformance suite for the regional FHIR gateway"
+)]
 struct Args {
     /// The FHIR base URL, e.g. http://127.0.0.1:8080/fhir
     #[arg(long)]

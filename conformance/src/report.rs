@@ -59,12 +59,21 @@ pub fn summary(base: &str, results: &[CaseResult], seconds: f64) -> String {
             current = r.group;
         }
         match &r.outcome {
-            Ok(()) => out.push_str(&format!("  pass  {} ({:.0} ms)\n", r.name, r.seconds * 1000.0)),
+            Ok(()) => out.push_str(&format!(
+                "  pass  {} ({:.0} ms)\n",
+                r.name,
+                r.seconds * 1000.0
+            )),
             Err(e) => out.push_str(&format!("  FAIL  {}: {e}\n", r.name)),
         }
     }
     let failed = results.iter().filter(|r| r.outcome.is_err()).count();
-    out.push_str(&format!("\n{} passed, {} failed ({seconds:.1} s)\n", results.len() - failed, failed));
+    // The last line alone, as CI readers expect: "N passed, N failed".
+    out.push_str(&format!(
+        "\ntime: {seconds:.1} s\n{} passed, {} failed\n",
+        results.len() - failed,
+        failed
+    ));
     out
 }
 
@@ -75,8 +84,18 @@ mod tests {
     #[test]
     fn junit_escapes_and_counts() {
         let r = vec![
-            CaseResult { group: "crud", name: "read", outcome: Ok(()), seconds: 0.1 },
-            CaseResult { group: "crud", name: "bad <x>", outcome: Err("expected \"201\" & got 500".into()), seconds: 0.2 },
+            CaseResult {
+                group: "crud",
+                name: "read",
+                outcome: Ok(()),
+                seconds: 0.1,
+            },
+            CaseResult {
+                group: "crud",
+                name: "bad <x>",
+                outcome: Err("expected \"201\" & got 500".into()),
+                seconds: 0.2,
+            },
         ];
         let x = junit(&r);
         assert!(x.contains("tests=\"2\" failures=\"1\""));

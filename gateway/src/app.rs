@@ -23,6 +23,12 @@ impl App {
         let structure = Structure::load(config.limits.max_validation_errors as usize)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir).await?);
         let capability = capability_statement(&config, &structure);
-        Ok(App { config, structure, store, policy: Policy::new(), capability })
+        Ok(App {
+            config,
+            structure,
+            store,
+            policy: Policy::new(),
+            capability,
+        })
     }
 }

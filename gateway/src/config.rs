@@ -69,7 +69,12 @@ impl Default for Config {
 
 impl Default for Rest {
     fn default() -> Self {
-        Rest { update_create: true, default_page_size: 20, max_page_size: 1000, default_handling: "lenient".into() }
+        Rest {
+            update_create: true,
+            default_page_size: 20,
+            max_page_size: 1000,
+            default_handling: "lenient".into(),
+        }
     }
 }
 
@@ -108,15 +113,25 @@ impl Limits {
 impl Config {
     /// Parses and checks a TOML config. Errors name each offending place as a JSON pointer.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        let value: toml::Value = toml::from_str(text).map_err(|e| format!("config is not valid TOML: {e}"))?;
+        let value: toml::Value =
+            toml::from_str(text).map_err(|e| format!("config is not valid TOML: {e}"))?;
         let json = serde_json::to_value(&value).map_err(|e| format!("config: {e}"))?;
-        let schema: serde_json::Value = serde_json::from_str(SCHEMA).map_err(|e| format!("config schema: {e}"))?;
-        let validator = jsonschema::validator_for(&schema).map_err(|e| format!("config schema: {e}"))?;
+        let schema: serde_json::Value =
+            serde_json::from_str(SCHEMA).map_err(|e| format!("config schema: {e}"))?;
+        let validator =
+            jsonschema::validator_for(&schema).map_err(|e| format!("config schema: {e}"))?;
         let errors: Vec<String> = validator
             .iter_errors(&json)
             .map(|e| {
                 let pointer = e.instance_path().to_string();
-                format!("{}: {e}", if pointer.is_empty() { "/".to_owned() } else { pointer })
+                format!(
+                    "{}: {e}",
+                    if pointer.is_empty() {
+                        "/".to_owned()
+                    } else {
+                        pointer
+                    }
+                )
             })
             .collect();
         if !errors.is_empty() {
@@ -146,7 +161,8 @@ mod tests {
 
     #[test]
     fn bad_config_names_each_error_by_pointer() {
-        let err = Config::from_toml("listen = 5\n[limits]\nmax_json_depth = 1\nbogus = true\n").unwrap_err();
+        let err = Config::from_toml("listen = 5\n[limits]\nmax_json_depth = 1\nbogus = true\n")
+            .unwrap_err();
         assert!(err.contains("/listen"), "{err}");
         assert!(err.contains("/limits/max_json_depth"), "{err}");
         assert!(err.contains("/limits"), "{err}");

@@ -48,7 +48,12 @@ impl Error {
         Error {
             status,
             origin: Origin::Client,
-            issues: vec![Issue { severity: "error", code, diagnostics: message.into(), expression: None }],
+            issues: vec![Issue {
+                severity: "error",
+                code,
+                diagnostics: message.into(),
+                expression: None,
+            }],
             internal: None,
         }
     }
@@ -59,7 +64,12 @@ impl Error {
 
     /// A resource that failed validation: one issue per finding, each with its location.
     pub fn invalid_resource(issues: Vec<Issue>) -> Error {
-        Error { status: StatusCode::BAD_REQUEST, origin: Origin::Client, issues, internal: None }
+        Error {
+            status: StatusCode::BAD_REQUEST,
+            origin: Origin::Client,
+            issues,
+            internal: None,
+        }
     }
 
     pub fn not_found(message: impl Into<String>) -> Error {
@@ -87,27 +97,45 @@ impl Error {
     }
 
     pub fn forbidden(message: impl Into<String>) -> Error {
-        Error { origin: Origin::Policy, ..Error::client(StatusCode::FORBIDDEN, "forbidden", message) }
+        Error {
+            origin: Origin::Policy,
+            ..Error::client(StatusCode::FORBIDDEN, "forbidden", message)
+        }
     }
 
     pub fn timeout() -> Error {
         Error {
             origin: Origin::Internal,
-            ..Error::client(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took longer than the server allows")
+            ..Error::client(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took longer than the server allows",
+            )
         }
     }
 
     /// The store failed. The client learns only that, and whether trying again may help.
     pub fn store(detail: impl fmt::Display, transient: bool) -> Error {
         let (status, message) = if transient {
-            (StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable; try again")
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is unavailable; try again",
+            )
         } else {
-            (StatusCode::INTERNAL_SERVER_ERROR, "the store failed to process the request")
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store failed to process the request",
+            )
         };
         Error {
             status,
             origin: Origin::Store,
-            issues: vec![Issue { severity: "error", code: "exception", diagnostics: message.into(), expression: None }],
+            issues: vec![Issue {
+                severity: "error",
+                code: "exception",
+                diagnostics: message.into(),
+                expression: None,
+            }],
             internal: Some(detail.to_string()),
         }
     }
@@ -128,7 +156,12 @@ impl Error {
 
     /// What goes to the log: the client's message plus any internal detail.
     pub fn log_detail(&self) -> String {
-        let mut s = self.issues.iter().map(|i| i.diagnostics.as_str()).collect::<Vec<_>>().join("; ");
+        let mut s = self
+            .issues
+            .iter()
+            .map(|i| i.diagnostics.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
         if let Some(d) = &self.internal {
             s.push_str(" | ");
             s.push_str(d);
@@ -147,7 +180,8 @@ pub fn outcome(issues: &[Issue]) -> Value {
     let issues: Vec<Value> = issues
         .iter()
         .map(|i| {
-            let mut v = json!({ "severity": i.severity, "code": i.code, "diagnostics": i.diagnostics });
+            let mut v =
+                json!({ "severity": i.severity, "code": i.code, "diagnostics": i.diagnostics });
             if let Some(e) = &i.expression {
                 v["expression"] = json!([e]);
             }
@@ -159,12 +193,23 @@ pub fn outcome(issues: &[Issue]) -> Value {
 
 /// An informational outcome, e.g. for `Prefer: return=OperationOutcome` or a deletion.
 pub fn information(message: impl Into<String>) -> Value {
-    outcome(&[Issue { severity: "information", code: "informational", diagnostics: message.into(), expression: None }])
+    outcome(&[Issue {
+        severity: "information",
+        code: "informational",
+        diagnostics: message.into(),
+        expression: None,
+    }])
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({:?}): {}", self.status, self.origin, self.log_detail())
+        write!(
+            f,
+            "{} ({:?}): {}",
+            self.status,
+            self.origin,
+            self.log_detail()
+        )
     }
 }
 
@@ -174,7 +219,10 @@ impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Error {
         let transient = matches!(
             e,
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed
+            sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::WorkerCrashed
         ) || matches!(&e, sqlx::Error::Database(d) if d.message().contains("database is locked"));
         Error::store(e, transient)
     }
@@ -186,7 +234,10 @@ mod tests {
 
     #[test]
     fn store_errors_hide_their_detail() {
-        let e = Error::store("near \"SELEC\": syntax error in SELEC * FROM resource", false);
+        let e = Error::store(
+            "near \"SELEC\": syntax error in SELEC * FROM resource",
+            false,
+        );
         let (status, body) = e.outcome();
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         let text = body.to_string();

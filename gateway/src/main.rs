@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "Health Hub Utrecht regional FHIR R4 gateway")]
+#[command(
+    name = "gateway",
+    version,
+    about = "Health Hub Utrecht regional FHIR R4 gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +36,11 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen, data } => {
+        Command::Serve {
+            config,
+            listen,
+            data,
+        } => {
             let mut cfg = match config {
                 Some(p) => Config::load(&p),
                 None => Ok(Config::default()),
@@ -45,19 +53,30 @@ fn main() {
                 cfg.data_dir = d;
             }
             init_logging(&cfg.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| fail(&e.to_string()));
             runtime.block_on(serve(cfg));
         }
     }
 }
 
 async fn serve(cfg: Config) {
-    let tls = cfg.tls.as_ref().map(|t| gateway::server::tls_acceptor(t).unwrap_or_else(|e| fail(&e)));
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| gateway::server::tls_acceptor(t).unwrap_or_else(|e| fail(&e)));
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .unwrap_or_else(|e| fail(&format!("cannot listen on {}: {e}", cfg.listen)));
-    let app = App::build(cfg).await.unwrap_or_else(|e| fail(&e.to_string()));
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let app = App::build(cfg)
+        .await
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(data = %app.config.data_dir.display(), "FHIR R4 base at {scheme}://{addr}/fhir");
     gateway::server::serve(Arc::new(app), listener, tls, shutdown_signal()).await;
@@ -81,8 +100,11 @@ async fn shutdown_signal() {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().flatten_event(true).init();
     } else {

@@ -13,7 +13,12 @@ async fn gateway_passes_the_conformance_suite() {
     let results = conformance::run(&client, None).await;
     let failed: Vec<String> = results
         .iter()
-        .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("{}/{}: {e}", r.group, r.name)))
+        .filter_map(|r| {
+            r.outcome
+                .as_ref()
+                .err()
+                .map(|e| format!("{}/{}: {e}", r.group, r.name))
+        })
         .collect();
     println!("{}", conformance::report::summary(&gw.base, &results, 0.0));
     assert!(results.len() >= 27, "{}", results.len());
@@ -34,10 +39,15 @@ async fn a_server_that_is_not_fhir_fails_the_suite() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let client = conformance::client::Fhir::new(&format!("http://127.0.0.1:{port}/fhir"), &[]).unwrap();
+    let client =
+        conformance::client::Fhir::new(&format!("http://127.0.0.1:{port}/fhir"), &[]).unwrap();
     let results = conformance::run(&client, None).await;
     let _ = bare.kill();
     let _ = bare.wait();
     let failed = results.iter().filter(|r| r.outcome.is_err()).count();
-    assert!(failed >= results.len() - 2, "only {failed} of {} failed against a non-FHIR server", results.len());
+    assert!(
+        failed >= results.len() - 2,
+        "only {failed} of {} failed against a non-FHIR server",
+        results.len()
+    );
 }

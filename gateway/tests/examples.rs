@@ -12,14 +12,18 @@ use std::path::Path;
 
 /// The official examples, read from the package tarball (tests may use ../shared; the product not).
 pub fn r4_examples() -> Vec<(String, Value)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fhir/hl7.fhir.r4.examples-4.0.1.tgz");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fhir/hl7.fhir.r4.examples-4.0.1.tgz");
     let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut out = Vec::new();
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
         let name = entry.path().unwrap().to_string_lossy().into_owned();
-        if !name.ends_with(".json") || name.ends_with("package.json") || name.ends_with(".index.json") {
+        if !name.ends_with(".json")
+            || name.ends_with("package.json")
+            || name.ends_with(".index.json")
+        {
             continue;
         }
         let mut text = String::new();
@@ -50,7 +54,10 @@ fn comparable(mut v: Value) -> Value {
 async fn every_official_example_round_trips() {
     let examples = r4_examples();
     assert!(examples.len() > 5000, "{}", examples.len());
-    let types: std::collections::BTreeSet<&str> = examples.iter().map(|(_, v)| v["resourceType"].as_str().unwrap()).collect();
+    let types: std::collections::BTreeSet<&str> = examples
+        .iter()
+        .map(|(_, v)| v["resourceType"].as_str().unwrap())
+        .collect();
     let gw = Gateway::start();
     let c = client();
     let base = gw.base.clone();
@@ -59,14 +66,27 @@ async fn every_official_example_round_trips() {
             let (c, base) = (c.clone(), base.clone());
             async move {
                 let ty = v["resourceType"].as_str().unwrap();
-                let r = c.post(format!("{base}/{ty}")).header("content-type", FHIR_JSON).body(v.to_string()).send().await.map_err(|e| e.to_string())?;
+                let r = c
+                    .post(format!("{base}/{ty}"))
+                    .header("content-type", FHIR_JSON)
+                    .body(v.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let status = r.status();
                 let created: Value = r.json().await.map_err(|e| format!("{name}: {e}"))?;
                 if status != 201 {
                     return Err(format!("{name}: create {status}: {}", created["issue"]));
                 }
                 let id = created["id"].as_str().ok_or(format!("{name}: no id"))?;
-                let read: Value = c.get(format!("{base}/{ty}/{id}")).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+                let read: Value = c
+                    .get(format!("{base}/{ty}/{id}"))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if read["meta"]["versionId"] != "1" {
                     return Err(format!("{name}: versionId {}", read["meta"]["versionId"]));
                 }
@@ -111,11 +131,22 @@ fn minimal(defs: &Value, def: &str, filler: &Value, choices: &Choices, depth: us
         }
         let prop = &defs[def]["properties"][name];
         let is_array = prop["type"] == "array";
-        let target = if is_array { &prop["items"]["$ref"] } else { &prop["$ref"] };
-        let target = target.as_str().unwrap().trim_start_matches("#/definitions/");
+        let target = if is_array {
+            &prop["items"]["$ref"]
+        } else {
+            &prop["$ref"]
+        };
+        let target = target
+            .as_str()
+            .unwrap()
+            .trim_start_matches("#/definitions/");
         let v = if defs[target].get("properties").is_none() {
             // A primitive the oracle requires (MeasureReport.measure is a canonical).
-            serde_json::json!(if matches!(target, "canonical" | "uri" | "url") { "http://example.org/x" } else { "x" })
+            serde_json::json!(if matches!(target, "canonical" | "uri" | "url") {
+                "http://example.org/x"
+            } else {
+                "x"
+            })
         } else {
             minimal(defs, target, filler, choices, depth + 1)
         };
@@ -150,7 +181,9 @@ async fn every_resource_type_is_accepted() {
         let ty = sd["type"].as_str().unwrap().to_owned();
         for e in sd["snapshot"]["element"].as_array().unwrap() {
             let path = e["path"].as_str().unwrap();
-            let Some(choice) = path.strip_suffix("[x]") else { continue };
+            let Some(choice) = path.strip_suffix("[x]") else {
+                continue;
+            };
             if e["min"].as_u64().unwrap_or(0) == 0 {
                 continue;
             }
@@ -160,18 +193,28 @@ async fn every_resource_type_is_accepted() {
                 None => parent.to_owned(),
                 Some((_, last)) => format!("{ty}_{}{}", last[..1].to_uppercase(), &last[1..]),
             };
-            let codes: Vec<&str> = e["type"].as_array().unwrap().iter().map(|t| t["code"].as_str().unwrap()).collect();
+            let codes: Vec<&str> = e["type"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["code"].as_str().unwrap())
+                .collect();
             let (prop, value) = match codes.iter().find(|c| c.starts_with(char::is_uppercase)) {
                 Some(code) => (format!("{base}{code}"), filler.clone()),
                 None => {
                     let code = codes[0];
                     let value = match code {
                         "boolean" => serde_json::json!(true),
-                        "integer" | "positiveInt" | "unsignedInt" | "decimal" => serde_json::json!(1),
+                        "integer" | "positiveInt" | "unsignedInt" | "decimal" => {
+                            serde_json::json!(1)
+                        }
                         "date" | "dateTime" => serde_json::json!("2020-01-01"),
                         _ => serde_json::json!("x"),
                     };
-                    (format!("{base}{}{}", code[..1].to_uppercase(), &code[1..]), value)
+                    (
+                        format!("{base}{}{}", code[..1].to_uppercase(), &code[1..]),
+                        value,
+                    )
                 }
             };
             required_choices.entry(def).or_default().push((prop, value));
@@ -187,12 +230,25 @@ async fn every_resource_type_is_accepted() {
         if r.as_object().unwrap().len() == 1 && !defs[ty]["properties"]["extension"].is_null() {
             r["extension"] = filler["extension"].clone();
         }
-        let resp = c.post(format!("{}/{ty}", gw.base)).header("content-type", FHIR_JSON).body(r.to_string()).send().await.unwrap();
+        let resp = c
+            .post(format!("{}/{ty}", gw.base))
+            .header("content-type", FHIR_JSON)
+            .body(r.to_string())
+            .send()
+            .await
+            .unwrap();
         let status = resp.status();
         let created: Value = resp.json().await.unwrap();
         assert_eq!(status, 201, "{ty}: {}", created["issue"]);
         let id = created["id"].as_str().unwrap();
-        let read: Value = c.get(format!("{}/{ty}/{id}", gw.base)).send().await.unwrap().json().await.unwrap();
+        let read: Value = c
+            .get(format!("{}/{ty}/{id}", gw.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(comparable(read), r, "{ty}");
         accepted += 1;
     }

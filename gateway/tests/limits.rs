@@ -22,7 +22,10 @@ async fn concurrent_conditional_creates_make_one_resource() {
             let r = c
                 .post(url)
                 .header("content-type", FHIR_JSON)
-                .header("if-none-exist", "identifier=http://fhir.nl/fhir/NamingSystem/bsn%7C999911168")
+                .header(
+                    "if-none-exist",
+                    "identifier=http://fhir.nl/fhir/NamingSystem/bsn%7C999911168",
+                )
                 .body(body)
                 .send()
                 .await
@@ -45,7 +48,14 @@ async fn concurrent_conditional_creates_make_one_resource() {
     }
     assert_eq!(created, 1);
     assert_eq!(ids.len(), 1);
-    let s: Value = c.get(format!("{}/Patient?identifier=999911168", gw.base)).send().await.unwrap().json().await.unwrap();
+    let s: Value = c
+        .get(format!("{}/Patient?identifier=999911168", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(s["total"], 1);
 }
 
@@ -81,7 +91,11 @@ fn get_raw(path: &str) -> Vec<u8> {
 #[tokio::test]
 async fn malformed_input_corpus_always_gets_an_operation_outcome() {
     let gw = Gateway::start();
-    let deep_array = format!("{{\"resourceType\":\"Patient\",\"x\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+    let deep_array = format!(
+        "{{\"resourceType\":\"Patient\",\"x\":{}{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
     let deep_object = format!("{}1{}", "{\"a\":".repeat(5000), "}".repeat(5000));
     let long_id = "a".repeat(65);
     let mut corpus: Vec<(String, Vec<u8>)> = vec![
@@ -117,24 +131,48 @@ async fn malformed_input_corpus_always_gets_an_operation_outcome() {
         ("hostile Host header".into(), b"GET /fhir/Patient HTTP/1.1\r\nHost: evil\"><script>\r\nConnection: close\r\n\r\n".to_vec()),
     ];
     // Many invalid bodies against many types.
-    for ty in ["Observation", "Encounter", "Bundle", "Questionnaire", "Parameters"] {
-        corpus.push((format!("{ty} with wrong element type"), post_raw(&format!("/fhir/{ty}"), format!(r#"{{"resourceType":"{ty}","id":5,"meta":"x"}}"#).as_bytes())));
+    for ty in [
+        "Observation",
+        "Encounter",
+        "Bundle",
+        "Questionnaire",
+        "Parameters",
+    ] {
+        corpus.push((
+            format!("{ty} with wrong element type"),
+            post_raw(
+                &format!("/fhir/{ty}"),
+                format!(r#"{{"resourceType":"{ty}","id":5,"meta":"x"}}"#).as_bytes(),
+            ),
+        ));
     }
     for (name, request) in &corpus {
         let (status, body) = raw_request(&gw.addr, request);
-        let code: u16 = status.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let code: u16 = status
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         if name == "hostile Host header" {
             // Served, but the hostile host never reaches a link.
             assert_eq!(code, 200, "{name}: {status}");
             assert!(!body.contains("script"), "{name}: {body}");
             continue;
         }
-        assert!((400..500).contains(&code) || code == 501, "{name}: {status}");
-        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{name}: body not JSON ({e}): {body}"));
+        assert!(
+            (400..500).contains(&code) || code == 501,
+            "{name}: {status}"
+        );
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{name}: body not JSON ({e}): {body}"));
         assert_eq!(v["resourceType"], "OperationOutcome", "{name}");
     }
     // Still alive and correct.
-    let r = client().get(format!("{}/metadata", gw.base)).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/metadata", gw.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -143,7 +181,13 @@ async fn body_size_limit_answers_413() {
     let gw = Gateway::start_with("[limits]\nmax_body_bytes = 2048\n");
     let big = json!({"resourceType": "Basic", "code": {"text": "x".repeat(4096)}}).to_string();
     // with Content-Length
-    let r = client().post(format!("{}/Basic", gw.base)).header("content-type", FHIR_JSON).body(big.clone()).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/Basic", gw.base))
+        .header("content-type", FHIR_JSON)
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let oo: Value = r.json().await.unwrap();
     assert_eq!(oo["resourceType"], "OperationOutcome");
@@ -163,7 +207,13 @@ async fn body_size_limit_answers_413() {
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     // under the limit is fine
     let small = json!({"resourceType": "Basic", "code": {"text": "x"}}).to_string();
-    let r = client().post(format!("{}/Basic", gw.base)).header("content-type", FHIR_JSON).body(small).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/Basic", gw.base))
+        .header("content-type", FHIR_JSON)
+        .body(small)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 }
 
@@ -173,25 +223,54 @@ async fn json_depth_limit_is_configurable() {
     let c = client();
     // depth 6: fine
     let ok = json!({"resourceType": "Patient", "name": [{"given": ["a"]}]}).to_string();
-    let r = c.post(format!("{}/Patient", gw.base)).header("content-type", FHIR_JSON).body(ok).send().await.unwrap();
+    let r = c
+        .post(format!("{}/Patient", gw.base))
+        .header("content-type", FHIR_JSON)
+        .body(ok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     // depth 9: refused before parsing
     let deep = json!({"resourceType": "Patient", "extension": [{"url": "http://x", "extension": [{"url": "http://y", "extension": [{"url": "http://z", "valueCodeableConcept": {"coding": [{"code": "c"}]}}]}]}]}).to_string();
-    let r = c.post(format!("{}/Patient", gw.base)).header("content-type", FHIR_JSON).body(deep).send().await.unwrap();
+    let r = c
+        .post(format!("{}/Patient", gw.base))
+        .header("content-type", FHIR_JSON)
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let oo: Value = r.json().await.unwrap();
-    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("deeper than 8"));
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("deeper than 8")
+    );
 }
 
 #[tokio::test]
 async fn id_length_and_url_length_limits() {
     let gw = Gateway::start_with("[limits]\nmax_id_length = 10\nmax_url_bytes = 300\n");
     let c = client();
-    let r = c.get(format!("{}/Patient/{}", gw.base, "a".repeat(10))).send().await.unwrap();
+    let r = c
+        .get(format!("{}/Patient/{}", gw.base, "a".repeat(10)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = c.get(format!("{}/Patient/{}", gw.base, "a".repeat(11))).send().await.unwrap();
+    let r = c
+        .get(format!("{}/Patient/{}", gw.base, "a".repeat(11)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = c.get(format!("{}/Patient?_id={}", gw.base, "a".repeat(400))).send().await.unwrap();
+    let r = c
+        .get(format!("{}/Patient?_id={}", gw.base, "a".repeat(400)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::URI_TOO_LONG);
     let oo: Value = r.json().await.unwrap();
     assert_eq!(oo["resourceType"], "OperationOutcome");
@@ -204,23 +283,33 @@ fn slow_headers_are_disconnected() {
     let gw = Gateway::start_with("[limits]\nheader_read_timeout_ms = 1000\n");
     let mut s = TcpStream::connect(&gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s.write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
     // Nothing was answered: the request never completed.
-    assert!(buf.is_empty() || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        buf.is_empty() || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
 }
 
 /// An idle keep-alive connection is closed after the idle time-out.
 #[test]
 fn idle_connections_are_closed() {
-    let gw = Gateway::start_with("[limits]\nidle_timeout_ms = 1000\nheader_read_timeout_ms = 30000\n");
+    let gw =
+        Gateway::start_with("[limits]\nidle_timeout_ms = 1000\nheader_read_timeout_ms = 30000\n");
     let mut s = TcpStream::connect(&gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut first = [0u8; 512];
     let n = s.read(&mut first).unwrap();
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
@@ -228,7 +317,10 @@ fn idle_connections_are_closed() {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
 }
 
 /// A request that takes longer than the request time-out (here: a body that trickles in) is
@@ -243,7 +335,10 @@ fn request_timeout_answers_503() {
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
-    assert!(text.contains("OperationOutcome") && text.contains("timeout"), "{text}");
+    assert!(
+        text.contains("OperationOutcome") && text.contains("timeout"),
+        "{text}"
+    );
 }
 
 /// SIGTERM: the server stops accepting, finishes the request in flight, then exits 0.
@@ -261,10 +356,15 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     s.write_all(&body[..10]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // The request is in flight; ask the server to stop.
-    let _ = std::process::Command::new("kill").args(["-TERM", &gw.pid().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &gw.pid().to_string()])
+        .status();
     std::thread::sleep(Duration::from_millis(300));
     // New connections are refused while the old one is served.
-    assert!(TcpStream::connect(&gw.addr).is_err(), "listener should be closed");
+    assert!(
+        TcpStream::connect(&gw.addr).is_err(),
+        "listener should be closed"
+    );
     s.write_all(&body[10..]).unwrap();
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).unwrap();
@@ -290,7 +390,11 @@ async fn data_survives_restart() {
     let v: Value = r.json().await.unwrap();
     let dir = gw.stop_keep_data();
     let gw = Gateway::start_in(dir, "");
-    let r = client().get(format!("{}/Basic/{}", gw.base, v["id"].as_str().unwrap())).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/Basic/{}", gw.base, v["id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let again: Value = r.json().await.unwrap();
     assert_eq!(again, v);
@@ -301,7 +405,11 @@ async fn data_survives_restart() {
 fn bad_config_is_refused_with_pointers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "listen = 8080\n[limits]\nmax_body_bytes = -1\nno_such_key = 1\n").unwrap();
+    std::fs::write(
+        &path,
+        "listen = 8080\n[limits]\nmax_body_bytes = -1\nno_such_key = 1\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["serve", "--config"])
         .arg(&path)
@@ -312,4 +420,26 @@ fn bad_config_is_refused_with_pointers() {
     assert!(err.contains("/listen"), "{err}");
     assert!(err.contains("/limits/max_body_bytes"), "{err}");
     assert!(err.contains("no_such_key"), "{err}");
+}
+
+/// One structured log line per request, with method, path, status and duration.
+#[tokio::test]
+async fn one_json_log_line_per_request() {
+    let gw = Gateway::start_with("log_format = \"json\"\n");
+    let c = client();
+    c.get(format!("{}/metadata", gw.base)).send().await.unwrap();
+    c.get(format!("{}/Patient/nope", gw.base)).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let access: Vec<Value> = gw
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "gateway::access")
+        .collect();
+    let fhir: Vec<&Value> = access.iter().filter(|v| v["path"].as_str().unwrap_or("").starts_with("/fhir")).collect();
+    assert_eq!(fhir.len(), 2, "{access:?}");
+    assert_eq!(fhir[0]["status"], 200);
+    assert_eq!(fhir[0]["method"], "GET");
+    assert_eq!(fhir[1]["status"], 404);
+    assert!(fhir[1]["duration_ms"].as_f64().unwrap() >= 0.0);
 }

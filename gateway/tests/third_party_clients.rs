@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A Python with the pinned client packages, installing them from PyPI the first time.
@@ -25,10 +28,25 @@ fn python() -> PathBuf {
     let stamp = venv.join(".requirements");
     let wanted = std::fs::read_to_string(&requirements).unwrap();
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().map(|s| s.success()).unwrap_or(false);
-        assert!(ok, "python3 -m venv failed: install python3 and python3-venv");
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "python3 -m venv failed: install python3 and python3-venv"
+        );
         let ok = Command::new(&py)
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+            ])
             .arg(&requirements)
             .status()
             .map(|s| s.success())
@@ -49,7 +67,11 @@ fn python_fhir_clients_drive_the_gateway() {
         .env("GATEWAY_BASE", &gw.base)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("{text}");
     assert!(out.status.success(), "the Python clients failed:\n{text}");
     assert!(text.contains("6 passed"), "{text}");

@@ -5,9 +5,18 @@ use crate::{case, ensure};
 pub fn cases() -> Vec<Case> {
     vec![
         case!("If-None-Exist with a match creates nothing", if_none_exist),
-        case!("100 concurrent conditional creates make exactly one resource", race),
-        case!("conditional update by identifier updates the match", conditional_update),
-        case!("conditional create with two matches answers 412", multiple_matches),
+        case!(
+            "100 concurrent conditional creates make exactly one resource",
+            race
+        ),
+        case!(
+            "conditional update by identifier updates the match",
+            conditional_update
+        ),
+        case!(
+            "conditional create with two matches answers 412",
+            multiple_matches
+        ),
     ]
 }
 
@@ -40,13 +49,22 @@ async fn race(c: Fhir) -> Outcome {
     let mut ids = std::collections::BTreeSet::new();
     for t in tasks {
         let a = t.await.map_err(|e| e.to_string())??;
-        ensure!(a.status == 201 || a.status == 200, "status {} {}", a.status, a.text);
+        ensure!(
+            a.status == 201 || a.status == 200,
+            "status {} {}",
+            a.status,
+            a.text
+        );
         if a.status == 201 {
             created += 1;
         }
         ids.insert(a.body["id"].as_str().unwrap_or_default().to_owned());
     }
-    ensure!(created == 1 && ids.len() == 1, "{created} created, {} distinct ids", ids.len());
+    ensure!(
+        created == 1 && ids.len() == 1,
+        "{created} created, {} distinct ids",
+        ids.len()
+    );
     let s = c.get(&format!("Patient?{cond}")).await?;
     ensure!(s.body["total"] == 1, "search finds {}", s.body["total"]);
     Ok(())
@@ -59,7 +77,10 @@ async fn conditional_update(c: Fhir) -> Outcome {
     p["gender"] = serde_json::json!("other");
     let b = c.put(&format!("Patient?{cond}"), &p, &[]).await?;
     ensure!(b.status == 200, "status {} {}", b.status, b.text);
-    ensure!(a.body["id"] == b.body["id"] && b.body["meta"]["versionId"] == "2", "not an update of the match");
+    ensure!(
+        a.body["id"] == b.body["id"] && b.body["meta"]["versionId"] == "2",
+        "not an update of the match"
+    );
     Ok(())
 }
 

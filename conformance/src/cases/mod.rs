@@ -24,11 +24,26 @@ pub struct Group {
 
 pub fn groups() -> Vec<Group> {
     vec![
-        Group { name: "capabilities", cases: capabilities::cases() },
-        Group { name: "crud", cases: crud::cases() },
-        Group { name: "versioning", cases: versioning::cases() },
-        Group { name: "conditional", cases: conditional::cases() },
-        Group { name: "bad-input", cases: bad_input::cases() },
+        Group {
+            name: "capabilities",
+            cases: capabilities::cases(),
+        },
+        Group {
+            name: "crud",
+            cases: crud::cases(),
+        },
+        Group {
+            name: "versioning",
+            cases: versioning::cases(),
+        },
+        Group {
+            name: "conditional",
+            cases: conditional::cases(),
+        },
+        Group {
+            name: "bad-input",
+            cases: bad_input::cases(),
+        },
     ]
 }
 
@@ -46,7 +61,10 @@ macro_rules! ensure {
 #[macro_export]
 macro_rules! case {
     ($name:literal, $f:path) => {
-        $crate::cases::Case { name: $name, run: |c| Box::pin($f(c)) }
+        $crate::cases::Case {
+            name: $name,
+            run: |c| Box::pin($f(c)),
+        }
     };
 }
 
@@ -62,5 +80,6 @@ pub fn test_patient(tag: &str) -> serde_json::Value {
 
 /// The response is an OperationOutcome with at least one issue.
 pub fn is_outcome(body: &serde_json::Value) -> bool {
-    body["resourceType"] == "OperationOutcome" && body["issue"].as_array().is_some_and(|a| !a.is_empty())
+    body["resourceType"] == "OperationOutcome"
+        && body["issue"].as_array().is_some_and(|a| !a.is_empty())
 }

@@ -23,11 +23,22 @@ fn link(base_path: &str, params: &[(String, String)], extra: Option<(&str, &str)
         ser.append_pair(k, v);
     }
     let q = ser.finish();
-    if q.is_empty() { base_path.to_owned() } else { format!("{base_path}?{q}") }
+    if q.is_empty() {
+        base_path.to_owned()
+    } else {
+        format!("{base_path}?{q}")
+    }
 }
 
-fn links(url: &str, params: &[(String, String)], cursor_param: Option<&str>, next: Option<&str>) -> Vec<Value> {
-    let mut out = vec![json!({ "relation": "self", "url": link(url, params, cursor_param.map(|c| ("_cursor", c))) })];
+fn links(
+    url: &str,
+    params: &[(String, String)],
+    cursor_param: Option<&str>,
+    next: Option<&str>,
+) -> Vec<Value> {
+    let mut out = vec![
+        json!({ "relation": "self", "url": link(url, params, cursor_param.map(|c| ("_cursor", c))) }),
+    ];
     if let Some(n) = next {
         out.push(json!({ "relation": "next", "url": link(url, params, Some(("_cursor", n))) }));
     }

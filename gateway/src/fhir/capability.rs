@@ -8,8 +8,16 @@ use crate::fhir::validate::Structure;
 use serde_json::{Value, json};
 
 /// Type-level interactions every resource type supports (see `operation::parse`).
-pub const INTERACTIONS: &[&str] =
-    &["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"];
+pub const INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+];
 
 /// System-level interactions.
 pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system"];

@@ -38,14 +38,22 @@ pub fn depth_exceeds(bytes: &[u8], limit: u32) -> bool {
 /// Parses a body into a JSON object, with errors a client can act on.
 pub fn parse_resource(bytes: &[u8], max_depth: u32) -> Result<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::invalid("the request has no body; a FHIR resource in JSON was expected"));
+        return Err(Error::invalid(
+            "the request has no body; a FHIR resource in JSON was expected",
+        ));
     }
     if depth_exceeds(bytes, max_depth) {
-        return Err(Error::invalid(format!("JSON nested deeper than {max_depth} levels")));
+        return Err(Error::invalid(format!(
+            "JSON nested deeper than {max_depth} levels"
+        )));
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         // serde's message names line and column only: no input is echoed back.
-        Error::client(http::StatusCode::BAD_REQUEST, "structure", format!("body is not valid JSON: {e}"))
+        Error::client(
+            http::StatusCode::BAD_REQUEST,
+            "structure",
+            format!("body is not valid JSON: {e}"),
+        )
     })?;
     if !value.is_object() {
         return Err(Error::client(
@@ -65,7 +73,10 @@ fn check_numbers(v: &Value) -> Result<()> {
         Value::Number(n) => {
             let finite = n.as_f64().map(f64::is_finite).unwrap_or(false);
             if !finite || n.to_string().len() > 64 {
-                return Err(Error::invalid(format!("number out of range: {}", truncate(&n.to_string(), 40))));
+                return Err(Error::invalid(format!(
+                    "number out of range: {}",
+                    truncate(&n.to_string(), 40)
+                )));
             }
             Ok(())
         }
@@ -76,14 +87,20 @@ fn check_numbers(v: &Value) -> Result<()> {
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.len() <= n { s.to_owned() } else { format!("{}...", &s[..n]) }
+    if s.len() <= n {
+        s.to_owned()
+    } else {
+        format!("{}...", &s[..n])
+    }
 }
 
 /// A FHIR logical id: `[A-Za-z0-9\-\.]{1,64}` (and no longer than the configured maximum).
 pub fn valid_id(id: &str, max_len: u32) -> bool {
     !id.is_empty()
         && id.len() <= max_len as usize
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 #[cfg(test)]

@@ -129,26 +129,42 @@ pub struct Raw<'a> {
 }
 
 /// Parses a request. `structure` says which resource types exist.
-pub fn parse(raw: &Raw<'_>, base: String, config: &Config, structure: &Structure) -> Result<Request> {
+pub fn parse(
+    raw: &Raw<'_>,
+    base: String,
+    config: &Config,
+    structure: &Structure,
+) -> Result<Request> {
     let params = decode_query(raw.query.unwrap_or("").as_bytes())?;
     let pretty = negotiate_format(raw.headers, &params)?;
     let prefer = header(raw.headers, "prefer").unwrap_or_default();
-    let ret = prefer_return(&prefer);
-    let strict = match prefer_handling(&prefer) {
+    let ret = prefer_return(prefer);
+    let strict = match prefer_handling(prefer) {
         Some(h) => h == "strict",
         None => config.rest.default_handling == "strict",
     };
     let max_id = config.limits.max_id_length;
 
-    let segments: Vec<&str> = raw.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = raw
+        .path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let m = raw.method;
     let type_of = |s: &str| -> Result<String> {
         if structure.is_resource_type(s) {
             Ok(s.to_owned())
         } else if s.starts_with('$') {
-            Err(Error::not_supported(StatusCode::NOT_IMPLEMENTED, format!("operation {s} is not supported")))
+            Err(Error::not_supported(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("operation {s} is not supported"),
+            ))
         } else {
-            Err(Error::not_found(format!("unknown resource type '{}'", clip(s))))
+            Err(Error::not_found(format!(
+                "unknown resource type '{}'",
+                clip(s)
+            )))
         }
     };
     let id_of = |s: &str| -> Result<String> {
@@ -164,7 +180,9 @@ pub fn parse(raw: &Raw<'_>, base: String, config: &Config, structure: &Structure
 
     let op = match (m, segments.as_slice()) {
         (&Method::GET, ["metadata"]) => Operation::Capabilities,
-        (&Method::GET, ["_history"]) => Operation::History(history(HistoryScope::System, &params, config)?),
+        (&Method::GET, ["_history"]) => {
+            Operation::History(history(HistoryScope::System, &params, config)?)
+        }
         (&Method::GET, [ty]) => {
             let ty = type_of(ty)?;
             Operation::Search(search(ty, &params, strict, config, structure)?)
@@ -192,10 +210,18 @@ pub fn parse(raw: &Raw<'_>, base: String, config: &Config, structure: &Structure
                 obj.remove("id");
             }
             let if_none_exist = match header(raw.headers, "if-none-exist") {
-                Some(q) => Some(conditional_criteria(&ty, q.trim_start_matches('?'), structure)?),
+                Some(q) => Some(conditional_criteria(
+                    &ty,
+                    q.trim_start_matches('?'),
+                    structure,
+                )?),
                 None => None,
             };
-            Operation::Create(Create { ty, resource, if_none_exist })
+            Operation::Create(Create {
+                ty,
+                resource,
+                if_none_exist,
+            })
         }
         (&Method::PUT, [ty]) => {
             let ty = type_of(ty)?;
@@ -212,20 +238,35 @@ pub fn parse(raw: &Raw<'_>, base: String, config: &Config, structure: &Structure
         (&Method::DELETE, [ty]) => {
             let ty = type_of(ty)?;
             let criteria = conditional_from_params(&ty, &params, structure)?;
-            Operation::Delete(Delete { ty, target: Target::Criteria(criteria), if_match: if_match(raw.headers)? })
+            Operation::Delete(Delete {
+                ty,
+                target: Target::Criteria(criteria),
+                if_match: if_match(raw.headers)?,
+            })
         }
         (&Method::GET, [ty, "_history"]) => {
             Operation::History(history(HistoryScope::Type(type_of(ty)?), &params, config)?)
         }
-        (&Method::GET, [ty, id]) => Operation::Read(Read { ty: type_of(ty)?, id: id_of(id)? }),
+        (&Method::GET, [ty, id]) => Operation::Read(Read {
+            ty: type_of(ty)?,
+            id: id_of(id)?,
+        }),
         (&Method::PUT, [ty, id]) => {
             let ty = type_of(ty)?;
             let id = id_of(id)?;
             let resource = body_resource(raw, &ty, config)?;
             match resource.get("id").and_then(Value::as_str) {
                 Some(body_id) if body_id == id => {}
-                Some(_) => return Err(Error::invalid("the resource's id differs from the id in the URL")),
-                None => return Err(Error::invalid("an update must carry the resource's id, equal to the URL's")),
+                Some(_) => {
+                    return Err(Error::invalid(
+                        "the resource's id differs from the id in the URL",
+                    ));
+                }
+                None => {
+                    return Err(Error::invalid(
+                        "an update must carry the resource's id, equal to the URL's",
+                    ));
+                }
             }
             Operation::Update(Update {
                 ty,
@@ -245,12 +286,15 @@ pub fn parse(raw: &Raw<'_>, base: String, config: &Config, structure: &Structure
             Operation::History(history(scope, &params, config)?)
         }
         (&Method::GET, [ty, id, "_history", vid]) => {
-            let version = vid
-                .parse::<u64>()
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| Error::invalid(format!("'{}' is not a version id", clip(vid))))?;
-            Operation::VRead(VRead { ty: type_of(ty)?, id: id_of(id)?, version })
+            let version =
+                vid.parse::<u64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+                    Error::invalid(format!("'{}' is not a version id", clip(vid)))
+                })?;
+            Operation::VRead(VRead {
+                ty: type_of(ty)?,
+                id: id_of(id)?,
+                version,
+            })
         }
         (_, []) if m == Method::POST => {
             return Err(Error::not_supported(
@@ -259,10 +303,16 @@ pub fn parse(raw: &Raw<'_>, base: String, config: &Config, structure: &Structure
             ));
         }
         (_, [seg, ..]) if seg.starts_with('$') => {
-            return Err(Error::not_supported(StatusCode::NOT_IMPLEMENTED, format!("operation {} is not supported", clip(seg))));
+            return Err(Error::not_supported(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("operation {} is not supported", clip(seg)),
+            ));
         }
         (_, [_, _, seg, ..]) if seg.starts_with('$') => {
-            return Err(Error::not_supported(StatusCode::NOT_IMPLEMENTED, format!("operation {} is not supported", clip(seg))));
+            return Err(Error::not_supported(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("operation {} is not supported", clip(seg)),
+            ));
         }
         (_, [ty, ..]) if ["GET", "POST", "PUT", "DELETE"].contains(&m.as_str()) => {
             // Known shapes with an unknown type answer as unknown types; the rest as unknown paths.
@@ -277,7 +327,14 @@ pub fn parse(raw: &Raw<'_>, base: String, config: &Config, structure: &Structure
             ));
         }
     };
-    Ok(Request { op, ret, pretty, base, method: m.clone(), path: raw.path.to_owned() })
+    Ok(Request {
+        op,
+        ret,
+        pretty,
+        base,
+        method: m.clone(),
+        path: raw.path.to_owned(),
+    })
 }
 
 /// JSON only (for now). Returns whether `_pretty` output was asked for.
@@ -292,7 +349,12 @@ fn negotiate_format(headers: &HeaderMap, params: &[(String, String)]) -> Result<
         match f.as_str() {
             "json" | "application/json" | "application/fhir+json" | "application/json+fhir" => {}
             f if f.contains("xml") => return Err(xml()),
-            _ => return Err(Error::not_supported(StatusCode::NOT_ACCEPTABLE, "unsupported _format")),
+            _ => {
+                return Err(Error::not_supported(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "unsupported _format",
+                ));
+            }
         }
     } else if let Some(accept) = header(headers, "accept") {
         let acceptable = accept.split(',').any(|a| {
@@ -303,7 +365,11 @@ fn negotiate_format(headers: &HeaderMap, params: &[(String, String)]) -> Result<
             return Err(xml());
         }
     }
-    let pretty = match params.iter().find(|(k, _)| k == "_pretty").map(|(_, v)| v.as_str()) {
+    let pretty = match params
+        .iter()
+        .find(|(k, _)| k == "_pretty")
+        .map(|(_, v)| v.as_str())
+    {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => return Err(Error::invalid("_pretty is true or false")),
@@ -313,43 +379,75 @@ fn negotiate_format(headers: &HeaderMap, params: &[(String, String)]) -> Result<
 
 fn body_resource(raw: &Raw<'_>, ty: &str, config: &Config) -> Result<Value> {
     if let Some(ct) = header(raw.headers, "content-type") {
-        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if mime.contains("xml") {
             return Err(Error::not_supported(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "this server reads FHIR JSON only; XML is not supported",
             ));
         }
-        if !matches!(mime.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir") {
+        if !matches!(
+            mime.as_str(),
+            "application/fhir+json" | "application/json" | "application/json+fhir"
+        ) {
             return Err(Error::not_supported(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("unsupported content type '{}'; send application/fhir+json", clip(&mime)),
+                format!(
+                    "unsupported content type '{}'; send application/fhir+json",
+                    clip(&mime)
+                ),
             ));
         }
     }
     let resource = parse_resource(raw.body, config.limits.max_json_depth)?;
     match resource.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == ty => Ok(resource),
-        Some(t) => Err(Error::invalid(format!("resourceType '{}' does not match the URL's type '{ty}'", clip(t)))),
+        Some(t) => Err(Error::invalid(format!(
+            "resourceType '{}' does not match the URL's type '{ty}'",
+            clip(t)
+        ))),
         None => Err(Error::invalid("the resource has no resourceType")),
     }
 }
 
 fn history(scope: HistoryScope, params: &[(String, String)], config: &Config) -> Result<History> {
-    let mut h = History { scope, since: None, count: config.rest.default_page_size, cursor: None };
+    let mut h = History {
+        scope,
+        since: None,
+        count: config.rest.default_page_size,
+        cursor: None,
+    };
     for (k, v) in params {
         match k.as_str() {
             "_since" => h.since = Some(parse_instant(v)?),
             "_count" => h.count = page_size(v, config)?,
-            "_cursor" => h.cursor = Some(v.parse().map_err(|_| Error::invalid("malformed _cursor"))?),
+            "_cursor" => {
+                h.cursor = Some(v.parse().map_err(|_| Error::invalid("malformed _cursor"))?)
+            }
             "_format" | "_pretty" => {}
-            other => return Err(Error::invalid(format!("history does not take the parameter '{}'", clip(other)))),
+            other => {
+                return Err(Error::invalid(format!(
+                    "history does not take the parameter '{}'",
+                    clip(other)
+                )));
+            }
         }
     }
     Ok(h)
 }
 
-fn search(ty: String, params: &[(String, String)], strict: bool, config: &Config, s: &Structure) -> Result<Search> {
+fn search(
+    ty: String,
+    params: &[(String, String)],
+    strict: bool,
+    config: &Config,
+    s: &Structure,
+) -> Result<Search> {
     let mut count = config.rest.default_page_size;
     let mut cursor = None;
     let mut rest = Vec::new();
@@ -371,11 +469,21 @@ fn search(ty: String, params: &[(String, String)], strict: bool, config: &Config
     if strict && !unknown.is_empty() {
         return Err(Error::invalid(format!(
             "unknown or unsupported search parameter(s): {}",
-            unknown.iter().map(|u| clip(u)).collect::<Vec<_>>().join(", ")
+            unknown
+                .iter()
+                .map(|u| clip(u))
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     applied.extend(rest.into_iter().filter(|(k, _)| !unknown.contains(k)));
-    Ok(Search { ty, criteria, count, cursor, applied })
+    Ok(Search {
+        ty,
+        criteria,
+        count,
+        cursor,
+        applied,
+    })
 }
 
 /// Criteria of a conditional create/update/delete: an ignored parameter would widen the match, so
@@ -384,18 +492,31 @@ fn conditional_criteria(ty: &str, query: &str, s: &Structure) -> Result<Criteria
     conditional_from_params(ty, &decode_query(query.as_bytes())?, s)
 }
 
-fn conditional_from_params(ty: &str, params: &[(String, String)], s: &Structure) -> Result<Criteria> {
-    let params: Vec<(String, String)> =
-        params.iter().filter(|(k, _)| k != "_format" && k != "_pretty").cloned().collect();
+fn conditional_from_params(
+    ty: &str,
+    params: &[(String, String)],
+    s: &Structure,
+) -> Result<Criteria> {
+    let params: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "_format" && k != "_pretty")
+        .cloned()
+        .collect();
     let (criteria, unknown) = parse_criteria(ty, &params, s)?;
     if !unknown.is_empty() {
         return Err(Error::invalid(format!(
             "conditional operations support _id and identifier only; not: {}",
-            unknown.iter().map(|u| clip(u)).collect::<Vec<_>>().join(", ")
+            unknown
+                .iter()
+                .map(|u| clip(u))
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     if criteria.is_empty() {
-        return Err(Error::invalid("a conditional operation needs search criteria"));
+        return Err(Error::invalid(
+            "a conditional operation needs search criteria",
+        ));
     }
     Ok(criteria)
 }
@@ -404,7 +525,10 @@ fn conditional_from_params(ty: &str, params: &[(String, String)], s: &Structure)
 /// (a lossy decode would silently search for U+FFFD).
 pub fn decode_query(q: &[u8]) -> Result<Vec<(String, String)>> {
     let decode = |part: &[u8]| -> Result<String> {
-        let plus: Vec<u8> = part.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+        let plus: Vec<u8> = part
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
         percent_encoding::percent_decode(&plus)
             .decode_utf8()
             .map(|c| c.into_owned())
@@ -423,7 +547,9 @@ pub fn decode_query(q: &[u8]) -> Result<Vec<(String, String)>> {
 }
 
 fn page_size(v: &str, config: &Config) -> Result<u32> {
-    let n: u32 = v.parse().map_err(|_| Error::invalid(format!("_count must be a whole number, not '{}'", clip(v))))?;
+    let n: u32 = v
+        .parse()
+        .map_err(|_| Error::invalid(format!("_count must be a whole number, not '{}'", clip(v))))?;
     Ok(n.min(config.rest.max_page_size))
 }
 
@@ -441,7 +567,9 @@ pub fn parse_instant(v: &str) -> Result<OffsetDateTime> {
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>> {
     match header(headers, "if-match") {
         None => Ok(None),
-        Some(v) => parse_etag(v).map(Some).ok_or_else(|| Error::invalid("If-Match must be an ETag such as W/\"3\"")),
+        Some(v) => parse_etag(v)
+            .map(Some)
+            .ok_or_else(|| Error::invalid("If-Match must be an ETag such as W/\"3\"")),
     }
 }
 
@@ -465,7 +593,9 @@ fn prefer_return(prefer: &str) -> Return {
 }
 
 fn prefer_handling(prefer: &str) -> Option<&str> {
-    prefer.split([',', ';']).find_map(|p| p.trim().strip_prefix("handling="))
+    prefer
+        .split([',', ';'])
+        .find_map(|p| p.trim().strip_prefix("handling="))
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -496,18 +626,27 @@ mod tests {
     #[test]
     fn prefer_header_forms() {
         assert_eq!(prefer_return("return=minimal"), Return::Minimal);
-        assert_eq!(prefer_return("handling=strict, return=OperationOutcome"), Return::OperationOutcome);
+        assert_eq!(
+            prefer_return("handling=strict, return=OperationOutcome"),
+            Return::OperationOutcome
+        );
         assert_eq!(prefer_return(""), Return::Representation);
-        assert_eq!(prefer_handling("return=minimal; handling=strict"), Some("strict"));
+        assert_eq!(
+            prefer_handling("return=minimal; handling=strict"),
+            Some("strict")
+        );
     }
 
     #[test]
     fn queries_decode_strictly() {
-        assert_eq!(decode_query(b"a=1&b=x%7Cy+z&c").unwrap(), vec![
-            ("a".to_owned(), "1".to_owned()),
-            ("b".to_owned(), "x|y z".to_owned()),
-            ("c".to_owned(), String::new())
-        ]);
+        assert_eq!(
+            decode_query(b"a=1&b=x%7Cy+z&c").unwrap(),
+            vec![
+                ("a".to_owned(), "1".to_owned()),
+                ("b".to_owned(), "x|y z".to_owned()),
+                ("c".to_owned(), String::new())
+            ]
+        );
         assert!(decode_query(b"identifier=%ff%fe").is_err());
     }
 
@@ -515,7 +654,10 @@ mod tests {
     fn instants_and_dates() {
         assert!(parse_instant("2024-01-02T03:04:05Z").is_ok());
         assert!(parse_instant("2024-01-02T03:04:05.123+01:00").is_ok());
-        assert_eq!(parse_instant("2024-01-02").unwrap().unix_timestamp(), 1704153600);
+        assert_eq!(
+            parse_instant("2024-01-02").unwrap().unix_timestamp(),
+            1704153600
+        );
         assert!(parse_instant("yesterday").is_err());
     }
 }

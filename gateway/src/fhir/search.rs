@@ -37,20 +37,30 @@ pub fn supported_parameters(ty: &str, s: &Structure) -> Vec<(&'static str, &'sta
 }
 
 /// Splits parameters into criteria and the names that are not understood.
-pub fn parse_criteria(ty: &str, params: &[(String, String)], s: &Structure) -> Result<(Criteria, Vec<String>)> {
+pub fn parse_criteria(
+    ty: &str,
+    params: &[(String, String)],
+    s: &Structure,
+) -> Result<(Criteria, Vec<String>)> {
     let mut c = Criteria::default();
     let mut unknown = Vec::new();
     for (name, value) in params {
         match name.as_str() {
             "_id" => {
-                let ids: Vec<String> = split_or(value).into_iter().filter(|v| !v.is_empty()).collect();
+                let ids: Vec<String> = split_or(value)
+                    .into_iter()
+                    .filter(|v| !v.is_empty())
+                    .collect();
                 if ids.is_empty() {
                     return Err(Error::invalid("_id needs a value"));
                 }
                 c.ids.push(ids);
             }
             "identifier" if s.has_identifier(ty) => {
-                let tokens = split_or(value).iter().map(|v| token(v)).collect::<Result<Vec<_>>>()?;
+                let tokens = split_or(value)
+                    .iter()
+                    .map(|v| token(v))
+                    .collect::<Result<Vec<_>>>()?;
                 c.identifiers.push(tokens);
             }
             _ => unknown.push(name.clone()),
@@ -66,7 +76,9 @@ fn split_or(v: &str) -> Vec<String> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => match chars.next() {
-                Some(n @ (',' | '|' | '$' | '\\')) => out.last_mut().unwrap().push_str(&format!("\\{n}")),
+                Some(n @ (',' | '|' | '$' | '\\')) => {
+                    out.last_mut().unwrap().push_str(&format!("\\{n}"))
+                }
                 Some(n) => {
                     let last = out.last_mut().unwrap();
                     last.push('\\');
@@ -97,16 +109,29 @@ fn token(v: &str) -> Result<Token> {
         }
         i += 1;
     }
-    let unescape = |s: &str| s.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$").replace("\\\\", "\\");
+    let unescape = |s: &str| {
+        s.replace("\\,", ",")
+            .replace("\\|", "|")
+            .replace("\\$", "$")
+            .replace("\\\\", "\\")
+    };
     let t = match split {
-        None => Token { system: None, value: Some(unescape(v)) },
+        None => Token {
+            system: None,
+            value: Some(unescape(v)),
+        },
         Some(i) => {
             let (sys, val) = (&v[..i], &v[i + 1..]);
-            Token { system: Some(unescape(sys)), value: (!val.is_empty()).then(|| unescape(val)) }
+            Token {
+                system: Some(unescape(sys)),
+                value: (!val.is_empty()).then(|| unescape(val)),
+            }
         }
     };
     if t.value.is_none() && t.system.as_deref().unwrap_or("").is_empty() {
-        return Err(Error::invalid("an identifier search needs a system or a value"));
+        return Err(Error::invalid(
+            "an identifier search needs a system or a value",
+        ));
     }
     Ok(t)
 }
@@ -122,7 +147,13 @@ pub fn identifier_tokens(resource: &Value) -> Vec<(String, String)> {
         .into_iter()
         .filter_map(|i| {
             let value = i.get("value")?.as_str()?;
-            Some((i.get("system").and_then(Value::as_str).unwrap_or("").to_owned(), value.to_owned()))
+            Some((
+                i.get("system")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                value.to_owned(),
+            ))
         })
         .collect()
 }
@@ -134,11 +165,41 @@ mod tests {
 
     #[test]
     fn token_forms() {
-        assert_eq!(token("a|b").unwrap(), Token { system: Some("a".into()), value: Some("b".into()) });
-        assert_eq!(token("|b").unwrap(), Token { system: Some("".into()), value: Some("b".into()) });
-        assert_eq!(token("b").unwrap(), Token { system: None, value: Some("b".into()) });
-        assert_eq!(token("a|").unwrap(), Token { system: Some("a".into()), value: None });
-        assert_eq!(token(r"a\|b").unwrap(), Token { system: None, value: Some("a|b".into()) });
+        assert_eq!(
+            token("a|b").unwrap(),
+            Token {
+                system: Some("a".into()),
+                value: Some("b".into())
+            }
+        );
+        assert_eq!(
+            token("|b").unwrap(),
+            Token {
+                system: Some("".into()),
+                value: Some("b".into())
+            }
+        );
+        assert_eq!(
+            token("b").unwrap(),
+            Token {
+                system: None,
+                value: Some("b".into())
+            }
+        );
+        assert_eq!(
+            token("a|").unwrap(),
+            Token {
+                system: Some("a".into()),
+                value: None
+            }
+        );
+        assert_eq!(
+            token(r"a\|b").unwrap(),
+            Token {
+                system: None,
+                value: Some("a|b".into())
+            }
+        );
         assert!(token("|").is_err());
     }
 
@@ -150,8 +211,12 @@ mod tests {
 
     #[test]
     fn identifiers_single_and_list() {
-        let p = json!({"identifier": [{"system": "s", "value": "1"}, {"value": "2"}, {"system": "x"}]});
-        assert_eq!(identifier_tokens(&p), vec![("s".into(), "1".into()), ("".into(), "2".into())]);
+        let p =
+            json!({"identifier": [{"system": "s", "value": "1"}, {"value": "2"}, {"system": "x"}]});
+        assert_eq!(
+            identifier_tokens(&p),
+            vec![("s".into(), "1".into()), ("".into(), "2".into())]
+        );
         let b = json!({"identifier": {"system": "s", "value": "9"}});
         assert_eq!(identifier_tokens(&b), vec![("s".into(), "9".into())]);
     }

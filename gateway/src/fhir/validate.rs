@@ -33,12 +33,13 @@ impl Structure {
             .build(&schema)
             .map_err(|e| Error::internal(format!("FHIR schema does not compile: {e}")))?;
         let defs = &schema["definitions"];
-        let resource_types: BTreeSet<String> = defs["ResourceList"]["properties"]["resourceType"]["enum"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
+        let resource_types: BTreeSet<String> =
+            defs["ResourceList"]["properties"]["resourceType"]["enum"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
         if resource_types.len() < 140 {
             return Err(Error::internal("FHIR schema lists too few resource types"));
         }
@@ -49,7 +50,12 @@ impl Structure {
                 (!p.is_null()).then(|| (t.clone(), p["type"] == "array"))
             })
             .collect();
-        Ok(Structure { validator, resource_types, identifier, max_errors })
+        Ok(Structure {
+            validator,
+            resource_types,
+            identifier,
+            max_errors,
+        })
     }
 
     pub fn is_resource_type(&self, ty: &str) -> bool {
@@ -135,9 +141,16 @@ mod tests {
     fn knows_every_r4_resource_type() {
         let s = structure();
         assert_eq!(s.resource_types().count(), 146);
-        assert!(s.is_resource_type("Patient") && s.is_resource_type("MedicinalProductUndesirableEffect"));
+        assert!(
+            s.is_resource_type("Patient")
+                && s.is_resource_type("MedicinalProductUndesirableEffect")
+        );
         assert!(!s.is_resource_type("DomainResource") && !s.is_resource_type("Foo"));
-        assert!(s.has_identifier("Patient") && s.has_identifier("Bundle") && !s.has_identifier("Binary"));
+        assert!(
+            s.has_identifier("Patient")
+                && s.has_identifier("Bundle")
+                && !s.has_identifier("Binary")
+        );
     }
 
     #[test]
@@ -153,18 +166,37 @@ mod tests {
         let p = json!({"resourceType": "Patient", "gender": 5, "birthDate": "1970-13-01", "foo": 1,
             "contained": [{"resourceType": "Observation", "status": "final"}]});
         let err = structure().validate(&p).unwrap_err();
-        let paths: Vec<_> = err.issues.iter().filter_map(|i| i.expression.clone()).collect();
+        let paths: Vec<_> = err
+            .issues
+            .iter()
+            .filter_map(|i| i.expression.clone())
+            .collect();
         assert!(paths.contains(&"Patient.gender".to_owned()), "{paths:?}");
         assert!(paths.contains(&"Patient.birthDate".to_owned()), "{paths:?}");
         // The contained Observation lacks its required `code`: checked against its own type only.
-        assert!(paths.iter().any(|p| p.starts_with("Patient.contained[0]")), "{paths:?}");
+        assert!(
+            paths.iter().any(|p| p.starts_with("Patient.contained[0]")),
+            "{paths:?}"
+        );
         assert!(err.issues.len() <= 20);
     }
 
     #[test]
     fn unknown_type_and_empty_arrays_are_refused() {
-        assert!(structure().validate(&json!({"resourceType": "Foo"})).is_err());
-        assert!(structure().validate(&json!({"resourceType": "Patient", "name": []})).is_err());
-        assert!(structure().validate(&json!({"resourceType": "Patient", "id": "a_b"})).is_err());
+        assert!(
+            structure()
+                .validate(&json!({"resourceType": "Foo"}))
+                .is_err()
+        );
+        assert!(
+            structure()
+                .validate(&json!({"resourceType": "Patient", "name": []}))
+                .is_err()
+        );
+        assert!(
+            structure()
+                .validate(&json!({"resourceType": "Patient", "id": "a_b"}))
+                .is_err()
+        );
     }
 }

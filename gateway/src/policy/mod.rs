@@ -70,14 +70,21 @@ impl Policy {
     /// Decides whether `principal` may perform `op`. Deny is the default of every later mode.
     pub fn authorize<T>(&self, principal: &Arc<Principal>, op: T) -> Result<Permit<T>> {
         match principal.as_ref() {
-            Principal::Open => Ok(Permit { op, principal: principal.clone(), _sealed: sealed::Sealed(()) }),
+            Principal::Open => Ok(Permit {
+                op,
+                principal: principal.clone(),
+                _sealed: sealed::Sealed(()),
+            }),
         }
     }
 
     /// Decides whether a value may leave the server for `principal`.
     pub fn disclose<T>(&self, principal: &Principal, value: T) -> Result<Disclosed<T>> {
         match principal {
-            Principal::Open => Ok(Disclosed { value, _sealed: sealed::Sealed(()) }),
+            Principal::Open => Ok(Disclosed {
+                value,
+                _sealed: sealed::Sealed(()),
+            }),
         }
     }
 

@@ -33,7 +33,13 @@ pub enum Payload {
 
 impl Reply {
     fn new(status: StatusCode, body: Option<Payload>) -> Reply {
-        Reply { status, body, version: None, last_modified: None, location: None }
+        Reply {
+            status,
+            body,
+            version: None,
+            last_modified: None,
+            location: None,
+        }
     }
 
     /// A stored version the policy released.
@@ -64,7 +70,10 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
     match req.op {
         Operation::Capabilities => {
             let permit = policy.authorize(principal, ())?;
-            Ok(Reply::json(StatusCode::OK, policy.disclose(permit.principal(), app.capability.clone())?))
+            Ok(Reply::json(
+                StatusCode::OK,
+                policy.disclose(permit.principal(), app.capability.clone())?,
+            ))
         }
         Operation::Read(op) => {
             let what = format!("{}/{}", op.ty, op.id);
@@ -72,7 +81,10 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             match app.store.read(&permit).await? {
                 None => Err(Error::not_found(format!("{what} is not known"))),
                 Some(s) if s.is_deleted() => Err(Error::gone(format!("{what} was deleted"))),
-                Some(s) => Ok(Reply::resource(StatusCode::OK, policy.disclose(permit.principal(), s)?)),
+                Some(s) => Ok(Reply::resource(
+                    StatusCode::OK,
+                    policy.disclose(permit.principal(), s)?,
+                )),
             }
         }
         Operation::VRead(op) => {
@@ -81,7 +93,10 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             match app.store.vread(&permit).await? {
                 None => Err(Error::not_found(format!("{what} is not known"))),
                 Some(s) if s.is_deleted() => Err(Error::gone(format!("{what} is a deletion"))),
-                Some(s) => Ok(Reply::resource(StatusCode::OK, policy.disclose(permit.principal(), s)?)),
+                Some(s) => Ok(Reply::resource(
+                    StatusCode::OK,
+                    policy.disclose(permit.principal(), s)?,
+                )),
             }
         }
         Operation::Create(op) => {
@@ -90,7 +105,12 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             match app.store.create(&permit).await? {
                 Created::New(s) => {
                     let location = version_url(&req.base, &s);
-                    let mut reply = written(StatusCode::CREATED, policy.disclose(permit.principal(), s)?, req.ret, "created");
+                    let mut reply = written(
+                        StatusCode::CREATED,
+                        policy.disclose(permit.principal(), s)?,
+                        req.ret,
+                        "created",
+                    );
                     reply.location = Some(location);
                     Ok(reply)
                 }
@@ -106,10 +126,20 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             app.structure.validate(&op.resource)?;
             let permit = policy.authorize(principal, op)?;
             let updated = app.store.update(&permit).await?;
-            let (status, message) =
-                if updated.created { (StatusCode::CREATED, "created") } else { (StatusCode::OK, "updated") };
-            let location = updated.created.then(|| version_url(&req.base, &updated.stored));
-            let mut reply = written(status, policy.disclose(permit.principal(), updated.stored)?, req.ret, message);
+            let (status, message) = if updated.created {
+                (StatusCode::CREATED, "created")
+            } else {
+                (StatusCode::OK, "updated")
+            };
+            let location = updated
+                .created
+                .then(|| version_url(&req.base, &updated.stored));
+            let mut reply = written(
+                status,
+                policy.disclose(permit.principal(), updated.stored)?,
+                req.ret,
+                message,
+            );
             reply.location = location;
             Ok(reply)
         }
@@ -117,7 +147,8 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             let permit = policy.authorize(principal, op)?;
             match app.store.delete(&permit).await? {
                 Some(s) => {
-                    let mut reply = Reply::information(StatusCode::OK, format!("deleted {}/{}", s.ty, s.id));
+                    let mut reply =
+                        Reply::information(StatusCode::OK, format!("deleted {}/{}", s.ty, s.id));
                     reply.version = Some(s.version);
                     Ok(reply)
                 }
@@ -138,9 +169,18 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             let permit = policy.authorize(principal, op)?;
             let page = app.store.history(&permit).await?;
             let (entries, next, total) = disclose_page(app, permit.principal(), page)?;
-            let info = PageInfo { url, params, cursor: cursor.as_deref(), next: next.as_deref(), total };
+            let info = PageInfo {
+                url,
+                params,
+                cursor: cursor.as_deref(),
+                next: next.as_deref(),
+                total,
+            };
             let b = bundle::history(&req.base, info, entries);
-            Ok(Reply::json(StatusCode::OK, policy.disclose(permit.principal(), b)?))
+            Ok(Reply::json(
+                StatusCode::OK,
+                policy.disclose(permit.principal(), b)?,
+            ))
         }
         Operation::Search(op) => {
             let url = format!("{}/{}", req.base, op.ty);
@@ -149,9 +189,18 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             let permit = policy.authorize(principal, op)?;
             let page = app.store.search(&permit).await?;
             let (entries, next, total) = disclose_page(app, permit.principal(), page)?;
-            let info = PageInfo { url, params, cursor: cursor.as_deref(), next: next.as_deref(), total };
+            let info = PageInfo {
+                url,
+                params,
+                cursor: cursor.as_deref(),
+                next: next.as_deref(),
+                total,
+            };
             let b = bundle::searchset(&req.base, info, entries);
-            Ok(Reply::json(StatusCode::OK, policy.disclose(permit.principal(), b)?))
+            Ok(Reply::json(
+                StatusCode::OK,
+                policy.disclose(permit.principal(), b)?,
+            ))
         }
     }
 }

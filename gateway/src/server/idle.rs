@@ -17,7 +17,11 @@ pub struct IdleTimeout<T> {
 
 impl<T> IdleTimeout<T> {
     pub fn new(inner: T, timeout: Duration) -> IdleTimeout<T> {
-        IdleTimeout { inner, timeout, deadline: Box::pin(sleep(timeout)) }
+        IdleTimeout {
+            inner,
+            timeout,
+            deadline: Box::pin(sleep(timeout)),
+        }
     }
 
     fn touch(&mut self) {
@@ -35,7 +39,11 @@ fn timed_out() -> io::Error {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
@@ -51,7 +59,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, data) {
             Poll::Ready(r) => {
                 self.touch();

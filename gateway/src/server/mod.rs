@@ -43,7 +43,10 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout())
         .keep_alive(true)
         .max_buf_size(64 * 1024);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -76,7 +79,11 @@ pub async fn serve(
         let io = idle::IdleTimeout::new(stream, limits.idle_timeout());
         match &tls {
             None => {
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
+                let conn = graceful.watch(
+                    builder
+                        .serve_connection(TokioIo::new(io), service)
+                        .into_owned(),
+                );
                 tokio::spawn(async move {
                     let _ = conn.await;
                     drop(slot);
@@ -88,22 +95,32 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 let handshake_limit = limits.header_read_timeout();
                 tokio::spawn(async move {
-                    let tls_stream = match tokio::time::timeout(handshake_limit, acceptor.accept(io)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let _ = watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service).into_owned()).await;
+                    let tls_stream =
+                        match tokio::time::timeout(handshake_limit, acceptor.accept(io)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let _ = watcher
+                        .watch(
+                            builder
+                                .serve_connection(TokioIo::new(tls_stream), service)
+                                .into_owned(),
+                        )
+                        .await;
                     drop(slot);
                 });
             }
         }
     }
     drop(listener);
-    tracing::info!(connections = graceful.count(), "shutting down: finishing in-flight requests");
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: finishing in-flight requests"
+    );
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("shutdown complete"),
         _ = tokio::time::sleep(limits.shutdown_grace()) => tracing::warn!("grace period over; closing remaining connections"),
@@ -111,12 +128,21 @@ pub async fn serve(
 }
 
 /// One request: time-out, pipeline, access log.
-async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr, is_tls: bool) -> Response<Full<Bytes>> {
+async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    is_tls: bool,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let shape = Shape {
-        gzip: respond::accepts_gzip(req.headers().get(http::header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok())),
+        gzip: respond::accepts_gzip(
+            req.headers()
+                .get(http::header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        ),
         pretty: false,
     };
     let limit = app.config.limits.request_timeout();
@@ -138,7 +164,12 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr, is_tls:
     resp
 }
 
-async fn pipeline(app: &App, req: Request<Incoming>, is_tls: bool, mut shape: Shape) -> Response<Full<Bytes>> {
+async fn pipeline(
+    app: &App,
+    req: Request<Incoming>,
+    is_tls: bool,
+    mut shape: Shape,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     match path {
@@ -148,23 +179,37 @@ async fn pipeline(app: &App, req: Request<Incoming>, is_tls: bool, mut shape: Sh
                 Ok(()) => respond::json(StatusCode::OK, &json!({ "status": "pass" })),
                 Err(e) => {
                     tracing::warn!(error = %e, "store not ready");
-                    respond::json(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "fail" }))
+                    respond::json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({ "status": "fail" }),
+                    )
                 }
             };
         }
         _ => {}
     }
-    let Some(fhir_path) = path.strip_prefix(FHIR_BASE).filter(|p| p.is_empty() || p.starts_with('/')) else {
-        return respond::error(&Error::not_found("no such endpoint; the FHIR base is /fhir"), shape);
+    let Some(fhir_path) = path
+        .strip_prefix(FHIR_BASE)
+        .filter(|p| p.is_empty() || p.starts_with('/'))
+    else {
+        return respond::error(
+            &Error::not_found("no such endpoint; the FHIR base is /fhir"),
+            shape,
+        );
     };
     let limits = &app.config.limits;
     if parts.uri.to_string().len() > limits.max_url_bytes as usize {
         return respond::error(
-            &Error::client(StatusCode::URI_TOO_LONG, "too-long", format!("URL longer than {} bytes", limits.max_url_bytes)),
+            &Error::client(
+                StatusCode::URI_TOO_LONG,
+                "too-long",
+                format!("URL longer than {} bytes", limits.max_url_bytes),
+            ),
             shape,
         );
     }
-    let too_large = || Error::too_large(format!("body larger than {} bytes", limits.max_body_bytes));
+    let too_large =
+        || Error::too_large(format!("body larger than {} bytes", limits.max_body_bytes));
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -173,14 +218,28 @@ async fn pipeline(app: &App, req: Request<Incoming>, is_tls: bool, mut shape: Sh
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
         return respond::error(&too_large(), shape);
     }
-    let bytes = match Limited::new(body, limits.max_body_bytes as usize).collect().await {
+    let bytes = match Limited::new(body, limits.max_body_bytes as usize)
+        .collect()
+        .await
+    {
         Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             return respond::error(&too_large(), shape);
         }
-        Err(_) => return respond::error(&Error::invalid("the request body could not be read"), shape),
+        Err(_) => {
+            return respond::error(&Error::invalid("the request body could not be read"), shape);
+        }
     };
-    let raw = Raw { method: &parts.method, path: fhir_path, query: parts.uri.query(), headers: &parts.headers, body: &bytes };
+    let raw = Raw {
+        method: &parts.method,
+        path: fhir_path,
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        body: &bytes,
+    };
     let base = base_url(app, &parts.headers, is_tls);
     let request = match parse(&raw, base, &app.config, &app.structure) {
         Ok(r) => r,
@@ -192,7 +251,9 @@ async fn pipeline(app: &App, req: Request<Incoming>, is_tls: bool, mut shape: Sh
         Ok(reply) => respond::reply(reply, shape),
         Err(e) => {
             match e.origin {
-                crate::error::Origin::Store | crate::error::Origin::Internal | crate::error::Origin::Upstream => {
+                crate::error::Origin::Store
+                | crate::error::Origin::Internal
+                | crate::error::Origin::Upstream => {
                     tracing::error!(error = %e, "request failed")
                 }
                 _ => tracing::debug!(error = %e, "request refused"),
@@ -213,7 +274,10 @@ fn base_url(app: &App, headers: &http::HeaderMap, is_tls: bool) -> String {
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| {
-            !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
         })
         .unwrap_or(&app.config.listen);
     format!("{scheme}://{host}{FHIR_BASE}")
@@ -227,7 +291,8 @@ pub fn tls_acceptor(tls: &crate::config::Tls) -> Result<tokio_rustls::TlsAccepto
         .map_err(|e| format!("{}: {e}", tls.cert.display()))?
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", tls.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| format!("{}: {e}", tls.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| format!("{}: {e}", tls.key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -51,7 +51,10 @@ pub fn error(e: &Error, shape: Shape) -> Response<Full<Bytes>> {
     let (status, outcome) = e.outcome();
     let mut resp = build(status, Some(render(&outcome, shape.pretty)), shape);
     if status == StatusCode::METHOD_NOT_ALLOWED {
-        resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, POST, PUT, DELETE"));
+        resp.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, POST, PUT, DELETE"),
+        );
     }
     resp
 }
@@ -61,7 +64,11 @@ pub fn json(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
 }
 
 fn render(v: &Value, pretty: bool) -> Bytes {
-    let out = if pretty { serde_json::to_vec_pretty(v) } else { serde_json::to_vec(v) };
+    let out = if pretty {
+        serde_json::to_vec_pretty(v)
+    } else {
+        serde_json::to_vec(v)
+    };
     Bytes::from(out.unwrap_or_default())
 }
 
@@ -70,7 +77,9 @@ fn build(status: StatusCode, body: Option<Bytes>, shape: Shape) -> Response<Full
     let body = match body {
         None => Bytes::new(),
         Some(b) => {
-            builder = builder.header(CONTENT_TYPE, FHIR_JSON).header(VARY, "Accept, Accept-Encoding");
+            builder = builder
+                .header(CONTENT_TYPE, FHIR_JSON)
+                .header(VARY, "Accept, Accept-Encoding");
             if shape.gzip && b.len() >= GZIP_MIN_BYTES {
                 builder = builder.header(CONTENT_ENCODING, "gzip");
                 gzip(&b)
@@ -79,11 +88,14 @@ fn build(status: StatusCode, body: Option<Bytes>, shape: Shape) -> Response<Full
             }
         }
     };
-    builder.body(Full::new(body)).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    builder
+        .body(Full::new(body))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
 fn gzip(b: &[u8]) -> Bytes {
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(b.len() / 4), flate2::Compression::fast());
+    let mut enc =
+        flate2::write::GzEncoder::new(Vec::with_capacity(b.len() / 4), flate2::Compression::fast());
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(b);
     Bytes::from(enc.finish().unwrap_or_default())

@@ -102,11 +102,17 @@ pub trait Store: Send + Sync {
 pub fn stamp(resource: &Value, id: &str, version: u64, last_updated: OffsetDateTime) -> Bytes {
     let mut out = Map::new();
     let src = resource.as_object().cloned().unwrap_or_default();
-    out.insert("resourceType".into(), src.get("resourceType").cloned().unwrap_or(Value::Null));
+    out.insert(
+        "resourceType".into(),
+        src.get("resourceType").cloned().unwrap_or(Value::Null),
+    );
     out.insert("id".into(), Value::String(id.to_owned()));
     let mut meta = Map::new();
     meta.insert("versionId".into(), Value::String(version.to_string()));
-    meta.insert("lastUpdated".into(), Value::String(format_instant(last_updated)));
+    meta.insert(
+        "lastUpdated".into(),
+        Value::String(format_instant(last_updated)),
+    );
     if let Some(Value::Object(client_meta)) = src.get("meta") {
         for (k, v) in client_meta {
             if k != "versionId" && k != "lastUpdated" {
@@ -149,7 +155,8 @@ pub fn to_millis(t: OffsetDateTime) -> i64 {
 }
 
 pub fn from_millis(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// A fresh server-assigned id.

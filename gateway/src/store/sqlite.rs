@@ -5,14 +5,22 @@
 //! anyway), each in its own transaction, so "search, then create if nothing matched" cannot
 //! interleave with another write. Reads use a separate pool and never wait for writers (WAL).
 
-use super::{Created, Page, Store, Stored, Updated, WriteMethod, from_millis, new_id, now_ms, stamp, to_millis};
+use super::{
+    Created, Page, Store, Stored, Updated, WriteMethod, from_millis, new_id, now_ms, stamp,
+    to_millis,
+};
 use crate::error::{Error, Result};
-use crate::fhir::operation::{Create, Delete, History, HistoryScope, Read, Search, Target, Update, VRead};
+use crate::fhir::operation::{
+    Create, Delete, History, HistoryScope, Read, Search, Target, Update, VRead,
+};
 use crate::fhir::search::{Criteria, identifier_tokens};
 use crate::policy::Permit;
 use bytes::Bytes;
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use std::path::Path;
 use std::time::Duration;
@@ -58,8 +66,12 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) `dir/gateway.db` and brings its schema up to date.
     pub async fn open(dir: &Path) -> Result<SqliteStore> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::store(format!("cannot create data directory {}: {e}", dir.display()), false))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::store(
+                format!("cannot create data directory {}: {e}", dir.display()),
+                false,
+            )
+        })?;
         let path = dir.join("gateway.db");
         let options = SqliteConnectOptions::new()
             .filename(&path)
@@ -85,20 +97,27 @@ impl SqliteStore {
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS gateway_schema (version INTEGER NOT NULL)").execute(&mut *tx).await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS gateway_schema (version INTEGER NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
     let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM gateway_schema")
         .fetch_one(&mut *tx)
         .await?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
         return Err(Error::store(
-            format!("database schema version {current} is newer than this binary knows ({known}); refusing to start"),
+            format!(
+                "database schema version {current} is newer than this binary knows ({known}); refusing to start"
+            ),
             false,
         ));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO gateway_schema (version) VALUES (?)").bind(i as i64 + 1).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO gateway_schema (version) VALUES (?)")
+            .bind(i as i64 + 1)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -156,7 +175,12 @@ fn push_criteria(q: &mut QueryBuilder<Sqlite>, criteria: &Criteria) {
 
 /// Current, non-deleted resources of `ty` matching `criteria`, on the writer's connection (inside
 /// its transaction), at most `limit`.
-async fn matches_in_tx(conn: &mut SqliteConnection, ty: &str, criteria: &Criteria, limit: i64) -> Result<Vec<Stored>> {
+async fn matches_in_tx(
+    conn: &mut SqliteConnection,
+    ty: &str,
+    criteria: &Criteria,
+    limit: i64,
+) -> Result<Vec<Stored>> {
     let mut q = QueryBuilder::new(SELECT_VERSION);
     q.push("resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.deleted = 0 AND c.type = ");
     q.push_bind(ty.to_owned());
@@ -166,12 +190,17 @@ async fn matches_in_tx(conn: &mut SqliteConnection, ty: &str, criteria: &Criteri
     Ok(rows.iter().map(row_to_stored).collect())
 }
 
-async fn current_in_tx(conn: &mut SqliteConnection, ty: &str, id: &str) -> Result<Option<(u64, bool)>> {
-    let row = sqlx::query("SELECT version, deleted FROM resource_current WHERE type = ? AND id = ?")
-        .bind(ty)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
+async fn current_in_tx(
+    conn: &mut SqliteConnection,
+    ty: &str,
+    id: &str,
+) -> Result<Option<(u64, bool)>> {
+    let row =
+        sqlx::query("SELECT version, deleted FROM resource_current WHERE type = ? AND id = ?")
+            .bind(ty)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
     Ok(row.map(|r| (r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) != 0)))
 }
 
@@ -208,7 +237,11 @@ async fn write_version(
     .bind(seq)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("DELETE FROM token_index WHERE type = ? AND id = ?").bind(ty).bind(id).execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM token_index WHERE type = ? AND id = ?")
+        .bind(ty)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     if let Some(r) = resource {
         for (system, value) in identifier_tokens(r) {
             sqlx::query("INSERT INTO token_index (type, id, param, system, value) VALUES (?, ?, 'identifier', ?, ?)")
@@ -220,16 +253,29 @@ async fn write_version(
                 .await?;
         }
     }
-    Ok(Stored { ty: ty.to_owned(), id: id.to_owned(), version, last_updated, method, body })
+    Ok(Stored {
+        ty: ty.to_owned(),
+        id: id.to_owned(),
+        version,
+        last_updated,
+        method,
+        body,
+    })
 }
 
 /// The single match of conditional criteria: `Ok(None)` for none, 412 for several.
-async fn single_match(conn: &mut SqliteConnection, ty: &str, criteria: &Criteria) -> Result<Option<Stored>> {
+async fn single_match(
+    conn: &mut SqliteConnection,
+    ty: &str,
+    criteria: &Criteria,
+) -> Result<Option<Stored>> {
     let mut found = matches_in_tx(conn, ty, criteria, 2).await?;
     match found.len() {
         0 => Ok(None),
         1 => Ok(found.pop()),
-        _ => Err(Error::precondition_failed("the conditional criteria match more than one resource")),
+        _ => Err(Error::precondition_failed(
+            "the conditional criteria match more than one resource",
+        )),
     }
 }
 
@@ -238,7 +284,10 @@ async fn update_by_id(conn: &mut SqliteConnection, op: &Update, id: &str) -> Res
     match current_in_tx(conn, &op.ty, id).await? {
         None => {
             if op.if_match.is_some() {
-                return Err(Error::precondition_failed(format!("{}/{id} does not exist", op.ty)));
+                return Err(Error::precondition_failed(format!(
+                    "{}/{id} does not exist",
+                    op.ty
+                )));
             }
             if !op.allow_create {
                 return Err(Error::client(
@@ -247,8 +296,12 @@ async fn update_by_id(conn: &mut SqliteConnection, op: &Update, id: &str) -> Res
                     "this server does not create resources by update (rest.update_create = false)",
                 ));
             }
-            let stored = write_version(conn, &op.ty, id, 1, WriteMethod::Put, Some(&op.resource)).await?;
-            Ok(Updated { stored, created: true })
+            let stored =
+                write_version(conn, &op.ty, id, 1, WriteMethod::Put, Some(&op.resource)).await?;
+            Ok(Updated {
+                stored,
+                created: true,
+            })
         }
         Some((version, _deleted)) => {
             if let Some(expected) = op.if_match
@@ -258,8 +311,19 @@ async fn update_by_id(conn: &mut SqliteConnection, op: &Update, id: &str) -> Res
                     "version conflict: If-Match {expected}, current version is {version}"
                 )));
             }
-            let stored = write_version(conn, &op.ty, id, version + 1, WriteMethod::Put, Some(&op.resource)).await?;
-            Ok(Updated { stored, created: false })
+            let stored = write_version(
+                conn,
+                &op.ty,
+                id,
+                version + 1,
+                WriteMethod::Put,
+                Some(&op.resource),
+            )
+            .await?;
+            Ok(Updated {
+                stored,
+                created: false,
+            })
         }
     }
 }
@@ -275,7 +339,15 @@ impl Store for SqliteStore {
             tx.commit().await?;
             return Ok(Created::Existing(existing));
         }
-        let stored = write_version(&mut tx, &op.ty, &new_id(), 1, WriteMethod::Post, Some(&op.resource)).await?;
+        let stored = write_version(
+            &mut tx,
+            &op.ty,
+            &new_id(),
+            1,
+            WriteMethod::Post,
+            Some(&op.resource),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Created::New(stored))
     }
@@ -295,12 +367,15 @@ impl Store for SqliteStore {
 
     async fn vread(&self, permit: &Permit<VRead>) -> Result<Option<Stored>> {
         let op = permit.op();
-        let row = sqlx::query(concat!(select_version!(), "resource_version v WHERE v.type = ? AND v.id = ? AND v.version = ?"))
-            .bind(&op.ty)
-            .bind(&op.id)
-            .bind(op.version as i64)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(concat!(
+            select_version!(),
+            "resource_version v WHERE v.type = ? AND v.id = ? AND v.version = ?"
+        ))
+        .bind(&op.ty)
+        .bind(&op.id)
+        .bind(op.version as i64)
+        .fetch_optional(&self.reader)
+        .await?;
         Ok(row.as_ref().map(row_to_stored))
     }
 
@@ -310,24 +385,42 @@ impl Store for SqliteStore {
         let result = match &op.target {
             Target::Id(id) => update_by_id(&mut tx, op, id).await?,
             Target::Criteria(criteria) => {
-                let body_id = op.resource.get("id").and_then(Value::as_str).map(str::to_owned);
+                let body_id = op
+                    .resource
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
                 match single_match(&mut tx, &op.ty, criteria).await? {
                     Some(found) => {
                         if body_id.as_deref().is_some_and(|b| b != found.id) {
-                            return Err(Error::invalid("the resource's id differs from the resource the criteria match"));
+                            return Err(Error::invalid(
+                                "the resource's id differs from the resource the criteria match",
+                            ));
                         }
                         update_by_id(&mut tx, op, &found.id).await?
                     }
                     None => {
                         if op.if_match.is_some() {
-                            return Err(Error::precondition_failed("If-Match given but no resource matches"));
+                            return Err(Error::precondition_failed(
+                                "If-Match given but no resource matches",
+                            ));
                         }
                         match body_id {
                             Some(id) => update_by_id(&mut tx, op, &id).await?,
                             None => {
-                                let stored =
-                                    write_version(&mut tx, &op.ty, &new_id(), 1, WriteMethod::Put, Some(&op.resource)).await?;
-                                Updated { stored, created: true }
+                                let stored = write_version(
+                                    &mut tx,
+                                    &op.ty,
+                                    &new_id(),
+                                    1,
+                                    WriteMethod::Put,
+                                    Some(&op.resource),
+                                )
+                                .await?;
+                                Updated {
+                                    stored,
+                                    created: true,
+                                }
                             }
                         }
                     }
@@ -343,13 +436,18 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await?;
         let id = match &op.target {
             Target::Id(id) => Some(id.clone()),
-            Target::Criteria(criteria) => single_match(&mut tx, &op.ty, criteria).await?.map(|s| s.id),
+            Target::Criteria(criteria) => {
+                single_match(&mut tx, &op.ty, criteria).await?.map(|s| s.id)
+            }
         };
         let Some(id) = id else { return Ok(None) };
         let result = match current_in_tx(&mut tx, &op.ty, &id).await? {
             None => {
                 if op.if_match.is_some() {
-                    return Err(Error::precondition_failed(format!("{}/{id} does not exist", op.ty)));
+                    return Err(Error::precondition_failed(format!(
+                        "{}/{id} does not exist",
+                        op.ty
+                    )));
                 }
                 None
             }
@@ -364,7 +462,10 @@ impl Store for SqliteStore {
                 if deleted {
                     None
                 } else {
-                    Some(write_version(&mut tx, &op.ty, &id, version + 1, WriteMethod::Delete, None).await?)
+                    Some(
+                        write_version(&mut tx, &op.ty, &id, version + 1, WriteMethod::Delete, None)
+                            .await?,
+                    )
                 }
             }
         };
@@ -382,11 +483,15 @@ impl Store for SqliteStore {
                     q.push(" AND v.type = ").push_bind(ty.clone());
                 }
                 HistoryScope::Instance(ty, id) => {
-                    q.push(" AND v.type = ").push_bind(ty.clone()).push(" AND v.id = ").push_bind(id.clone());
+                    q.push(" AND v.type = ")
+                        .push_bind(ty.clone())
+                        .push(" AND v.id = ")
+                        .push_bind(id.clone());
                 }
             }
             if let Some(since) = op.since {
-                q.push(" AND v.last_updated >= ").push_bind(to_millis(since));
+                q.push(" AND v.last_updated >= ")
+                    .push_bind(to_millis(since));
             }
         };
         let mut count_q = QueryBuilder::new("SELECT COUNT(*) FROM resource_version v");
@@ -399,17 +504,26 @@ impl Store for SqliteStore {
         if let Some(cursor) = op.cursor {
             q.push(" AND v.seq < ").push_bind(cursor);
         }
-        q.push(" ORDER BY v.seq DESC LIMIT ").push_bind(op.count as i64 + 1);
+        q.push(" ORDER BY v.seq DESC LIMIT ")
+            .push_bind(op.count as i64 + 1);
         let rows = q.build().fetch_all(&self.reader).await?;
         let more = rows.len() > op.count as usize;
         let shown = &rows[..rows.len().min(op.count as usize)];
         // The cursor is the sequence number of the last entry shown.
-        let next = if more { shown.last().map(|r| r.get::<i64, _>(6).to_string()) } else { None };
+        let next = if more {
+            shown.last().map(|r| r.get::<i64, _>(6).to_string())
+        } else {
+            None
+        };
         let mut entries: Vec<Stored> = shown.iter().map(row_to_stored).collect();
         if op.count == 0 {
             entries.clear();
         }
-        Ok(Page { entries, total: Some(total as u64), next })
+        Ok(Page {
+            entries,
+            total: Some(total as u64),
+            next,
+        })
     }
 
     async fn search(&self, permit: &Permit<Search>) -> Result<Page> {
@@ -423,7 +537,11 @@ impl Store for SqliteStore {
         from(&mut count_q);
         let total: i64 = count_q.build_query_scalar().fetch_one(&self.reader).await?;
         if op.count == 0 {
-            return Ok(Page { entries: Vec::new(), total: Some(total as u64), next: None });
+            return Ok(Page {
+                entries: Vec::new(),
+                total: Some(total as u64),
+                next: None,
+            });
         }
         // Keyset paging on id: a page never repeats or skips a resource that existed when the
         // search began, whatever is written meanwhile.
@@ -432,12 +550,25 @@ impl Store for SqliteStore {
         if let Some(after) = &op.cursor {
             q.push(" AND c.id > ").push_bind(after.clone());
         }
-        q.push(" ORDER BY c.id LIMIT ").push_bind(op.count as i64 + 1);
+        q.push(" ORDER BY c.id LIMIT ")
+            .push_bind(op.count as i64 + 1);
         let rows = q.build().fetch_all(&self.reader).await?;
         let more = rows.len() > op.count as usize;
-        let entries: Vec<Stored> = rows.iter().take(op.count as usize).map(row_to_stored).collect();
-        let next = if more { entries.last().map(|s| s.id.clone()) } else { None };
-        Ok(Page { entries, total: Some(total as u64), next })
+        let entries: Vec<Stored> = rows
+            .iter()
+            .take(op.count as usize)
+            .map(row_to_stored)
+            .collect();
+        let next = if more {
+            entries.last().map(|s| s.id.clone())
+        } else {
+            None
+        };
+        Ok(Page {
+            entries,
+            total: Some(total as u64),
+            next,
+        })
     }
 
     async fn ping(&self) -> Result<()> {

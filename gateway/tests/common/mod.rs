@@ -16,7 +16,11 @@ pub struct Gateway {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Gateway {
@@ -34,18 +38,26 @@ impl Gateway {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let cfg_path: PathBuf = dir.path().join("gateway.toml");
-        std::fs::File::create(&cfg_path).unwrap().write_all(config.as_bytes()).unwrap();
+        std::fs::File::create(&cfg_path)
+            .unwrap()
+            .write_all(config.as_bytes())
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(["serve", "--config"])
             .arg(&cfg_path)
             .args(["--listen", &addr, "--data"])
             .arg(dir.path().join("data"))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
             .spawn()
             .expect("start gateway");
-        let gw = Gateway { child, base: format!("http://{addr}/fhir"), addr, dir };
+        let gw = Gateway {
+            child,
+            base: format!("http://{addr}/fhir"),
+            addr,
+            dir,
+        };
         gw.wait_ready();
         gw
     }
@@ -54,7 +66,8 @@ impl Gateway {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(mut s) = std::net::TcpStream::connect(&self.addr) {
-                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let _ =
+                    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
                 let mut buf = String::new();
                 use std::io::Read;
                 let _ = s.read_to_string(&mut buf);
@@ -67,13 +80,20 @@ impl Gateway {
         panic!("gateway did not become ready at {}", self.addr);
     }
 
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
         self.child.wait().unwrap()
     }
 
@@ -89,7 +109,9 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -104,7 +126,10 @@ impl Drop for Gateway {
 
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap()
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
 }
 
 pub const FHIR_JSON: &str = "application/fhir+json";

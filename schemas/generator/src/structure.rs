@@ -34,7 +34,10 @@ pub fn build_schema(sds: &BTreeMap<String, Value>) -> Result<Value, String> {
             }
             // Profiles of data types (SimpleQuantity, MoneyQuantity) are their base type on the wire.
             (Some("complex-type"), Some("constraint")) => {
-                aliases.insert(id.to_owned(), sd["type"].as_str().unwrap_or_default().to_owned());
+                aliases.insert(
+                    id.to_owned(),
+                    sd["type"].as_str().unwrap_or_default().to_owned(),
+                );
             }
             _ => {}
         }
@@ -42,7 +45,9 @@ pub fn build_schema(sds: &BTreeMap<String, Value>) -> Result<Value, String> {
 
     for sd in sds.values() {
         let id = sd["id"].as_str().unwrap_or_default();
-        if sd["url"].as_str() != Some(&format!("{BASE}{id}")) || sd["derivation"].as_str() == Some("constraint") {
+        if sd["url"].as_str() != Some(&format!("{BASE}{id}"))
+            || sd["derivation"].as_str() == Some("constraint")
+        {
             continue;
         }
         let kind = sd["kind"].as_str().unwrap_or_default();
@@ -52,7 +57,10 @@ pub fn build_schema(sds: &BTreeMap<String, Value>) -> Result<Value, String> {
                 defs.insert(id.to_owned(), primitive_definition(id, sd)?);
             }
             "complex-type" | "resource" => {
-                let ctx = Ctx { primitives: &primitives, aliases: &aliases };
+                let ctx = Ctx {
+                    primitives: &primitives,
+                    aliases: &aliases,
+                };
                 ctx.add_type(id, kind == "resource", sd, &mut defs)?;
                 if kind == "resource" && !abstract_ {
                     resources.push(id.to_owned());
@@ -63,7 +71,10 @@ pub fn build_schema(sds: &BTreeMap<String, Value>) -> Result<Value, String> {
     }
     for (alias, base) in &aliases {
         if defs.contains_key(base) {
-            defs.insert(alias.clone(), json!({ "$ref": format!("#/definitions/{base}") }));
+            defs.insert(
+                alias.clone(),
+                json!({ "$ref": format!("#/definitions/{base}") }),
+            );
         }
     }
     resources.sort();
@@ -155,7 +166,11 @@ fn xsd_regex(pattern: &str) -> Result<String, String> {
                     match chars.next() {
                         Some('\\') => {
                             class.push('\\');
-                            class.push(chars.next().ok_or_else(|| format!("bad pattern: {pattern}"))?);
+                            class.push(
+                                chars
+                                    .next()
+                                    .ok_or_else(|| format!("bad pattern: {pattern}"))?,
+                            );
                         }
                         Some(']') => break,
                         Some(x) => class.push(x),
@@ -183,7 +198,9 @@ fn xsd_regex(pattern: &str) -> Result<String, String> {
 }
 
 fn snapshot(sd: &Value) -> Result<&Vec<Value>, String> {
-    sd["snapshot"]["element"].as_array().ok_or_else(|| format!("{}: no snapshot", sd["id"]))
+    sd["snapshot"]["element"]
+        .as_array()
+        .ok_or_else(|| format!("{}: no snapshot", sd["id"]))
 }
 
 struct Ctx<'a> {
@@ -193,7 +210,13 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Adds the type's definition and one definition per backbone element inside it.
-    fn add_type(&self, id: &str, is_resource: bool, sd: &Value, defs: &mut Map<String, Value>) -> Result<(), String> {
+    fn add_type(
+        &self,
+        id: &str,
+        is_resource: bool,
+        sd: &Value,
+        defs: &mut Map<String, Value>,
+    ) -> Result<(), String> {
         let elements = snapshot(sd)?;
         // Children by parent path, in snapshot order.
         let mut children: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
@@ -215,7 +238,8 @@ impl Ctx<'_> {
             for e in &children[parent] {
                 self.add_element(e, &children, &mut props, &mut required, &mut any_of)?;
             }
-            let mut def = json!({ "type": "object", "properties": props, "additionalProperties": false });
+            let mut def =
+                json!({ "type": "object", "properties": props, "additionalProperties": false });
             if !required.is_empty() {
                 def["required"] = Value::Array(required);
             }
@@ -247,10 +271,15 @@ impl Ctx<'_> {
         let target = if children.contains_key(path) {
             Some(definition_name(path))
         } else {
-            e["contentReference"].as_str().map(|r| definition_name(r.trim_start_matches('#')))
+            e["contentReference"]
+                .as_str()
+                .map(|r| definition_name(r.trim_start_matches('#')))
         };
         if let Some(def) = target {
-            props.insert(name.into(), cardinality(json!({ "$ref": format!("#/definitions/{def}") }), is_array));
+            props.insert(
+                name.into(),
+                cardinality(json!({ "$ref": format!("#/definitions/{def}") }), is_array),
+            );
             if min >= 1 {
                 required.push(json!(name));
             }
@@ -267,7 +296,9 @@ impl Ctx<'_> {
         // carry no extensions in FHIR JSON, so they get no `_x` twin (as in HL7's schema).
         let system_typed = types[0] == "xhtml"
             || (name == "id"
-                && e["type"][0]["code"].as_str().is_some_and(|c| c.starts_with("http://hl7.org/fhirpath/System.")));
+                && e["type"][0]["code"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("http://hl7.org/fhirpath/System.")));
         if types.is_empty() {
             return Err(format!("{path}: no type"));
         }
@@ -294,12 +325,14 @@ impl Ctx<'_> {
         // A required primitive is not enforced here: HL7's own schema does not either, and the spec's
         // examples omit some (ImplementationGuide.name, Questionnaire.item.linkId). Profile-level
         // cardinality belongs to $validate.
-        let primitive_only = names.len() == 2 && self.primitives.contains(&types[0]) && !name.ends_with("[x]");
+        let primitive_only =
+            names.len() == 2 && self.primitives.contains(&types[0]) && !name.ends_with("[x]");
         if min >= 1 && !primitive_only {
             if names.len() == 1 {
                 required.push(json!(names[0]));
             } else {
-                let alternatives: Vec<Value> = names.iter().map(|n| json!({ "required": [n] })).collect();
+                let alternatives: Vec<Value> =
+                    names.iter().map(|n| json!({ "required": [n] })).collect();
                 any_of.push(json!({ "anyOf": alternatives }));
             }
         }
@@ -327,7 +360,10 @@ impl Ctx<'_> {
                 _ => "string".into(),
             });
         }
-        self.aliases.get(code).cloned().unwrap_or_else(|| code.to_owned())
+        self.aliases
+            .get(code)
+            .cloned()
+            .unwrap_or_else(|| code.to_owned())
     }
 
     fn add_typed(&self, prop: &str, t: &str, is_array: bool, props: &mut Map<String, Value>) {
@@ -335,7 +371,11 @@ impl Ctx<'_> {
         let reference = json!({ "$ref": format!("#/definitions/{target}") });
         if self.primitives.contains(t) {
             // Arrays of primitives pair with their `_x` twin; null holds a place on either side.
-            let value = if is_array { json!({ "anyOf": [{ "type": "null" }, reference] }) } else { reference };
+            let value = if is_array {
+                json!({ "anyOf": [{ "type": "null" }, reference] })
+            } else {
+                reference
+            };
             props.insert(prop.into(), cardinality(value, is_array));
             let ext = if is_array {
                 json!({ "anyOf": [{ "type": "null" }, { "$ref": "#/definitions/Element" }] })
@@ -350,7 +390,11 @@ impl Ctx<'_> {
 }
 
 fn cardinality(item: Value, is_array: bool) -> Value {
-    if is_array { json!({ "type": "array", "minItems": 1, "items": item }) } else { item }
+    if is_array {
+        json!({ "type": "array", "minItems": 1, "items": item })
+    } else {
+        item
+    }
 }
 
 /// `Observation.referenceRange` -> `Observation_ReferenceRange`; a type's own path -> its name.
@@ -377,9 +421,12 @@ fn collect_missing_refs(v: &Value, defs: &Map<String, Value>, missing: &mut BTre
             {
                 missing.insert(name.to_owned());
             }
-            m.values().for_each(|x| collect_missing_refs(x, defs, missing));
+            m.values()
+                .for_each(|x| collect_missing_refs(x, defs, missing));
         }
-        Value::Array(a) => a.iter().for_each(|x| collect_missing_refs(x, defs, missing)),
+        Value::Array(a) => a
+            .iter()
+            .for_each(|x| collect_missing_refs(x, defs, missing)),
         _ => {}
     }
 }
@@ -391,15 +438,24 @@ mod tests {
     #[test]
     fn backbone_names_follow_the_path() {
         assert_eq!(definition_name("Observation"), "Observation");
-        assert_eq!(definition_name("Questionnaire.item.enableWhen"), "Questionnaire_Item_EnableWhen");
+        assert_eq!(
+            definition_name("Questionnaire.item.enableWhen"),
+            "Questionnaire_Item_EnableWhen"
+        );
     }
 
     #[test]
     fn xsd_white_space_is_four_characters() {
         assert_eq!(xsd_regex(r"[ \r\n\t\S]+").unwrap(), r"[\s\S]+");
-        assert_eq!(xsd_regex(r"[^\s]+(\s[^\s]+)*").unwrap(), r"[^ \t\n\r]+([ \t\n\r][^ \t\n\r]+)*");
+        assert_eq!(
+            xsd_regex(r"[^\s]+(\s[^\s]+)*").unwrap(),
+            r"[^ \t\n\r]+([ \t\n\r][^ \t\n\r]+)*"
+        );
         assert_eq!(xsd_regex(r"\S*").unwrap(), r"[^ \t\n\r]*");
-        assert_eq!(xsd_regex(r"[A-Za-z0-9\-\.]{1,64}").unwrap(), r"[A-Za-z0-9\-\.]{1,64}");
+        assert_eq!(
+            xsd_regex(r"[A-Za-z0-9\-\.]{1,64}").unwrap(),
+            r"[A-Za-z0-9\-\.]{1,64}"
+        );
         assert!(xsd_regex(r"[^\S]").is_err());
     }
 

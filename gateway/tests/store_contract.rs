@@ -1,0 +1,333 @@
+//! The store contract: one suite, run against every `Store` backend through the trait only.
+//! A backend joins by adding itself to `backends()`.
+
+use gateway::fhir::operation::{
+    Create, Delete, History, HistoryScope, Read, Search, Target, Update, VRead,
+};
+use gateway::fhir::search::{Criteria, Token};
+use gateway::policy::{Permit, Policy, Principal};
+use gateway::store::sqlite::SqliteStore;
+use gateway::store::{Created, Store};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+struct Backend {
+    name: &'static str,
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+async fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(dir.path()).await.unwrap();
+    vec![Backend {
+        name: "sqlite",
+        store: Arc::new(sqlite),
+        _dir: dir,
+    }]
+}
+
+fn permit<T>(op: T) -> Permit<T> {
+    Policy::new()
+        .authorize(&Arc::new(Principal::Open), op)
+        .unwrap()
+}
+
+fn patient(bsn: &str) -> Value {
+    json!({"resourceType": "Patient", "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": bsn}]})
+}
+
+fn by_bsn(bsn: &str) -> Criteria {
+    Criteria {
+        ids: vec![],
+        identifiers: vec![vec![Token {
+            system: Some("http://fhir.nl/fhir/NamingSystem/bsn".into()),
+            value: Some(bsn.into()),
+        }]],
+    }
+}
+
+fn body(s: &gateway::store::Stored) -> Value {
+    serde_json::from_slice(s.body.as_ref().unwrap()).unwrap()
+}
+
+async fn create(store: &dyn Store, r: Value) -> gateway::store::Stored {
+    match store
+        .create(&permit(Create {
+            ty: "Patient".into(),
+            resource: r,
+            if_none_exist: None,
+        }))
+        .await
+        .unwrap()
+    {
+        Created::New(s) => s,
+        Created::Existing(_) => panic!("unconditional create found an existing resource"),
+    }
+}
+
+fn update(id: &str, r: Value, if_match: Option<u64>) -> Permit<Update> {
+    permit(Update {
+        ty: "Patient".into(),
+        target: Target::Id(id.into()),
+        resource: r,
+        if_match,
+        allow_create: true,
+    })
+}
+
+#[tokio::test]
+async fn create_read_vread_update_delete() {
+    for b in backends().await {
+        let s = b.store.as_ref();
+        let created = create(s, patient("999911120")).await;
+        assert_eq!(created.version, 1, "{}", b.name);
+        let stored = body(&created);
+        assert_eq!(stored["id"], created.id.as_str());
+        assert_eq!(stored["meta"]["versionId"], "1");
+
+        let read = s
+            .read(&permit(Read {
+                ty: "Patient".into(),
+                id: created.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(body(&read), stored, "{}", b.name);
+
+        let mut changed = stored.clone();
+        changed["gender"] = json!("female");
+        let up = s.update(&update(&created.id, changed, None)).await.unwrap();
+        assert!(!up.created);
+        assert_eq!(up.stored.version, 2);
+
+        let v1 = s
+            .vread(&permit(VRead {
+                ty: "Patient".into(),
+                id: created.id.clone(),
+                version: 1,
+            }))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            body(&v1).get("gender").is_none(),
+            "{}: old versions are kept as they were",
+            b.name
+        );
+
+        let del = s
+            .delete(&permit(Delete {
+                ty: "Patient".into(),
+                target: Target::Id(created.id.clone()),
+                if_match: None,
+            }))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(del.version, 3);
+        assert!(del.is_deleted());
+        let read = s
+            .read(&permit(Read {
+                ty: "Patient".into(),
+                id: created.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            read.is_deleted(),
+            "{}: read after delete sees the deletion",
+            b.name
+        );
+        let again = s
+            .delete(&permit(Delete {
+                ty: "Patient".into(),
+                target: Target::Id(created.id.clone()),
+                if_match: None,
+            }))
+            .await
+            .unwrap();
+        assert!(again.is_none(), "{}: deleting twice writes nothing", b.name);
+        let missing = s
+            .read(&permit(Read {
+                ty: "Patient".into(),
+                id: "nope".into(),
+            }))
+            .await
+            .unwrap();
+        assert!(missing.is_none());
+    }
+}
+
+#[tokio::test]
+async fn version_conflicts() {
+    for b in backends().await {
+        let s = b.store.as_ref();
+        let c = create(s, patient("999911132")).await;
+        s.update(&update(&c.id, patient("999911132"), Some(1)))
+            .await
+            .unwrap();
+        let err = s
+            .update(&update(&c.id, patient("999911132"), Some(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, 412, "{}", b.name);
+        let err = s
+            .delete(&permit(Delete {
+                ty: "Patient".into(),
+                target: Target::Id(c.id.clone()),
+                if_match: Some(1),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, 412, "{}", b.name);
+        let err = s
+            .update(&update("never-existed", patient("999911132"), Some(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, 412, "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn conditional_create_is_atomic() {
+    for b in backends().await {
+        let store = b.store.clone();
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .create(&permit(Create {
+                            ty: "Patient".into(),
+                            resource: patient("999911144"),
+                            if_none_exist: Some(by_bsn("999911144")),
+                        }))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut new = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), Created::New(_)) {
+                new += 1;
+            }
+        }
+        assert_eq!(new, 1, "{}", b.name);
+        let page = store
+            .search(&permit(Search {
+                ty: "Patient".into(),
+                criteria: by_bsn("999911144"),
+                count: 10,
+                cursor: None,
+                applied: vec![],
+            }))
+            .await
+            .unwrap();
+        assert_eq!(page.total, Some(1), "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn history_is_newest_first_and_pages_stably() {
+    for b in backends().await {
+        let s = b.store.as_ref();
+        let c = create(s, patient("999911156")).await;
+        for _ in 0..4 {
+            s.update(&update(&c.id, patient("999911156"), None))
+                .await
+                .unwrap();
+        }
+        let scope = HistoryScope::Instance("Patient".into(), c.id.clone());
+        let first = s
+            .history(&permit(History {
+                scope: scope.clone(),
+                since: None,
+                count: 2,
+                cursor: None,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(first.total, Some(5));
+        let versions: Vec<u64> = first.entries.iter().map(|e| e.version).collect();
+        assert_eq!(versions, vec![5, 4], "{}", b.name);
+        // A write between pages does not shift the next page.
+        s.update(&update(&c.id, patient("999911156"), None))
+            .await
+            .unwrap();
+        let cursor = first.next.unwrap().parse().unwrap();
+        let second = s
+            .history(&permit(History {
+                scope,
+                since: None,
+                count: 2,
+                cursor: Some(cursor),
+            }))
+            .await
+            .unwrap();
+        let versions: Vec<u64> = second.entries.iter().map(|e| e.version).collect();
+        assert_eq!(versions, vec![3, 2], "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn search_by_identifier_and_id() {
+    for b in backends().await {
+        let s = b.store.as_ref();
+        let a = create(s, patient("999911168")).await;
+        create(s, patient("999911181")).await;
+        let search = |criteria| {
+            permit(Search {
+                ty: "Patient".into(),
+                criteria,
+                count: 10,
+                cursor: None,
+                applied: vec![],
+            })
+        };
+        let page = s.search(&search(by_bsn("999911168"))).await.unwrap();
+        assert_eq!(page.entries.len(), 1, "{}", b.name);
+        assert_eq!(page.entries[0].id, a.id);
+        let page = s
+            .search(&search(Criteria {
+                ids: vec![vec![a.id.clone()]],
+                identifiers: vec![],
+            }))
+            .await
+            .unwrap();
+        assert_eq!(page.total, Some(1));
+        // An update re-indexes: the old identifier no longer matches.
+        s.update(&update(&a.id, patient("999911193"), None))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.search(&search(by_bsn("999911168"))).await.unwrap().total,
+            Some(0),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            s.search(&search(by_bsn("999911193"))).await.unwrap().total,
+            Some(1),
+            "{}",
+            b.name
+        );
+        // A deleted resource is not found.
+        s.delete(&permit(Delete {
+            ty: "Patient".into(),
+            target: Target::Id(a.id.clone()),
+            if_match: None,
+        }))
+        .await
+        .unwrap();
+        assert_eq!(
+            s.search(&search(by_bsn("999911193"))).await.unwrap().total,
+            Some(0),
+            "{}",
+            b.name
+        );
+    }
+}
