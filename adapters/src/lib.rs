@@ -87,6 +87,9 @@ mod tests {
         assert!(c.serves("Patient", Interaction::Read));
         assert!(!c.serves("Patient", Interaction::Create));
         assert!(!c.serves("Observation", Interaction::Read));
-        assert_eq!(Health::Degraded("slow".into()).to_string(), "degraded: slow");
+        assert_eq!(
+            Health::Degraded("slow".into()).to_string(),
+            "degraded: slow"
+        );
     }
 }

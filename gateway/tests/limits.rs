@@ -428,7 +428,10 @@ async fn one_json_log_line_per_request() {
     let gw = Gateway::start_with("log_format = \"json\"\n");
     let c = client();
     c.get(format!("{}/metadata", gw.base)).send().await.unwrap();
-    c.get(format!("{}/Patient/nope", gw.base)).send().await.unwrap();
+    c.get(format!("{}/Patient/nope", gw.base))
+        .send()
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let access: Vec<Value> = gw
         .log()
@@ -436,7 +439,10 @@ async fn one_json_log_line_per_request() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["target"] == "gateway::access")
         .collect();
-    let fhir: Vec<&Value> = access.iter().filter(|v| v["path"].as_str().unwrap_or("").starts_with("/fhir")).collect();
+    let fhir: Vec<&Value> = access
+        .iter()
+        .filter(|v| v["path"].as_str().unwrap_or("").starts_with("/fhir"))
+        .collect();
     assert_eq!(fhir.len(), 2, "{access:?}");
     assert_eq!(fhir[0]["status"], 200);
     assert_eq!(fhir[0]["method"], "GET");
