@@ -5,7 +5,9 @@
 //! Resources are kept as the JSON that was validated, with the server's `id` and `meta` stamped
 //! in, and every version is kept.
 
+pub mod sql;
 pub mod sqlite;
+pub mod writes;
 
 use crate::error::Result;
 use crate::fhir::operation::{Create, Delete, History, Read, Search, Update, VRead};

@@ -1,0 +1,215 @@
+//! SQL text shared by the relational backends. Statements are built from fixed fragments and
+//! placeholders only; every value a client sent travels as a bound parameter, in order. Each
+//! backend binds them with its own driver (see `Bind`).
+
+use crate::fhir::operation::{History, HistoryScope, Search};
+use crate::fhir::search::Criteria;
+use crate::store::to_millis;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// A statement and its parameters.
+#[derive(Debug, Clone)]
+pub struct Sql {
+    dialect: Dialect,
+    pub text: String,
+    pub binds: Vec<Bind>,
+}
+
+/// The columns of a version row, in the order `row_to_stored` reads them; `seq` last.
+pub const VERSION_COLUMNS: &str =
+    "SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body, v.seq FROM ";
+
+/// Current resources joined to their current version.
+const CURRENT_FROM: &str = "resource_current c JOIN resource_version v ON v.seq = c.seq";
+
+impl Sql {
+    pub fn new(dialect: Dialect, text: &str) -> Sql {
+        Sql {
+            dialect,
+            text: text.to_owned(),
+            binds: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, fragment: &str) -> &mut Sql {
+        self.text.push_str(fragment);
+        self
+    }
+
+    pub fn bind(&mut self, b: Bind) -> &mut Sql {
+        self.binds.push(b);
+        match self.dialect {
+            Dialect::Sqlite => self.text.push('?'),
+            Dialect::Postgres => self.text.push_str(&format!("${}", self.binds.len())),
+        }
+        self
+    }
+
+    pub fn text(&mut self, v: &str) -> &mut Sql {
+        self.bind(Bind::Text(v.to_owned()))
+    }
+
+    pub fn int(&mut self, v: i64) -> &mut Sql {
+        self.bind(Bind::Int(v))
+    }
+}
+
+/// `AND (...)` for each criterion; `c` is the alias of `resource_current`.
+fn push_criteria(q: &mut Sql, criteria: &Criteria) {
+    for ors in &criteria.ids {
+        q.push(" AND c.id IN (");
+        for (i, id) in ors.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.text(id);
+        }
+        q.push(")");
+    }
+    for ors in &criteria.identifiers {
+        q.push(" AND EXISTS (SELECT 1 FROM token_index t WHERE t.type = c.type AND t.id = c.id AND t.param = 'identifier' AND (");
+        for (i, tok) in ors.iter().enumerate() {
+            if i > 0 {
+                q.push(" OR ");
+            }
+            q.push("(1=1");
+            if let Some(v) = &tok.value {
+                q.push(" AND t.value = ").text(v);
+            }
+            if let Some(s) = &tok.system {
+                q.push(" AND t.system = ").text(s);
+            }
+            q.push(")");
+        }
+        q.push("))");
+    }
+}
+
+fn current_where(q: &mut Sql, ty: &str, criteria: &Criteria) {
+    q.push(" WHERE c.deleted = 0 AND c.type = ").text(ty);
+    push_criteria(q, criteria);
+}
+
+/// Current, non-deleted resources of `ty` matching `criteria`, at most `limit`.
+pub fn matching(d: Dialect, ty: &str, criteria: &Criteria, limit: i64) -> Sql {
+    let mut q = Sql::new(d, VERSION_COLUMNS);
+    q.push(CURRENT_FROM);
+    current_where(&mut q, ty, criteria);
+    q.push(" LIMIT ").int(limit);
+    q
+}
+
+/// (count, page) of a search. Keyset paging on id: a page never repeats or skips a resource that
+/// existed when the search began, whatever is written meanwhile.
+pub fn search(d: Dialect, op: &Search) -> (Sql, Sql) {
+    let mut count = Sql::new(d, "SELECT COUNT(*) FROM ");
+    count.push(CURRENT_FROM);
+    current_where(&mut count, &op.ty, &op.criteria);
+    let mut page = Sql::new(d, VERSION_COLUMNS);
+    page.push(CURRENT_FROM);
+    current_where(&mut page, &op.ty, &op.criteria);
+    if let Some(after) = &op.cursor {
+        page.push(" AND c.id > ").text(after);
+    }
+    page.push(" ORDER BY c.id LIMIT ").int(op.count as i64 + 1);
+    (count, page)
+}
+
+/// (count, page) of a history: newest first by the global write sequence.
+pub fn history(d: Dialect, op: &History) -> (Sql, Sql) {
+    let filter = |q: &mut Sql| {
+        q.push(" WHERE 1=1");
+        match &op.scope {
+            HistoryScope::System => {}
+            HistoryScope::Type(ty) => {
+                q.push(" AND v.type = ").text(ty);
+            }
+            HistoryScope::Instance(ty, id) => {
+                q.push(" AND v.type = ")
+                    .text(ty)
+                    .push(" AND v.id = ")
+                    .text(id);
+            }
+        }
+        if let Some(since) = op.since {
+            q.push(" AND v.last_updated >= ").int(to_millis(since));
+        }
+    };
+    let mut count = Sql::new(d, "SELECT COUNT(*) FROM resource_version v");
+    filter(&mut count);
+    let mut page = Sql::new(d, VERSION_COLUMNS);
+    page.push("resource_version v");
+    filter(&mut page);
+    if let Some(cursor) = op.cursor {
+        page.push(" AND v.seq < ").int(cursor);
+    }
+    page.push(" ORDER BY v.seq DESC LIMIT ")
+        .int(op.count as i64 + 1);
+    (count, page)
+}
+
+pub fn read(d: Dialect, ty: &str, id: &str) -> Sql {
+    let mut q = Sql::new(d, VERSION_COLUMNS);
+    q.push(CURRENT_FROM)
+        .push(" WHERE c.type = ")
+        .text(ty)
+        .push(" AND c.id = ")
+        .text(id);
+    q
+}
+
+pub fn vread(d: Dialect, ty: &str, id: &str, version: u64) -> Sql {
+    let mut q = Sql::new(d, VERSION_COLUMNS);
+    q.push("resource_version v WHERE v.type = ")
+        .text(ty)
+        .push(" AND v.id = ")
+        .text(id)
+        .push(" AND v.version = ")
+        .int(version as i64);
+    q
+}
+
+pub fn current_version(d: Dialect, ty: &str, id: &str) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "SELECT version, deleted FROM resource_current WHERE type = ",
+    );
+    q.text(ty).push(" AND id = ").text(id);
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::search::Token;
+
+    #[test]
+    fn placeholders_follow_the_dialect_and_values_are_bound() {
+        let c = Criteria {
+            ids: vec![vec!["a".into(), "b'; DROP TABLE x;--".into()]],
+            identifiers: vec![vec![Token {
+                system: Some("s".into()),
+                value: Some("v".into()),
+            }]],
+        };
+        let s = matching(Dialect::Sqlite, "Patient", &c, 2);
+        let p = matching(Dialect::Postgres, "Patient", &c, 2);
+        assert!(s.text.contains("c.id IN (?, ?)"), "{}", s.text);
+        assert!(p.text.contains("c.id IN ($2, $3)"), "{}", p.text);
+        assert!(p.text.ends_with("LIMIT $6"), "{}", p.text);
+        assert!(!s.text.contains("DROP"));
+        assert_eq!(s.binds.len(), 6);
+        assert_eq!(s.binds, p.binds);
+    }
+}
