@@ -6,6 +6,7 @@ use crate::fhir::capability::capability_statement;
 use crate::fhir::validate::Structure;
 use crate::policy::Policy;
 use crate::store::Store;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use serde_json::Value;
 use std::sync::Arc;
@@ -21,7 +22,11 @@ pub struct App {
 impl App {
     pub async fn build(config: Config) -> Result<App> {
         let structure = Structure::load(config.limits.max_validation_errors as usize)?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir).await?);
+        let store: Arc<dyn Store> = if config.store == "sqlite" {
+            Arc::new(SqliteStore::open(&config.data_dir).await?)
+        } else {
+            Arc::new(PostgresStore::open(&config.store, &config.postgres).await?)
+        };
         let capability = capability_statement(&config, &structure);
         Ok(App {
             config,

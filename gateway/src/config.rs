@@ -15,6 +15,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub base_url: Option<String>,
     pub store: String,
+    pub postgres: Postgres,
     pub log_format: String,
     pub rest: Rest,
     pub limits: Limits,
@@ -28,6 +29,26 @@ pub struct Rest {
     pub default_page_size: u32,
     pub max_page_size: u32,
     pub default_handling: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Postgres {
+    pub schema: String,
+    pub pool_size: u32,
+    pub statement_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for Postgres {
+    fn default() -> Self {
+        Postgres {
+            schema: "public".into(),
+            pool_size: 16,
+            statement_timeout_ms: 30_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +80,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             base_url: None,
             store: "sqlite".into(),
+            postgres: Postgres::default(),
             log_format: "text".into(),
             rest: Rest::default(),
             limits: Limits::default(),
@@ -167,6 +189,27 @@ mod tests {
         assert!(err.contains("/limits/max_json_depth"), "{err}");
         assert!(err.contains("/limits"), "{err}");
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn postgres_store_is_configured_by_url() {
+        let c = Config::from_toml(
+            "store = \"postgres://postgres@127.0.0.1:5432/test\"\n[postgres]\nschema = \"gw\"\nstatement_timeout_ms = 100\n",
+        )
+        .unwrap();
+        assert_eq!(c.store, "postgres://postgres@127.0.0.1:5432/test");
+        assert_eq!(c.postgres.schema, "gw");
+        assert_eq!(c.postgres.statement_timeout_ms, 100);
+        assert!(
+            Config::from_toml("store = \"mysql://x\"\n")
+                .unwrap_err()
+                .contains("/store")
+        );
+        assert!(
+            Config::from_toml("[postgres]\nschema = \"Robert'); DROP\"\n")
+                .unwrap_err()
+                .contains("/postgres/schema")
+        );
     }
 
     #[test]

@@ -217,6 +217,32 @@ impl std::error::Error for Error {}
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Error {
+        if let sqlx::Error::Database(d) = &e {
+            match d.code().as_deref() {
+                // unique_violation: a concurrent writer got there first (the locks make this rare).
+                Some("23505") => {
+                    return Error {
+                        internal: Some(e.to_string()),
+                        ..Error::conflict("a concurrent write won; retry")
+                    };
+                }
+                // query_canceled: the statement time-out. The store is slow, not gone.
+                Some("57014") => {
+                    return Error {
+                        origin: Origin::Store,
+                        internal: Some(e.to_string()),
+                        ..Error::client(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "timeout",
+                            "the store did not answer in time",
+                        )
+                    };
+                }
+                // admin_shutdown, crash_shutdown, cannot_connect_now, SQLite's busy/locked.
+                Some("57P01" | "57P02" | "57P03" | "5" | "6") => return Error::store(e, true),
+                _ => {}
+            }
+        }
         let transient = matches!(
             e,
             sqlx::Error::PoolTimedOut

@@ -1,11 +1,16 @@
 //! The store contract: one suite, run against every `Store` backend through the trait only.
-//! A backend joins by adding itself to `backends()`.
+//! A backend joins by adding itself to `backends()`. PostgreSQL is the one at
+//! `GATEWAY_TEST_POSTGRES` (default postgres://postgres@127.0.0.1:5432/test), each test in a fresh
+//! schema.
+
+mod common;
 
 use gateway::fhir::operation::{
     Create, Delete, History, HistoryScope, Read, Search, Target, Update, VRead,
 };
 use gateway::fhir::search::{Criteria, Token};
 use gateway::policy::{Permit, Policy, Principal};
+use gateway::store::postgres::PostgresStore;
 use gateway::store::sqlite::SqliteStore;
 use gateway::store::{Created, Store};
 use serde_json::{Value, json};
@@ -270,6 +275,45 @@ async fn history_is_newest_first_and_pages_stably() {
             .unwrap();
         let versions: Vec<u64> = second.entries.iter().map(|e| e.version).collect();
         assert_eq!(versions, vec![3, 2], "{}", b.name);
+    }
+}
+
+/// What a store acknowledged is there after it is closed and opened again.
+#[tokio::test]
+async fn durable_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = common::fresh_schema();
+    let pg = || async {
+        PostgresStore::open(&common::postgres_url(), &common::postgres_config(&schema))
+            .await
+            .unwrap()
+    };
+    for (name, first, reopen) in [
+        (
+            "sqlite",
+            Arc::new(SqliteStore::open(dir.path()).await.unwrap()) as Arc<dyn Store>,
+            0,
+        ),
+        ("postgres", Arc::new(pg().await) as Arc<dyn Store>, 1),
+    ] {
+        let c = create(first.as_ref(), patient("999911107")).await;
+        drop(first);
+        let again: Arc<dyn Store> = if reopen == 0 {
+            Arc::new(SqliteStore::open(dir.path()).await.unwrap())
+        } else {
+            Arc::new(pg().await)
+        };
+        let read = again
+            .read(&permit(Read {
+                ty: "Patient".into(),
+                id: c.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.version, 1, "{name}");
+        assert_eq!(read.body, c.body, "{name}");
+        again.ping().await.unwrap();
     }
 }
 

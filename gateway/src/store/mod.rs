@@ -5,6 +5,7 @@
 //! Resources are kept as the JSON that was validated, with the server's `id` and `meta` stamped
 //! in, and every version is kept.
 
+pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 pub mod writes;
@@ -94,7 +95,7 @@ pub trait Store: Send + Sync {
     /// Newest first, paged by a cursor that stays stable while writes go on.
     async fn history(&self, permit: &Permit<History>) -> Result<Page>;
     async fn search(&self, permit: &Permit<Search>) -> Result<Page>;
-    /// Whether the store answers (for readiness).
+    /// Whether the store answers and its schema is the one this binary knows (for readiness).
     async fn ping(&self) -> Result<()>;
 }
 

@@ -330,7 +330,16 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        let version: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM gateway_schema")
+                .fetch_one(&self.reader)
+                .await?;
+        if version != MIGRATIONS.len() as i64 {
+            return Err(Error::store(
+                format!("schema version {version}, expected {}", MIGRATIONS.len()),
+                true,
+            ));
+        }
         Ok(())
     }
 }

@@ -133,3 +133,29 @@ pub fn client() -> reqwest::Client {
 }
 
 pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// The PostgreSQL the tests use (CI: 127.0.0.1:5432, database `test`, trust auth).
+pub fn postgres_url() -> String {
+    std::env::var("GATEWAY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A schema no other test uses.
+pub fn fresh_schema() -> String {
+    format!("gwtest_{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn postgres_config(schema: &str) -> gateway::config::Postgres {
+    gateway::config::Postgres {
+        schema: schema.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Gateway config (TOML) for a PostgreSQL store in `schema`, plus extra lines.
+pub fn postgres_toml(schema: &str, extra: &str) -> String {
+    format!(
+        "store = \"{}\"\n{extra}\n[postgres]\nschema = \"{schema}\"\n",
+        postgres_url()
+    )
+}

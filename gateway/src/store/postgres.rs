@@ -1,0 +1,398 @@
+//! The PostgreSQL store, for several gateway replicas on one database.
+//!
+//! Correctness across replicas rests on the database alone, never on process memory:
+//! - every write is one transaction;
+//! - a write to a known resource takes a transaction-scoped advisory lock on (type, id), and reads
+//!   the current version `FOR UPDATE`, so concurrent `If-Match` updates from any replica see each
+//!   other: exactly one wins, the rest get 412;
+//! - conditional writes (`If-None-Exist`, conditional update/delete) take an advisory lock per
+//!   resource type before they search, so "search, then create if nothing matched" is atomic
+//!   across replicas;
+//! - unique constraints on (type, id, version) and (type, id) are the last line: a race that gets
+//!   past the locks fails with 409 instead of writing twice.
+//!
+//! Migrations run at start under an advisory lock (replicas starting together migrate once) and a
+//! database at a newer schema version than this binary knows is refused.
+
+use super::sql::{self, Bind, Dialect, Sql};
+use super::writes::{self, WriteTx};
+use super::{
+    Created, Page, Store, Stored, Updated, WriteMethod, from_millis, now_ms, stamp, to_millis,
+};
+use crate::config;
+use crate::error::{Error, Result};
+use crate::fhir::operation::{Create, Delete, History, Read, Search, Target, Update, VRead};
+use crate::fhir::search::{Criteria, identifier_tokens};
+use crate::policy::Permit;
+use bytes::Bytes;
+use serde_json::Value;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::{Query, QueryScalar};
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+const D: Dialect = Dialect::Postgres;
+
+/// Key of the advisory lock that serializes migrations across replicas.
+const MIGRATION_LOCK: i64 = 0x4648_4952_0001;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE resource_version (
+    seq          BIGSERIAL PRIMARY KEY,
+    type         TEXT COLLATE "C" NOT NULL,
+    id           TEXT COLLATE "C" NOT NULL,
+    version      BIGINT NOT NULL,
+    last_updated BIGINT NOT NULL,
+    method       TEXT   NOT NULL,
+    body         BYTEA,
+    UNIQUE (type, id, version)
+);
+CREATE INDEX resource_version_type_seq ON resource_version (type, seq);
+CREATE INDEX resource_version_last_updated ON resource_version (last_updated);
+CREATE TABLE resource_current (
+    type    TEXT COLLATE "C" NOT NULL,
+    id      TEXT COLLATE "C" NOT NULL,
+    version BIGINT NOT NULL,
+    deleted BIGINT NOT NULL,
+    seq     BIGINT NOT NULL,
+    PRIMARY KEY (type, id)
+);
+CREATE TABLE token_index (
+    type   TEXT COLLATE "C" NOT NULL,
+    id     TEXT COLLATE "C" NOT NULL,
+    param  TEXT NOT NULL,
+    system TEXT NOT NULL,
+    value  TEXT NOT NULL
+);
+CREATE INDEX token_index_lookup ON token_index (type, param, value, system);
+CREATE INDEX token_index_owner ON token_index (type, id);
+"#];
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema if needed and brings it up to date.
+    pub async fn open(url: &str, cfg: &config::Postgres) -> Result<PostgresStore> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::store(format!("store URL: {e}"), false))?
+            .application_name("fhir-gateway")
+            .options([
+                ("search_path", cfg.schema.clone()),
+                (
+                    "statement_timeout",
+                    format!("{}ms", cfg.statement_timeout_ms),
+                ),
+                // A crashed client never holds locks for long.
+                ("idle_in_transaction_session_timeout", "60s".to_owned()),
+            ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(cfg.pool_size)
+            .acquire_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            // A connection that died with a restarted server is noticed before it is handed out.
+            .test_before_acquire(true)
+            .connect_with(options)
+            .await?;
+        migrate(&pool, &cfg.schema).await?;
+        Ok(PostgresStore { pool })
+    }
+}
+
+async fn migrate(pool: &PgPool, schema: &str) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    // The schema name is checked by the config schema (^[a-z_][a-z0-9_]{0,62}$), so it can be
+    // spliced as an identifier.
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS gateway_schema (version BIGINT NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM gateway_schema")
+        .fetch_one(&mut *tx)
+        .await?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(Error::store(
+            format!(
+                "database schema version {current} is newer than this binary knows ({known}); refusing to start"
+            ),
+            false,
+        ));
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        sqlx::raw_sql(*migration).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO gateway_schema (version) VALUES ($1)")
+            .bind(i as i64 + 1)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn row_to_stored(row: &PgRow) -> Stored {
+    let body: Option<Vec<u8>> = row.get(5);
+    Stored {
+        ty: row.get(0),
+        id: row.get(1),
+        version: row.get::<i64, _>(2) as u64,
+        last_updated: from_millis(row.get(3)),
+        method: WriteMethod::parse(row.get::<&str, _>(4)),
+        body: body.map(Bytes::from),
+    }
+}
+
+/// The statement with its parameters bound in order (text from `store::sql`: fixed fragments and
+/// placeholders only).
+fn query(sql: &Sql) -> Query<'static, Postgres, PgArguments> {
+    let mut q = sqlx::query(AssertSqlSafe(sql.text.clone()));
+    for b in &sql.binds {
+        q = match b {
+            Bind::Text(s) => q.bind(s.clone()),
+            Bind::Int(i) => q.bind(*i),
+        };
+    }
+    q
+}
+
+fn scalar(sql: &Sql) -> QueryScalar<'static, Postgres, i64, PgArguments> {
+    let mut q = sqlx::query_scalar(AssertSqlSafe(sql.text.clone()));
+    for b in &sql.binds {
+        q = match b {
+            Bind::Text(s) => q.bind(s.clone()),
+            Bind::Int(i) => q.bind(*i),
+        };
+    }
+    q
+}
+
+struct Tx(Transaction<'static, Postgres>);
+
+impl Tx {
+    /// Serializes writers of one resource across replicas (until commit or rollback).
+    async fn lock_resource(&mut self, ty: &str, id: &str) -> Result<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("resource/{ty}/{id}"))
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Serializes conditional writes of one type across replicas.
+    async fn lock_conditional(&mut self, ty: &str) -> Result<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("conditional/{ty}"))
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn lock_target(&mut self, ty: &str, target: &Target) -> Result<()> {
+        match target {
+            Target::Id(id) => self.lock_resource(ty, id).await,
+            Target::Criteria(_) => self.lock_conditional(ty).await,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl WriteTx for Tx {
+    async fn current(&mut self, ty: &str, id: &str) -> Result<Option<(u64, bool)>> {
+        let mut q = sql::current_version(D, ty, id);
+        q.push(" FOR UPDATE");
+        let row = query(&q).fetch_optional(&mut *self.0).await?;
+        Ok(row.map(|r| (r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) != 0)))
+    }
+
+    async fn matches(&mut self, ty: &str, criteria: &Criteria, limit: i64) -> Result<Vec<Stored>> {
+        let rows = query(&sql::matching(D, ty, criteria, limit))
+            .fetch_all(&mut *self.0)
+            .await?;
+        Ok(rows.iter().map(row_to_stored).collect())
+    }
+
+    async fn write(
+        &mut self,
+        ty: &str,
+        id: &str,
+        version: u64,
+        method: WriteMethod,
+        resource: Option<&Value>,
+    ) -> Result<Stored> {
+        let conn = &mut *self.0;
+        let last_updated = now_ms();
+        let body = resource.map(|r| stamp(r, id, version, last_updated));
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO resource_version (type, id, version, last_updated, method, body) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+        )
+        .bind(ty)
+        .bind(id)
+        .bind(version as i64)
+        .bind(to_millis(last_updated))
+        .bind(method.as_str())
+        .bind(body.as_deref())
+        .fetch_one(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO resource_current (type, id, version, deleted, seq) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, seq = excluded.seq",
+        )
+        .bind(ty)
+        .bind(id)
+        .bind(version as i64)
+        .bind(resource.is_none() as i64)
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("DELETE FROM token_index WHERE type = $1 AND id = $2")
+            .bind(ty)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        if let Some(r) = resource {
+            let tokens = identifier_tokens(r);
+            if !tokens.is_empty() {
+                let (systems, values): (Vec<String>, Vec<String>) = tokens.into_iter().unzip();
+                sqlx::query(
+                    "INSERT INTO token_index (type, id, param, system, value) \
+                     SELECT $1, $2, 'identifier', s, v FROM UNNEST($3::text[], $4::text[]) AS t(s, v)",
+                )
+                .bind(ty)
+                .bind(id)
+                .bind(systems)
+                .bind(values)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        Ok(Stored {
+            ty: ty.to_owned(),
+            id: id.to_owned(),
+            version,
+            last_updated,
+            method,
+            body,
+        })
+    }
+}
+
+impl PostgresStore {
+    async fn begin(&self) -> Result<Tx> {
+        Ok(Tx(self.pool.begin().await?))
+    }
+
+    async fn page(
+        &self,
+        count: &Sql,
+        page: &Sql,
+        size: u32,
+        next_of: fn(&PgRow) -> String,
+    ) -> Result<Page> {
+        let total: i64 = scalar(count).fetch_one(&self.pool).await?;
+        if size == 0 {
+            return Ok(Page {
+                entries: Vec::new(),
+                total: Some(total as u64),
+                next: None,
+            });
+        }
+        let rows = query(page).fetch_all(&self.pool).await?;
+        let shown = &rows[..rows.len().min(size as usize)];
+        let next = if rows.len() > size as usize {
+            shown.last().map(next_of)
+        } else {
+            None
+        };
+        Ok(Page {
+            entries: shown.iter().map(row_to_stored).collect(),
+            total: Some(total as u64),
+            next,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn create(&self, permit: &Permit<Create>) -> Result<Created> {
+        let op = permit.op();
+        let mut tx = self.begin().await?;
+        if op.if_none_exist.is_some() {
+            tx.lock_conditional(&op.ty).await?;
+        }
+        let created = writes::create(&mut tx, op).await?;
+        tx.0.commit().await?;
+        Ok(created)
+    }
+
+    async fn read(&self, permit: &Permit<Read>) -> Result<Option<Stored>> {
+        let op = permit.op();
+        let row = query(&sql::read(D, &op.ty, &op.id))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(row_to_stored))
+    }
+
+    async fn vread(&self, permit: &Permit<VRead>) -> Result<Option<Stored>> {
+        let op = permit.op();
+        let row = query(&sql::vread(D, &op.ty, &op.id, op.version))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(row_to_stored))
+    }
+
+    async fn update(&self, permit: &Permit<Update>) -> Result<Updated> {
+        let op = permit.op();
+        let mut tx = self.begin().await?;
+        tx.lock_target(&op.ty, &op.target).await?;
+        let updated = writes::update(&mut tx, op).await?;
+        tx.0.commit().await?;
+        Ok(updated)
+    }
+
+    async fn delete(&self, permit: &Permit<Delete>) -> Result<Option<Stored>> {
+        let op = permit.op();
+        let mut tx = self.begin().await?;
+        tx.lock_target(&op.ty, &op.target).await?;
+        let deleted = writes::delete(&mut tx, op).await?;
+        tx.0.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn history(&self, permit: &Permit<History>) -> Result<Page> {
+        let op = permit.op();
+        let (count, page) = sql::history(D, op);
+        self.page(&count, &page, op.count, |r| r.get::<i64, _>(6).to_string())
+            .await
+    }
+
+    async fn search(&self, permit: &Permit<Search>) -> Result<Page> {
+        let op = permit.op();
+        let (count, page) = sql::search(D, op);
+        self.page(&count, &page, op.count, |r| r.get::<String, _>(1))
+            .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let version: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM gateway_schema")
+                .fetch_one(&self.pool)
+                .await?;
+        if version != MIGRATIONS.len() as i64 {
+            return Err(Error::store(
+                format!("schema version {version}, expected {}", MIGRATIONS.len()),
+                true,
+            ));
+        }
+        Ok(())
+    }
+}
