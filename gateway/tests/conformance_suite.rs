@@ -7,8 +7,20 @@ use common::Gateway;
 use std::process::{Command, Stdio};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_passes_the_conformance_suite() {
-    let gw = Gateway::start();
+async fn gateway_passes_the_conformance_suite_on_sqlite() {
+    passes(Gateway::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_passes_the_conformance_suite_on_postgres() {
+    passes(Gateway::start_with(&common::postgres_toml(
+        &common::fresh_schema(),
+        "",
+    )))
+    .await;
+}
+
+async fn passes(gw: Gateway) {
     let client = conformance::client::Fhir::new(&gw.base, &[]).unwrap();
     let results = conformance::run(&client, None).await;
     let failed: Vec<String> = results

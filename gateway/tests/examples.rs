@@ -51,7 +51,20 @@ fn comparable(mut v: Value) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_official_example_round_trips() {
+async fn every_official_example_round_trips_on_sqlite() {
+    round_trip(Gateway::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_official_example_round_trips_on_postgres() {
+    round_trip(Gateway::start_with(&common::postgres_toml(
+        &common::fresh_schema(),
+        "",
+    )))
+    .await;
+}
+
+async fn round_trip(gw: Gateway) {
     let examples = r4_examples();
     assert!(examples.len() > 5000, "{}", examples.len());
     let types: std::collections::BTreeSet<&str> = examples
