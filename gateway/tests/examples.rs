@@ -71,7 +71,6 @@ async fn round_trip(gw: Gateway) {
         .iter()
         .map(|(_, v)| v["resourceType"].as_str().unwrap())
         .collect();
-    let gw = Gateway::start();
     let c = client();
     let base = gw.base.clone();
     let results: Vec<Result<(), String>> = futures::stream::iter(examples.iter())
