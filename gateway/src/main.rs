@@ -30,16 +30,29 @@ enum Command {
         /// Data directory (overrides the config).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Store: "sqlite" or a postgres:// URL (overrides the config; from a secret in Kubernetes).
+        #[arg(long, env = "GATEWAY_STORE", hide_env_values = true)]
+        store: Option<String>,
+    },
+    /// Check a config file against schemas/config.schema.json and exit (0 when valid).
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
     },
 }
 
 fn main() {
     let cli = Cli::parse();
     match cli.command {
+        Command::CheckConfig { file } => {
+            Config::load(&file).unwrap_or_else(|e| fail(&e));
+            println!("{}: valid", file.display());
+        }
         Command::Serve {
             config,
             listen,
             data,
+            store,
         } => {
             let mut cfg = match config {
                 Some(p) => Config::load(&p),
@@ -51,6 +64,13 @@ fn main() {
             }
             if let Some(d) = data {
                 cfg.data_dir = d;
+            }
+            if let Some(s) = store {
+                if s != "sqlite" && !s.starts_with("postgres://") && !s.starts_with("postgresql://")
+                {
+                    fail("--store / GATEWAY_STORE must be \"sqlite\" or a postgres:// URL");
+                }
+                cfg.store = s;
             }
             init_logging(&cfg.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
