@@ -264,6 +264,44 @@ async fn postgres_restart_under_load_loses_nothing_acknowledged() {
             "acknowledged Basic/{id} is gone"
         );
     }
+
+    // Store down: not ready (a load balancer stops sending), but alive (no restart); back: ready.
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.ctl("stop");
+        pg
+    })
+    .await
+    .unwrap();
+    let ready = c
+        .get(format!("http://{}/readyz", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let health = c
+        .get(format!("http://{}/healthz", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let r = c
+        .get(format!("{}/Basic/{}", gw.base, acknowledged[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.ctl("start");
+        pg
+    })
+    .await
+    .unwrap();
+    let ready = c
+        .get(format!("http://{}/readyz", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
     drop(gw);
     drop(pg);
 }

@@ -375,3 +375,55 @@ async fn search_by_identifier_and_id() {
         );
     }
 }
+
+/// A database migrated by a newer binary is refused: an older binary must not write to a schema
+/// it does not understand.
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).await.unwrap());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("gateway.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO gateway_schema (version) VALUES (999)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = SqliteStore::open(dir.path())
+        .await
+        .err()
+        .expect("sqlite: newer schema refused");
+    assert!(
+        err.log_detail().contains("newer than this binary"),
+        "{}",
+        err.log_detail()
+    );
+
+    let schema = common::fresh_schema();
+    drop(
+        PostgresStore::open(&common::postgres_url(), &common::postgres_config(&schema))
+            .await
+            .unwrap(),
+    );
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&common::postgres_url())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO \"{schema}\".gateway_schema (version) VALUES (999)"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let err = PostgresStore::open(&common::postgres_url(), &common::postgres_config(&schema))
+        .await
+        .err()
+        .expect("postgres: newer schema refused");
+    assert!(
+        err.log_detail().contains("newer than this binary"),
+        "{}",
+        err.log_detail()
+    );
+}

@@ -1,0 +1,214 @@
+"""Gateway benchmarks, each run side by side with a baseline in the same run (see bench/run.sh).
+
+Suites:
+  reads     point reads: gateway on SQLite, gateway on PostgreSQL, bare hyper server
+  creates   creates: gateway on SQLite, gateway on PostgreSQL, bare hyper server (POST answered)
+  replicas  creates/s with 1, 2 and 4 gateway replicas on one PostgreSQL
+
+Rounds alternate between the servers so drift on the machine hits all of them alike; the tables
+report medians over rounds and the ratio to the bare server.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GATEWAY = os.path.join(ROOT, "target/release/gateway")
+BARE = os.path.join(ROOT, "target/release/bare-hello")
+PG_URL = os.environ.get("GATEWAY_BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432/test")
+
+PATIENT = {
+    "resourceType": "Patient",
+    "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "999911120"}],
+    "name": [{"family": "Bench", "given": ["Load"]}],
+    "gender": "unknown",
+    "birthDate": "1970-01-01",
+}
+
+
+class Server:
+    def __init__(self, name, argv, port, env=None):
+        self.name, self.port = name, port
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, **(env or {})})
+        self.url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=1)
+                return
+            except Exception:
+                time.sleep(0.05)
+        raise SystemExit(f"{name} did not start; see {self.log.name}")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=40)
+
+
+def gateway(name, port, workdir, config=""):
+    cfg = os.path.join(workdir, f"{name}.toml")
+    open(cfg, "w").write(config)
+    return Server(name, [GATEWAY, "serve", "--config", cfg, "--listen", f"127.0.0.1:{port}",
+                         "--data", os.path.join(workdir, name)], port, {"RUST_LOG": "warn"})
+
+
+def postgres_config(schema):
+    return f'store = "{PG_URL}"\n[postgres]\nschema = "{schema}"\npool_size = 16\n'
+
+
+def seed(server, n=1000):
+    ids = []
+    for i in range(n):
+        body = dict(PATIENT, identifier=[{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": f"{i:09d}"}])
+        req = urllib.request.Request(f"{server.url}/fhir/Patient", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/fhir+json"})
+        ids.append(json.load(urllib.request.urlopen(req))["id"])
+    return ids
+
+
+def lua_reads(workdir, name, ids):
+    path = os.path.join(workdir, f"{name}-ids.txt")
+    open(path, "w").write("\n".join(ids) + "\n")
+    script = os.path.join(workdir, f"{name}-read.lua")
+    open(script, "w").write(f"""
+local ids = {{}}
+for line in io.lines("{path}") do ids[#ids + 1] = line end
+local i = 0
+request = function()
+  i = (i % #ids) + 1
+  return wrk.format("GET", "/fhir/Patient/" .. ids[i], {{ ["Accept"] = "application/fhir+json" }})
+end
+""")
+    return script
+
+
+def lua_creates(workdir):
+    script = os.path.join(workdir, "create.lua")
+    body = json.dumps(PATIENT).replace('"', '\\"')
+    open(script, "w").write(f"""
+wrk.method = "POST"
+wrk.body = "{body}"
+wrk.headers["Content-Type"] = "application/fhir+json"
+""")
+    return script
+
+
+def ms(v):
+    n, unit = float(re.match(r"[\d.]+", v).group()), re.sub(r"[\d.]+", "", v)
+    return n * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+def wrk(url, script, seconds, connections, threads=2):
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {p: ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in ("50", "90", "99")}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "lat": lat, "non2xx": int(bad.group(1)) if bad else 0, "socket": errors.group(1) if errors else ""}
+
+
+def table(title, results, baseline="bare"):
+    med = lambda xs: statistics.median(xs)
+    lines = [f"### {title}", "", "| server | req/s (median) | p50 ms | p90 ms | p99 ms | non-2xx | vs bare |", "|---|---|---|---|---|---|---|"]
+    base = med([r["rps"] for r in results[baseline]]) if baseline in results else None
+    for name, rs in results.items():
+        rps = med([r["rps"] for r in rs])
+        ratio = f"{rps / base * 100:.1f} %" if base else "-"
+        lines.append(f"| {name} | {rps:.0f} | " + " | ".join(f"{med([r['lat'][p] for r in rs]):.2f}" for p in ("50", "90", "99"))
+                     + f" | {sum(r['non2xx'] for r in rs)} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def alternate(targets, rounds, seconds, connections):
+    """targets: name -> (url, script). Runs each once per round, in turn."""
+    results = {name: [] for name in targets}
+    for r in range(rounds):
+        for name, (url, script) in targets.items():
+            print(f"  round {r + 1}/{rounds}: {name}", file=sys.stderr)
+            results[name].append(wrk(url, script, seconds, connections))
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--suites", default="reads,creates,replicas")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=32)
+    args = ap.parse_args()
+    suites = args.suites.split(",")
+    workdir = tempfile.mkdtemp(prefix="gateway-bench-")
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    report = [f"## Gateway benchmarks ({time.strftime('%Y-%m-%d %H:%M')}, release build, 2 cores, wrk -t2 -c{args.connections}, "
+              f"{args.rounds} alternating rounds x {args.seconds} s)\n"]
+    servers = []
+    try:
+        bare = Server("bare", [BARE, "127.0.0.1:18281"], 18281)
+        sqlite = gateway("sqlite", 18282, workdir)
+        pg = gateway("postgres", 18283, workdir, postgres_config(schema))
+        servers += [bare, sqlite, pg]
+        if "reads" in suites:
+            print("reads: seeding", file=sys.stderr)
+            targets = {
+                "gateway, SQLite": (sqlite.url, lua_reads(workdir, "sqlite", seed(sqlite))),
+                "gateway, PostgreSQL": (pg.url, lua_reads(workdir, "pg", seed(pg))),
+                "bare": (bare.url + "/fhir/Patient/x", None),
+            }
+            for url, script in targets.values():
+                wrk(url, script, 3, args.connections)  # warm-up
+            report.append(table("Point reads (GET Patient/[id], 1,000 stored patients)",
+                                alternate(targets, args.rounds, args.seconds, args.connections)))
+        if "creates" in suites:
+            script = lua_creates(workdir)
+            targets = {
+                "gateway, SQLite": (sqlite.url + "/fhir/Patient", script),
+                "gateway, PostgreSQL": (pg.url + "/fhir/Patient", script),
+                "bare": (bare.url + "/fhir/Patient", script),
+            }
+            report.append(table("Creates (POST Patient, validated, durable before the answer)",
+                                alternate(targets, args.rounds, args.seconds, args.connections)))
+        if "replicas" in suites:
+            script = lua_creates(workdir)
+            extra = [gateway(f"postgres-{i}", 18283 + i, workdir, postgres_config(schema)) for i in (1, 2, 3)]
+            servers += extra
+            replicas = [pg] + extra
+            lines = ["### Creates/s with replicas on one PostgreSQL (connections split evenly, one wrk per replica)", "",
+                     "| replicas | creates/s (median) | per replica | non-2xx |", "|---|---|---|---|"]
+            for n in (1, 2, 4):
+                totals, bad = [], 0
+                for _ in range(args.rounds):
+                    procs = []
+                    for s in replicas[:n]:
+                        c = max(2, args.connections // n)
+                        procs.append(subprocess.Popen(["wrk", "-t1", f"-c{c}", f"-d{args.seconds}s", "-s", script, s.url + "/fhir/Patient"],
+                                                      stdout=subprocess.PIPE, text=True))
+                    outs = [p.communicate()[0] for p in procs]
+                    totals.append(sum(float(re.search(r"Requests/sec:\s+([\d.]+)", o).group(1)) for o in outs))
+                    bad += sum(int(m.group(1)) for o in outs for m in [re.search(r"Non-2xx or 3xx responses: (\d+)", o)] if m)
+                    print(f"  {n} replica(s): {totals[-1]:.0f}/s", file=sys.stderr)
+                med = statistics.median(totals)
+                lines.append(f"| {n} | {med:.0f} | {med / n:.0f} | {bad} |")
+            report.append("\n".join(lines) + "\n")
+    finally:
+        for s in servers:
+            s.stop()
+    text = "\n".join(report)
+    os.makedirs(os.path.join(ROOT, "bench/out"), exist_ok=True)
+    open(os.path.join(ROOT, "bench/out/summary.md"), "w").write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
