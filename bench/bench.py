@@ -35,6 +35,14 @@ PATIENT = {
 }
 
 
+def demo_token(scope="system/*.cruds"):
+    """A verified JWT on every request: the cost of authentication is part of what is measured."""
+    return subprocess.run([GATEWAY, "token", "--scope", scope], capture_output=True, text=True, check=True).stdout.strip()
+
+
+TOKEN = None
+
+
 class Server:
     def __init__(self, name, argv, port, env=None):
         self.name, self.port = name, port
@@ -56,7 +64,8 @@ class Server:
 
 def gateway(name, port, workdir, config=""):
     cfg = os.path.join(workdir, f"{name}.toml")
-    open(cfg, "w").write(config)
+    # The benchmark authenticates with demo tokens, as the demo region does.
+    open(cfg, "w").write(config + "\n[auth]\ndemo = true\n")
     return Server(name, [GATEWAY, "serve", "--config", cfg, "--listen", f"127.0.0.1:{port}",
                          "--data", os.path.join(workdir, name)], port, {"RUST_LOG": "warn"})
 
@@ -70,7 +79,7 @@ def seed(server, n=1000):
     for i in range(n):
         body = dict(PATIENT, identifier=[{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": f"{i:09d}"}])
         req = urllib.request.Request(f"{server.url}/fhir/Patient", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/fhir+json"})
+                                     headers={"Content-Type": "application/fhir+json", "Authorization": f"Bearer {TOKEN}"})
         ids.append(json.load(urllib.request.urlopen(req))["id"])
     return ids
 
@@ -85,7 +94,7 @@ for line in io.lines("{path}") do ids[#ids + 1] = line end
 local i = 0
 request = function()
   i = (i % #ids) + 1
-  return wrk.format("GET", "/fhir/Patient/" .. ids[i], {{ ["Accept"] = "application/fhir+json" }})
+  return wrk.format("GET", "/fhir/Patient/" .. ids[i], {{ ["Accept"] = "application/fhir+json", ["Authorization"] = "Bearer {TOKEN}" }})
 end
 """)
     return script
@@ -98,6 +107,7 @@ def lua_creates(workdir):
 wrk.method = "POST"
 wrk.body = "{body}"
 wrk.headers["Content-Type"] = "application/fhir+json"
+wrk.headers["Authorization"] = "Bearer {TOKEN}"
 """)
     return script
 
@@ -148,6 +158,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
     args = ap.parse_args()
+    global TOKEN
+    TOKEN = demo_token()
     suites = args.suites.split(",")
     workdir = tempfile.mkdtemp(prefix="gateway-bench-")
     schema = f"bench_{uuid.uuid4().hex[:12]}"

@@ -16,6 +16,9 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient as PatientModel
 
 BASE = os.environ.get("GATEWAY_BASE", "http://127.0.0.1:8080/fhir")
+# A bearer token the gateway trusts (e.g. `gateway token --scope "system/*.cruds"` for the demo).
+TOKEN = os.environ["GATEWAY_TOKEN"]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BSN = "http://fhir.nl/fhir/NamingSystem/bsn"
 
 
@@ -40,7 +43,7 @@ def test_capability_statement_validates():
 def test_fhirpy_create_read_update_search():
     from fhirpy import SyncFHIRClient
 
-    client = SyncFHIRClient(BASE)
+    client = SyncFHIRClient(BASE, authorization=f"Bearer {TOKEN}")
     patient = client.resource("Patient", **_patient_body("de Vries"))
     patient.save()
     assert patient.id
@@ -59,7 +62,7 @@ def test_fhirpy_create_read_update_search():
     found = client.resources("Patient").search(_id=patient.id).fetch_all()
     assert [p.id for p in found] == [patient.id]
 
-    raw = requests.get(f"{BASE}/Patient", params={"_id": patient.id}, timeout=30).json()
+    raw = requests.get(f"{BASE}/Patient", params={"_id": patient.id}, headers=AUTH, timeout=30).json()
     bundle = Bundle.model_validate(raw)
     assert bundle.type == "searchset" and bundle.total == 1
 
@@ -70,6 +73,7 @@ def test_fhirclient_create_read_update_search():
 
     smart = smart_client.FHIRClient(settings={"app_id": "gateway-ci", "api_base": BASE})
     server = smart.server
+    server.session.headers.update(AUTH)
 
     p = Patient(_patient_body("Jansen"))
     created = p.create(server)
@@ -94,7 +98,7 @@ def test_errors_are_operation_outcomes():
     r = requests.post(
         f"{BASE}/Patient",
         data='{"resourceType": "Patient", "gender": 3}',
-        headers={"Content-Type": "application/fhir+json"},
+        headers={"Content-Type": "application/fhir+json", **AUTH},
         timeout=30,
     )
     assert r.status_code == 400
@@ -105,4 +109,11 @@ def test_errors_are_operation_outcomes():
 @pytest.mark.parametrize("kind", ["history", "search"])
 def test_bundles_validate(kind):
     url = f"{BASE}/Patient/_history?_count=5" if kind == "history" else f"{BASE}/Patient?_count=5"
-    Bundle.model_validate(requests.get(url, timeout=30).json())
+    Bundle.model_validate(requests.get(url, headers=AUTH, timeout=30).json())
+
+
+def test_no_token_is_refused():
+    r = requests.get(f"{BASE}/Patient", timeout=30)
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    OperationOutcome.model_validate(r.json())

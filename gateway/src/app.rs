@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::fhir::capability::capability_statement;
 use crate::fhir::validate::Structure;
 use crate::policy::Policy;
+use crate::policy::auth::Authenticator;
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
@@ -16,6 +17,7 @@ pub struct App {
     pub structure: Structure,
     pub store: Arc<dyn Store>,
     pub policy: Policy,
+    pub auth: Authenticator,
     pub capability: Value,
 }
 
@@ -28,11 +30,13 @@ impl App {
             Arc::new(PostgresStore::open(&config.store, &config.postgres).await?)
         };
         let capability = capability_statement(&config, &structure);
+        let auth = Authenticator::new(&config.auth)?;
         Ok(App {
             config,
             structure,
             store,
             policy: Policy::new(),
+            auth,
             capability,
         })
     }

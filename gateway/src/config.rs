@@ -16,6 +16,7 @@ pub struct Config {
     pub base_url: Option<String>,
     pub store: String,
     pub postgres: Postgres,
+    pub auth: Auth,
     pub log_format: String,
     pub rest: Rest,
     pub limits: Limits,
@@ -29,6 +30,50 @@ pub struct Rest {
     pub default_page_size: u32,
     pub max_page_size: u32,
     pub default_handling: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    pub audience: Vec<String>,
+    pub leeway_secs: u64,
+    pub demo: bool,
+    pub jwks_min_refresh_secs: u64,
+    pub issuers: Vec<Issuer>,
+    pub token_endpoint: Option<String>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            audience: Vec::new(),
+            leeway_secs: 30,
+            demo: false,
+            jwks_min_refresh_secs: 60,
+            issuers: Vec::new(),
+            token_endpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    pub iss: String,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub organization: Organization,
+}
+
+/// An organisation of the region, as its issuer speaks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Organization {
+    pub system: String,
+    pub value: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +126,7 @@ impl Default for Config {
             base_url: None,
             store: "sqlite".into(),
             postgres: Postgres::default(),
+            auth: Auth::default(),
             log_format: "text".into(),
             rest: Rest::default(),
             limits: Limits::default(),
@@ -159,7 +205,21 @@ impl Config {
         if !errors.is_empty() {
             return Err(format!("config refused:\n  {}", errors.join("\n  ")));
         }
-        serde_json::from_value(json).map_err(|e| format!("config: {e}"))
+        let config: Config = serde_json::from_value(json).map_err(|e| format!("config: {e}"))?;
+        if !config.auth.issuers.is_empty() && config.auth.audience.is_empty() {
+            return Err(
+                "config refused:\n  /auth/audience: required when issuers are configured".into(),
+            );
+        }
+        Ok(config)
+    }
+
+    /// The demo region's config: what `gateway serve` runs without a config file. It trusts the
+    /// built-in demo issuers, whose private key is in the repository: never for production.
+    pub fn demo() -> Config {
+        let mut c = Config::default();
+        c.auth.demo = true;
+        c
     }
 
     pub fn load(path: &std::path::Path) -> Result<Config, String> {
@@ -210,6 +270,27 @@ mod tests {
                 .unwrap_err()
                 .contains("/postgres/schema")
         );
+    }
+
+    #[test]
+    fn issuers_need_an_audience_and_a_key_source() {
+        let issuer = "[[auth.issuers]]\niss = \"https://idp.umcu.nl\"\njwks_file = \"k.json\"\n\
+                      organization = { system = \"http://fhir.nl/fhir/NamingSystem/ura\", value = \"1\", type = \"hospital\", name = \"UMCU\" }\n";
+        let err = Config::from_toml(&format!("[auth]\n{issuer}")).unwrap_err();
+        assert!(err.contains("/auth/audience"), "{err}");
+        let ok = Config::from_toml(&format!(
+            "[auth]\naudience = [\"https://gw/fhir\"]\n{issuer}"
+        ))
+        .unwrap();
+        assert_eq!(ok.auth.issuers[0].organization.kind, "hospital");
+        assert!(!ok.auth.demo);
+        let no_keys = issuer.replace("jwks_file = \"k.json\"\n", "");
+        assert!(Config::from_toml(&format!("[auth]\naudience = [\"a\"]\n{no_keys}")).is_err());
+        assert!(
+            !Config::default().auth.demo,
+            "only the built-in demo config trusts the demo issuers"
+        );
+        assert!(Config::demo().auth.demo);
     }
 
     #[test]

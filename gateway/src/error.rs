@@ -37,6 +37,8 @@ pub struct Error {
     pub status: StatusCode,
     pub origin: Origin,
     pub issues: Vec<Issue>,
+    /// `WWW-Authenticate` value of a 401.
+    pub challenge: Option<String>,
     /// Logged, never sent.
     internal: Option<String>,
 }
@@ -54,7 +56,32 @@ impl Error {
                 diagnostics: message.into(),
                 expression: None,
             }],
+            challenge: None,
             internal: None,
+        }
+    }
+
+    /// No credentials: 401 with a bare Bearer challenge (RFC 6750 section 3.1).
+    pub fn unauthenticated() -> Error {
+        Error {
+            origin: Origin::Policy,
+            challenge: Some("Bearer realm=\"fhir\"".into()),
+            ..Error::client(
+                StatusCode::UNAUTHORIZED,
+                "login",
+                "authentication required: send a bearer token",
+            )
+        }
+    }
+
+    /// Credentials that do not hold: 401 with the RFC 6750 error code.
+    pub fn unauthorized(error: &str, description: &str) -> Error {
+        Error {
+            origin: Origin::Policy,
+            challenge: Some(format!(
+                "Bearer realm=\"fhir\", error=\"{error}\", error_description=\"{description}\""
+            )),
+            ..Error::client(StatusCode::UNAUTHORIZED, "security", description.to_owned())
         }
     }
 
@@ -68,6 +95,7 @@ impl Error {
             status: StatusCode::BAD_REQUEST,
             origin: Origin::Client,
             issues,
+            challenge: None,
             internal: None,
         }
     }
@@ -136,6 +164,7 @@ impl Error {
                 diagnostics: message.into(),
                 expression: None,
             }],
+            challenge: None,
             internal: Some(detail.to_string()),
         }
     }
@@ -150,6 +179,7 @@ impl Error {
                 diagnostics: "internal error".into(),
                 expression: None,
             }],
+            challenge: None,
             internal: Some(detail.to_string()),
         }
     }

@@ -34,6 +34,27 @@ enum Command {
         #[arg(long, env = "GATEWAY_STORE", hide_env_values = true)]
         store: Option<String>,
     },
+    /// Print a demo token (signed with the demo key that only the demo config trusts).
+    Token {
+        /// SMART scopes, space-separated, e.g. "user/*.rs" or "patient/Observation.rs".
+        #[arg(long)]
+        scope: String,
+        /// The patient launch context (for patient/ scopes).
+        #[arg(long)]
+        patient: Option<String>,
+        /// The demo organisation the token speaks for: umcu, antonius, gp, vvt, youth, utrecht, ggd.
+        #[arg(long, default_value = "umcu")]
+        org: String,
+        /// fhirUser claim, e.g. Practitioner/123.
+        #[arg(long)]
+        fhir_user: Option<String>,
+        /// Purpose of use, e.g. ETREAT for emergency access.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
     /// Check a config file against schemas/config.schema.json and exit (0 when valid).
     CheckConfig {
         /// The TOML config file.
@@ -44,6 +65,28 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
+        Command::Token {
+            scope,
+            patient,
+            org,
+            fhir_user,
+            purpose,
+            ttl,
+        } => {
+            let request = gateway::policy::demo::TokenRequest {
+                org: &org,
+                scope: &scope,
+                patient: patient.as_deref(),
+                fhir_user: fhir_user.as_deref(),
+                purpose_of_use: purpose.as_deref(),
+                subject: None,
+                ttl_secs: ttl,
+            };
+            println!(
+                "{}",
+                gateway::policy::demo::mint(&request).unwrap_or_else(|e| fail(&e))
+            );
+        }
         Command::CheckConfig { file } => {
             Config::load(&file).unwrap_or_else(|e| fail(&e));
             println!("{}: valid", file.display());
@@ -56,7 +99,8 @@ fn main() {
         } => {
             let mut cfg = match config {
                 Some(p) => Config::load(&p),
-                None => Ok(Config::default()),
+                // No config file: the demo region, which trusts the demo issuers.
+                None => Ok(Config::demo()),
             }
             .unwrap_or_else(|e| fail(&e));
             if let Some(l) = listen {

@@ -21,7 +21,8 @@ async fn gateway_passes_the_conformance_suite_on_postgres() {
 }
 
 async fn passes(gw: Gateway) {
-    let client = conformance::client::Fhir::new(&gw.base, &[]).unwrap();
+    let auth = format!("Authorization: Bearer {}", common::admin_token());
+    let client = conformance::client::Fhir::new(&gw.base, &[auth]).unwrap();
     let results = conformance::run(&client, None).await;
     let failed: Vec<String> = results
         .iter()

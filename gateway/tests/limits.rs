@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{FHIR_JSON, Gateway, client};
+use common::{FHIR_JSON, Gateway, auth_line, client};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -74,7 +74,8 @@ fn raw_request(addr: &str, request: &[u8]) -> (String, String) {
 
 fn post_raw(path: &str, body: &[u8]) -> Vec<u8> {
     let mut r = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\n{}Content-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        auth_line(),
         body.len()
     )
     .into_bytes();
@@ -83,7 +84,11 @@ fn post_raw(path: &str, body: &[u8]) -> Vec<u8> {
 }
 
 fn get_raw(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").into_bytes()
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{}Connection: close\r\n\r\n",
+        auth_line()
+    )
+    .into_bytes()
 }
 
 /// A corpus of malformed bodies, headers and URLs: each answered with an OperationOutcome and a
@@ -128,7 +133,7 @@ async fn malformed_input_corpus_always_gets_an_operation_outcome() {
         ("bad If-Match".into(), b"PUT /fhir/Patient/a HTTP/1.1\r\nHost: x\r\nIf-Match: nonsense\r\nContent-Type: application/fhir+json\r\nContent-Length: 36\r\nConnection: close\r\n\r\n{\"resourceType\":\"Patient\",\"id\":\"a\"}\n".to_vec()),
         ("bad content type".into(), b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi".to_vec()),
         ("transaction not yet supported".into(), post_raw("/fhir", br#"{"resourceType":"Bundle","type":"transaction"}"#)),
-        ("hostile Host header".into(), b"GET /fhir/Patient HTTP/1.1\r\nHost: evil\"><script>\r\nConnection: close\r\n\r\n".to_vec()),
+        ("hostile Host header".into(), format!("GET /fhir/Patient HTTP/1.1\r\nHost: evil\"><script>\r\n{}Connection: close\r\n\r\n", auth_line()).into_bytes()),
     ];
     // Many invalid bodies against many types.
     for ty in [
@@ -349,7 +354,8 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     let mut s = TcpStream::connect(&gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let head = format!(
-        "POST /fhir/Basic HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n",
+        "POST /fhir/Basic HTTP/1.1\r\nHost: x\r\n{}Content-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n",
+        auth_line(),
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();

@@ -172,6 +172,8 @@ async fn history_at_type_and_system_level_with_since_count_and_paging() {
         )
         .await;
     }
+    // The store keeps milliseconds and _since is inclusive: keep clear of the boundary.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let mid = time::OffsetDateTime::now_utc();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     for i in 0..3 {

@@ -9,7 +9,7 @@ use gateway::fhir::operation::{
     Create, Delete, History, HistoryScope, Read, Search, Target, Update, VRead,
 };
 use gateway::fhir::search::{Criteria, Token};
-use gateway::policy::{Permit, Policy, Principal};
+use gateway::policy::{Authorizable, Permit, Policy, Principal, TokenPrincipal};
 use gateway::store::postgres::PostgresStore;
 use gateway::store::sqlite::SqliteStore;
 use gateway::store::{Created, Store};
@@ -25,17 +25,39 @@ struct Backend {
 async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteStore::open(dir.path()).await.unwrap();
-    vec![Backend {
-        name: "sqlite",
-        store: Arc::new(sqlite),
-        _dir: dir,
-    }]
+    let pg_config = common::postgres_config(&common::fresh_schema());
+    let postgres = PostgresStore::open(&common::postgres_url(), &pg_config)
+        .await
+        .unwrap();
+    vec![
+        Backend {
+            name: "sqlite",
+            store: Arc::new(sqlite),
+            _dir: dir,
+        },
+        Backend {
+            name: "postgres",
+            store: Arc::new(postgres),
+            _dir: tempfile::tempdir().unwrap(),
+        },
+    ]
 }
 
-fn permit<T>(op: T) -> Permit<T> {
-    Policy::new()
-        .authorize(&Arc::new(Principal::Open), op)
-        .unwrap()
+/// Store calls need a permit: the test's principal is a back-end service with every permission.
+fn permit<T: Authorizable>(op: T) -> Permit<T> {
+    let org = gateway::policy::demo::organizations().remove(0).1;
+    let principal = Principal::Token(Arc::new(TokenPrincipal {
+        issuer: "store-contract".into(),
+        subject: "store-contract".into(),
+        organization: Arc::new(org),
+        scopes: gateway::policy::scopes::parse("system/*.cruds"),
+        patient: None,
+        fhir_user: None,
+        client_id: None,
+        purpose_of_use: None,
+        token_id: None,
+    }));
+    Policy::new().authorize(&principal, op).unwrap()
 }
 
 fn patient(bsn: &str) -> Value {
@@ -426,4 +448,10 @@ async fn a_newer_schema_is_refused() {
         "{}",
         err.log_detail()
     );
+}
+
+#[tokio::test]
+async fn the_suite_covers_both_backends() {
+    let names: Vec<&str> = backends().await.iter().map(|b| b.name).collect();
+    assert_eq!(names, vec!["sqlite", "postgres"]);
 }

@@ -65,6 +65,7 @@ fn python_fhir_clients_drive_the_gateway() {
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(workspace().join("conformance/clients"))
         .env("GATEWAY_BASE", &gw.base)
+        .env("GATEWAY_TOKEN", common::admin_token())
         .output()
         .unwrap();
     let text = format!(
@@ -74,5 +75,5 @@ fn python_fhir_clients_drive_the_gateway() {
     );
     println!("{text}");
     assert!(out.status.success(), "the Python clients failed:\n{text}");
-    assert!(text.contains("6 passed"), "{text}");
+    assert!(text.contains("7 passed"), "{text}");
 }

@@ -56,7 +56,7 @@ pub struct PageInfo<'a> {
     pub total: Option<u64>,
 }
 
-pub fn searchset(base: &str, page: PageInfo<'_>, entries: Vec<Disclosed<Stored>>) -> Value {
+pub fn searchset(base: &str, page: PageInfo<'_>, entries: &[Disclosed<Stored>]) -> Value {
     let entries: Vec<Value> = entries
         .iter()
         .map(|d| {
@@ -71,7 +71,7 @@ pub fn searchset(base: &str, page: PageInfo<'_>, entries: Vec<Disclosed<Stored>>
     bundle("searchset", page, entries)
 }
 
-pub fn history(base: &str, page: PageInfo<'_>, entries: Vec<Disclosed<Stored>>) -> Value {
+pub fn history(base: &str, page: PageInfo<'_>, entries: &[Disclosed<Stored>]) -> Value {
     let entries: Vec<Value> = entries
         .iter()
         .map(|d| {

@@ -22,6 +22,34 @@ pub const INTERACTIONS: &[&str] = &[
 /// System-level interactions.
 pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system"];
 
+/// SMART App Launch v2 discovery (`[base]/.well-known/smart-configuration`). The gateway is a
+/// resource server: tokens come from each organisation's issuer, and the token endpoint named
+/// here is the region's (`auth.token_endpoint`).
+pub fn smart_configuration(config: &Config) -> Value {
+    json!({
+        "issuer": config.auth.issuers.first().map(|i| i.iss.clone()),
+        "token_endpoint": token_endpoint(config),
+        "grant_types_supported": ["client_credentials", "authorization_code"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384", "RS256", "ES256"],
+        "scopes_supported": ["system/*.cruds", "user/*.cruds", "patient/*.rs", "launch/patient", "fhirUser", "openid"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": [
+            "permission-v1", "permission-v2", "permission-patient", "permission-user", "client-confidential-asymmetric",
+            "context-standalone-patient", "sso-openid-connect"
+        ]
+    })
+}
+
+fn token_endpoint(config: &Config) -> String {
+    config
+        .auth
+        .token_endpoint
+        .clone()
+        .unwrap_or_else(|| "https://demo.healthhub-utrecht.nl/token".into())
+}
+
 pub fn capability_statement(config: &Config, structure: &Structure) -> Value {
     let resources: Vec<Value> = structure
         .resource_types()
@@ -66,6 +94,15 @@ pub fn capability_statement(config: &Config, structure: &Structure) -> Value {
         "rest": [{
             "mode": "server",
             "documentation": "Paging uses an opaque _cursor in next links. Search parameters: _id, identifier (more with the search release).",
+            "security": {
+                "cors": false,
+                "service": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR" }] }],
+                "description": "Bearer JWTs from the region's trusted issuers; SMART App Launch v2 scopes; consent and audit on every request.",
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{ "url": "token", "valueUri": token_endpoint(config) }]
+                }]
+            },
             "resource": resources,
             "interaction": SYSTEM_INTERACTIONS.iter().map(|i| json!({ "code": i })).collect::<Vec<_>>(),
         }]

@@ -6,12 +6,12 @@ use crate::app::App;
 use crate::error::{Error, Result, information};
 use crate::fhir::bundle::{self, PageInfo};
 use crate::fhir::operation::{HistoryScope, Operation, Request, Return};
+use crate::policy::scopes::Permission;
 use crate::policy::{Disclosed, Principal};
 use crate::store::{Created, Page, Stored};
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::Value;
-use std::sync::Arc;
 use time::OffsetDateTime;
 
 /// What goes on the wire, before formatting (pretty, gzip) and headers common to every response.
@@ -65,14 +65,14 @@ impl Reply {
     }
 }
 
-pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Result<Reply> {
+pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<Reply> {
     let policy = &app.policy;
     match req.op {
         Operation::Capabilities => {
             let permit = policy.authorize(principal, ())?;
             Ok(Reply::json(
                 StatusCode::OK,
-                policy.disclose(permit.principal(), app.capability.clone())?,
+                policy.release_public(&permit, app.capability.clone()),
             ))
         }
         Operation::Read(op) => {
@@ -80,10 +80,13 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             let permit = policy.authorize(principal, op)?;
             match app.store.read(&permit).await? {
                 None => Err(Error::not_found(format!("{what} is not known"))),
-                Some(s) if s.is_deleted() => Err(Error::gone(format!("{what} was deleted"))),
+                Some(s) if s.is_deleted() => {
+                    policy.disclose(permit.principal(), s, Permission::Read)?;
+                    Err(Error::gone(format!("{what} was deleted")))
+                }
                 Some(s) => Ok(Reply::resource(
                     StatusCode::OK,
-                    policy.disclose(permit.principal(), s)?,
+                    policy.disclose(permit.principal(), s, Permission::Read)?,
                 )),
             }
         }
@@ -92,10 +95,13 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             let permit = policy.authorize(principal, op)?;
             match app.store.vread(&permit).await? {
                 None => Err(Error::not_found(format!("{what} is not known"))),
-                Some(s) if s.is_deleted() => Err(Error::gone(format!("{what} is a deletion"))),
+                Some(s) if s.is_deleted() => {
+                    policy.disclose(permit.principal(), s, Permission::Read)?;
+                    Err(Error::gone(format!("{what} is a deletion")))
+                }
                 Some(s) => Ok(Reply::resource(
                     StatusCode::OK,
-                    policy.disclose(permit.principal(), s)?,
+                    policy.disclose(permit.principal(), s, Permission::Read)?,
                 )),
             }
         }
@@ -106,8 +112,10 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
                 Created::New(s) => {
                     let location = version_url(&req.base, &s);
                     let mut reply = written(
+                        policy,
+                        permit.principal(),
                         StatusCode::CREATED,
-                        policy.disclose(permit.principal(), s)?,
+                        s,
                         req.ret,
                         "created",
                     );
@@ -115,8 +123,10 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
                     Ok(reply)
                 }
                 Created::Existing(s) => Ok(written(
+                    policy,
+                    permit.principal(),
                     StatusCode::OK,
-                    policy.disclose(permit.principal(), s)?,
+                    s,
                     req.ret,
                     "a matching resource exists; nothing was created",
                 )),
@@ -135,8 +145,10 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
                 .created
                 .then(|| version_url(&req.base, &updated.stored));
             let mut reply = written(
+                policy,
+                permit.principal(),
                 status,
-                policy.disclose(permit.principal(), updated.stored)?,
+                updated.stored,
                 req.ret,
                 message,
             );
@@ -156,10 +168,14 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             }
         }
         Operation::History(op) => {
-            let url = match &op.scope {
-                HistoryScope::System => format!("{}/_history", req.base),
-                HistoryScope::Type(ty) => format!("{}/{ty}/_history", req.base),
-                HistoryScope::Instance(ty, id) => format!("{}/{ty}/{id}/_history", req.base),
+            let (url, how) = match &op.scope {
+                HistoryScope::System => (format!("{}/_history", req.base), Permission::Search),
+                HistoryScope::Type(ty) => {
+                    (format!("{}/{ty}/_history", req.base), Permission::Search)
+                }
+                HistoryScope::Instance(ty, id) => {
+                    (format!("{}/{ty}/{id}/_history", req.base), Permission::Read)
+                }
             };
             let mut params = vec![("_count".to_owned(), op.count.to_string())];
             if let Some(since) = op.since {
@@ -168,7 +184,7 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             let cursor = op.cursor.map(|c| c.to_string());
             let permit = policy.authorize(principal, op)?;
             let page = app.store.history(&permit).await?;
-            let (entries, next, total) = disclose_page(app, permit.principal(), page)?;
+            let (entries, next, total) = disclose_page(app, permit.principal(), page, how);
             let info = PageInfo {
                 url,
                 params,
@@ -176,10 +192,10 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
                 next: next.as_deref(),
                 total,
             };
-            let b = bundle::history(&req.base, info, entries);
+            let b = bundle::history(&req.base, info, &entries);
             Ok(Reply::json(
                 StatusCode::OK,
-                policy.disclose(permit.principal(), b)?,
+                policy.release_document(&entries, b),
             ))
         }
         Operation::Search(op) => {
@@ -188,7 +204,8 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
             let cursor = op.cursor.clone();
             let permit = policy.authorize(principal, op)?;
             let page = app.store.search(&permit).await?;
-            let (entries, next, total) = disclose_page(app, permit.principal(), page)?;
+            let (entries, next, total) =
+                disclose_page(app, permit.principal(), page, Permission::Search);
             let info = PageInfo {
                 url,
                 params,
@@ -196,10 +213,10 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
                 next: next.as_deref(),
                 total,
             };
-            let b = bundle::searchset(&req.base, info, entries);
+            let b = bundle::searchset(&req.base, info, &entries);
             Ok(Reply::json(
                 StatusCode::OK,
-                policy.disclose(permit.principal(), b)?,
+                policy.release_document(&entries, b),
             ))
         }
     }
@@ -207,23 +224,38 @@ pub async fn execute(app: &App, principal: &Arc<Principal>, req: Request) -> Res
 
 type DisclosedPage = (Vec<Disclosed<Stored>>, Option<String>, Option<u64>);
 
-/// Every entry of a page passes the policy on its own.
-fn disclose_page(app: &App, principal: &Principal, page: Page) -> Result<DisclosedPage> {
-    let entries = page
-        .entries
-        .into_iter()
-        .map(|s| app.policy.disclose(principal, s))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((entries, page.next, page.total))
+/// Every entry of a page passes the policy on its own. When any entry was withheld, the total is
+/// left out: it would count what the principal may not see.
+fn disclose_page(app: &App, principal: &Principal, page: Page, how: Permission) -> DisclosedPage {
+    let (entries, withheld) = app.policy.disclose_each(principal, page.entries, how);
+    let total = if withheld == 0 { page.total } else { None };
+    (entries, page.next, total)
 }
 
 fn version_url(base: &str, s: &Stored) -> String {
     format!("{base}/{}/{}/_history/{}", s.ty, s.id, s.version)
 }
 
-/// The answer to a write, shaped by `Prefer: return=`.
-fn written(status: StatusCode, d: Disclosed<Stored>, ret: Return, message: &str) -> Reply {
-    let mut reply = Reply::resource(status, d);
+/// The answer to a write, shaped by `Prefer: return=`. A principal that may write but not read
+/// the result (`user/Observation.c`) gets the status, Location and ETag without the resource.
+fn written(
+    policy: &crate::policy::Policy,
+    principal: &Principal,
+    status: StatusCode,
+    s: Stored,
+    ret: Return,
+    message: &str,
+) -> Reply {
+    let (version, last_updated) = (s.version, s.last_updated);
+    let mut reply = match policy.disclose(principal, s, Permission::Read) {
+        Ok(d) => Reply::resource(status, d),
+        Err(_) => {
+            let mut r = Reply::new(status, None);
+            r.version = Some(version);
+            r.last_modified = Some(last_updated);
+            return r;
+        }
+    };
     match ret {
         Return::Representation => {}
         Return::Minimal => reply.body = None,

@@ -8,7 +8,6 @@ pub mod respond;
 use crate::app::App;
 use crate::error::Error;
 use crate::fhir::operation::{Raw, parse};
-use crate::policy::Principal;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -197,6 +196,12 @@ async fn pipeline(
             shape,
         );
     };
+    if fhir_path == "/.well-known/smart-configuration" && parts.method == http::Method::GET {
+        return respond::json(
+            StatusCode::OK,
+            &crate::fhir::capability::smart_configuration(&app.config),
+        );
+    }
     let limits = &app.config.limits;
     if parts.uri.to_string().len() > limits.max_url_bytes as usize {
         return respond::error(
@@ -246,7 +251,17 @@ async fn pipeline(
         Err(e) => return respond::error(&e, shape),
     };
     shape.pretty = request.pretty;
-    let principal = Arc::new(Principal::Open);
+    let authorization = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match app.auth.authenticate(authorization).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "authentication failed");
+            return respond::error(&e, shape);
+        }
+    };
     match crate::rest::execute(app, &principal, request).await {
         Ok(reply) => respond::reply(reply, shape),
         Err(e) => {

@@ -50,6 +50,10 @@ pub fn reply(r: Reply, shape: Shape) -> Response<Full<Bytes>> {
 pub fn error(e: &Error, shape: Shape) -> Response<Full<Bytes>> {
     let (status, outcome) = e.outcome();
     let mut resp = build(status, Some(render(&outcome, shape.pretty)), shape);
+    if let Some(c) = &e.challenge {
+        resp.headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, header(c));
+    }
     if status == StatusCode::METHOD_NOT_ALLOWED {
         resp.headers_mut().insert(
             http::header::ALLOW,

@@ -35,6 +35,12 @@ impl Gateway {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+        // Tests authenticate with demo tokens: trust the demo issuers unless the test configures auth.
+        let config = if config.contains("[auth]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[auth]\ndemo = true\n")
+        };
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let cfg_path: PathBuf = dir.path().join("gateway.toml");
@@ -124,12 +130,53 @@ impl Drop for Gateway {
     }
 }
 
+/// A demo token (see `gateway token`).
+pub fn token(scope: &str, org: &str, patient: Option<&str>) -> String {
+    gateway::policy::demo::mint(&gateway::policy::demo::TokenRequest {
+        org,
+        scope,
+        patient,
+        fhir_user: None,
+        purpose_of_use: None,
+        subject: None,
+        ttl_secs: 3600,
+    })
+    .unwrap()
+}
+
+/// The token most tests use: the demo hospital's back-end service with every permission.
+pub fn admin_token() -> String {
+    token("system/*.cruds", "umcu", None)
+}
+
+/// A client that sends `admin_token()` on every request.
 pub fn client() -> reqwest::Client {
+    client_with(&admin_token())
+}
+
+/// A client without credentials.
+pub fn anon() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+pub fn client_with(token: &str) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
     reqwest::Client::builder()
         .pool_max_idle_per_host(64)
+        .default_headers(headers)
         .build()
         .unwrap()
+}
+
+/// An `Authorization` header line for raw HTTP requests.
+pub fn auth_line() -> String {
+    format!("Authorization: Bearer {}\r\n", admin_token())
 }
 
 pub const FHIR_JSON: &str = "application/fhir+json";
