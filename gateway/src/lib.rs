@@ -4,6 +4,7 @@
 //! `policy` (permit) -> `store` -> `policy` (disclose) -> `server::respond`.
 
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod error;
 pub mod fhir;

@@ -55,10 +55,28 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// The access log: `gateway audit verify` recomputes the hash chain (exit 1 if broken).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Check a config file against schemas/config.schema.json and exit (0 when valid).
     CheckConfig {
         /// The TOML config file.
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify that no audit record was edited, inserted or removed.
+    Verify {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, env = "GATEWAY_STORE", hide_env_values = true)]
+        store: Option<String>,
     },
 }
 
@@ -86,6 +104,46 @@ fn main() {
                 "{}",
                 gateway::policy::demo::mint(&request).unwrap_or_else(|e| fail(&e))
             );
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    config,
+                    data,
+                    store,
+                },
+        } => {
+            let mut cfg = match config {
+                Some(p) => Config::load(&p).unwrap_or_else(|e| fail(&e)),
+                None => Config::default(),
+            };
+            if let Some(d) = data {
+                cfg.data_dir = d;
+            }
+            if let Some(s) = store {
+                cfg.store = s;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| fail(&e.to_string()));
+            let result = runtime.block_on(async {
+                let store = gateway::app::open_store(&cfg).await?;
+                gateway::audit::verify(store.as_ref()).await
+            });
+            match result {
+                Ok(v) if v.broken.is_empty() => {
+                    println!("audit log: {} records, chain intact", v.records)
+                }
+                Ok(v) => {
+                    println!(
+                        "audit log: {} records, chain BROKEN at sequence numbers {:?}",
+                        v.records, v.broken
+                    );
+                    std::process::exit(1);
+                }
+                Err(e) => fail(&e.to_string()),
+            }
         }
         Command::CheckConfig { file } => {
             Config::load(&file).unwrap_or_else(|e| fail(&e));

@@ -87,6 +87,14 @@ async fn round_trip(gw: Gateway) {
                     .map_err(|e| e.to_string())?;
                 let status = r.status();
                 let created: Value = r.json().await.map_err(|e| format!("{name}: {e}"))?;
+                // AuditEvents are written by the gateway only (its hash-chained access log).
+                if ty == "AuditEvent" {
+                    return if status == 405 {
+                        Ok(())
+                    } else {
+                        Err(format!("{name}: AuditEvent create {status}"))
+                    };
+                }
                 if status != 201 {
                     return Err(format!("{name}: create {status}: {}", created["issue"]));
                 }
@@ -251,6 +259,11 @@ async fn every_resource_type_is_accepted() {
             .unwrap();
         let status = resp.status();
         let created: Value = resp.json().await.unwrap();
+        if ty == "AuditEvent" {
+            assert_eq!(status, 405, "AuditEvents are written by the gateway only");
+            accepted += 1;
+            continue;
+        }
         assert_eq!(status, 201, "{ty}: {}", created["issue"]);
         let id = created["id"].as_str().unwrap();
         let read: Value = c

@@ -251,6 +251,7 @@ async fn conditional_create_is_atomic() {
                 count: 10,
                 cursor: None,
                 applied: vec![],
+                audit: None,
             }))
             .await
             .unwrap();
@@ -352,6 +353,7 @@ async fn search_by_identifier_and_id() {
                 count: 10,
                 cursor: None,
                 applied: vec![],
+                audit: None,
             })
         };
         let page = s.search(&search(by_bsn("999911168"))).await.unwrap();

@@ -95,6 +95,8 @@ pub struct Search {
     pub cursor: Option<String>,
     /// The parameters that were applied, for the bundle's `self` link.
     pub applied: Vec<(String, String)>,
+    /// AuditEvent searches go to the audit log, with its own parameters.
+    pub audit: Option<crate::store::AuditQuery>,
 }
 
 /// `Prefer: return=...`.
@@ -465,6 +467,24 @@ fn search(
             _ => rest.push((k.clone(), v.clone())),
         }
     }
+    if ty == "AuditEvent" {
+        let (query, unknown) = audit_query(&rest, count, cursor.as_deref())?;
+        if strict && !unknown.is_empty() {
+            return Err(Error::invalid(format!(
+                "unknown or unsupported search parameter(s): {}",
+                unknown.join(", ")
+            )));
+        }
+        applied.extend(rest.into_iter().filter(|(k, _)| !unknown.contains(k)));
+        return Ok(Search {
+            ty,
+            criteria: Criteria::default(),
+            count,
+            cursor,
+            applied,
+            audit: Some(query),
+        });
+    }
     let (criteria, unknown) = parse_criteria(&ty, &rest, s)?;
     if strict && !unknown.is_empty() {
         return Err(Error::invalid(format!(
@@ -483,6 +503,7 @@ fn search(
         count,
         cursor,
         applied,
+        audit: None,
     })
 }
 
@@ -544,6 +565,67 @@ pub fn decode_query(q: &[u8]) -> Result<Vec<(String, String)>> {
             Ok((decode(k)?, decode(v)?))
         })
         .collect()
+}
+
+/// AuditEvent search: `patient`, `agent` (`system|value` of the user), `outcome`, `date` with
+/// `ge gt le lt eq` prefixes (a plain date is its whole day), `_id`.
+fn audit_query(
+    params: &[(String, String)],
+    count: u32,
+    cursor: Option<&str>,
+) -> Result<(crate::store::AuditQuery, Vec<String>)> {
+    let mut q = crate::store::AuditQuery {
+        count,
+        ..Default::default()
+    };
+    q.before_seq = match cursor {
+        Some(c) => Some(c.parse().map_err(|_| Error::invalid("malformed _cursor"))?),
+        None => None,
+    };
+    let mut unknown = Vec::new();
+    for (k, v) in params {
+        let values = || v.split(',').map(str::to_owned).collect::<Vec<_>>();
+        match k.as_str() {
+            "patient" => q.patients.extend(values().into_iter().map(|p| {
+                if p.contains('/') {
+                    p
+                } else {
+                    format!("Patient/{p}")
+                }
+            })),
+            "agent" => q.agents.extend(values()),
+            "outcome" => q.outcomes.extend(values()),
+            "_id" => q.ids.extend(values()),
+            "date" => {
+                let (prefix, value) =
+                    if v.len() > 2 && v.as_bytes()[..2].iter().all(u8::is_ascii_alphabetic) {
+                        (&v[..2], &v[2..])
+                    } else {
+                        ("eq", v.as_str())
+                    };
+                let at = crate::store::to_millis(parse_instant(value)?);
+                let day = value.len() == 10;
+                let end = if day { at + 86_400_000 } else { at + 1 };
+                match prefix {
+                    "ge" => q.from_ms = Some(at),
+                    "gt" => q.from_ms = Some(end),
+                    "lt" => q.until_ms = Some(at),
+                    "le" => q.until_ms = Some(end),
+                    "eq" => {
+                        q.from_ms = Some(at);
+                        q.until_ms = Some(end);
+                    }
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "date prefix '{prefix}' is not supported here"
+                        )));
+                    }
+                }
+            }
+            _ => unknown.push(k.clone()),
+        }
+    }
+    Ok((q, unknown))
 }
 
 fn page_size(v: &str, config: &Config) -> Result<u32> {

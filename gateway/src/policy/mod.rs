@@ -264,9 +264,11 @@ impl Policy {
         granting.iter().any(|sc| {
             let in_context = match sc.context {
                 // Until patient compartments are indexed, a patient-context scope reaches the
-                // patient's own Patient resource only.
+                // patient's own Patient resource, and the AuditEvents of accesses to it.
                 Context::Patient => {
-                    s.ty == "Patient" && token.patient.as_deref() == Some(s.id.as_str())
+                    let me = token.patient.as_deref().unwrap_or_default();
+                    (s.ty == "Patient" && s.id == me)
+                        || (s.ty == "AuditEvent" && audit_concerns(&resource, me))
                 }
                 Context::User | Context::System => true,
             };
@@ -312,6 +314,16 @@ fn verb(p: Permission) -> &'static str {
         Permission::Delete => "delete",
         Permission::Search => "search",
     }
+}
+
+/// Whether an AuditEvent names `Patient/[patient]` as its patient entity.
+fn audit_concerns(event: &Value, patient: &str) -> bool {
+    let wanted = format!("Patient/{patient}");
+    event["entity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["what"]["reference"].as_str() == Some(wanted.as_str()))
 }
 
 /// A token constraint `param=[system|]code` against the resource element of the same name

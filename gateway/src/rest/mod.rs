@@ -8,7 +8,7 @@ use crate::fhir::bundle::{self, PageInfo};
 use crate::fhir::operation::{HistoryScope, Operation, Request, Return};
 use crate::policy::scopes::Permission;
 use crate::policy::{Disclosed, Principal};
-use crate::store::{Created, Page, Stored};
+use crate::store::{AuditQuery, AuditRow, Created, Page, Stored};
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::Value;
@@ -22,6 +22,10 @@ pub struct Reply {
     pub version: Option<u64>,
     pub last_modified: Option<OffsetDateTime>,
     pub location: Option<String>,
+    /// What the answer disclosed or the request wrote (`Type/id/_history/v`), for the audit.
+    pub entities: Vec<String>,
+    /// The patients it concerned (`Patient/[id]`), for the audit.
+    pub patients: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -39,11 +43,14 @@ impl Reply {
             version: None,
             last_modified: None,
             location: None,
+            entities: Vec::new(),
+            patients: Vec::new(),
         }
     }
 
     /// A stored version the policy released.
     fn resource(status: StatusCode, d: Disclosed<Stored>) -> Reply {
+        let (entities, patients) = audit_refs(std::slice::from_ref(&d));
         let s = d.into_inner();
         Reply {
             status,
@@ -51,6 +58,8 @@ impl Reply {
             last_modified: Some(s.last_updated),
             body: s.body.map(Payload::Stored),
             location: None,
+            entities,
+            patients,
         }
     }
 
@@ -73,6 +82,64 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
             Ok(Reply::json(
                 StatusCode::OK,
                 policy.release_public(&permit, app.capability.clone()),
+            ))
+        }
+        Operation::Read(op) if op.ty == "AuditEvent" => {
+            let permit = policy.authorize(principal, op)?;
+            let query = AuditQuery {
+                ids: vec![permit.op().id.clone()],
+                count: 1,
+                ..Default::default()
+            };
+            let row = app.store.search_audit(&query).await?.into_iter().next();
+            let s = row
+                .map(audit_stored)
+                .ok_or_else(|| Error::not_found("no such AuditEvent"))?;
+            Ok(Reply::resource(
+                StatusCode::OK,
+                policy.disclose(permit.principal(), s, Permission::Read)?,
+            ))
+        }
+        Operation::Create(op) if op.ty == "AuditEvent" => Err(server_written()),
+        Operation::Update(op) if op.ty == "AuditEvent" => Err(server_written()),
+        Operation::Delete(op) if op.ty == "AuditEvent" => Err(server_written()),
+        Operation::Search(op) if op.audit.is_some() => {
+            let url = format!("{}/AuditEvent", req.base);
+            let params = op.applied.clone();
+            let cursor = op.cursor.clone();
+            let permit = policy.authorize(principal, op)?;
+            let query = permit.op().audit.clone().unwrap_or_default();
+            let rows = app.store.search_audit(&query).await?;
+            let more = rows.len() > query.count as usize;
+            let next = if more {
+                rows.get(query.count as usize - 1)
+                    .map(|r| r.seq.to_string())
+            } else {
+                None
+            };
+            let stored: Vec<Stored> = rows
+                .into_iter()
+                .take(query.count as usize)
+                .map(audit_stored)
+                .collect();
+            let page = Page {
+                entries: stored,
+                total: None,
+                next,
+            };
+            let (entries, next, total) =
+                disclose_page(app, permit.principal(), page, Permission::Search);
+            let info = PageInfo {
+                url,
+                params,
+                cursor: cursor.as_deref(),
+                next: next.as_deref(),
+                total,
+            };
+            let b = bundle::searchset(&req.base, info, &entries);
+            Ok(with_refs(
+                Reply::json(StatusCode::OK, policy.release_document(&entries, b)),
+                &entries,
             ))
         }
         Operation::Read(op) => {
@@ -193,9 +260,9 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
                 total,
             };
             let b = bundle::history(&req.base, info, &entries);
-            Ok(Reply::json(
-                StatusCode::OK,
-                policy.release_document(&entries, b),
+            Ok(with_refs(
+                Reply::json(StatusCode::OK, policy.release_document(&entries, b)),
+                &entries,
             ))
         }
         Operation::Search(op) => {
@@ -214,12 +281,63 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
                 total,
             };
             let b = bundle::searchset(&req.base, info, &entries);
-            Ok(Reply::json(
-                StatusCode::OK,
-                policy.release_document(&entries, b),
+            Ok(with_refs(
+                Reply::json(StatusCode::OK, policy.release_document(&entries, b)),
+                &entries,
             ))
         }
     }
+}
+
+fn server_written() -> Error {
+    Error::client(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not-supported",
+        "AuditEvents are written by the server only",
+    )
+}
+
+/// An audit row as a stored resource, so it passes the same disclosure as everything else.
+fn audit_stored(row: AuditRow) -> Stored {
+    Stored {
+        ty: "AuditEvent".into(),
+        id: row.record.id,
+        version: 1,
+        last_updated: crate::store::from_millis(row.record.recorded_ms),
+        method: crate::store::WriteMethod::Post,
+        body: Some(row.record.body),
+    }
+}
+
+fn with_refs(mut reply: Reply, entries: &[Disclosed<Stored>]) -> Reply {
+    let (entities, patients) = audit_refs(entries);
+    reply.entities = entities;
+    reply.patients = patients;
+    reply
+}
+
+/// What disclosed resources the audit names: each version, and the patients they concern.
+fn audit_refs(entries: &[Disclosed<Stored>]) -> (Vec<String>, Vec<String>) {
+    let mut entities = Vec::new();
+    let mut patients = Vec::new();
+    for d in entries {
+        let s = d.get();
+        entities.push(format!("{}/{}/_history/{}", s.ty, s.id, s.version));
+        if s.ty == "AuditEvent" {
+            continue;
+        }
+        let resource: Value = s
+            .body
+            .as_ref()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or(Value::Null);
+        for p in crate::audit::patients_of(&s.ty, &s.id, &resource) {
+            if !patients.contains(&p) {
+                patients.push(p);
+            }
+        }
+    }
+    (entities, patients)
 }
 
 type DisclosedPage = (Vec<Disclosed<Stored>>, Option<String>, Option<u64>);
@@ -247,12 +365,14 @@ fn written(
     message: &str,
 ) -> Reply {
     let (version, last_updated) = (s.version, s.last_updated);
+    let entity = format!("{}/{}/_history/{}", s.ty, s.id, s.version);
     let mut reply = match policy.disclose(principal, s, Permission::Read) {
         Ok(d) => Reply::resource(status, d),
         Err(_) => {
             let mut r = Reply::new(status, None);
             r.version = Some(version);
             r.last_modified = Some(last_updated);
+            r.entities = vec![entity];
             return r;
         }
     };

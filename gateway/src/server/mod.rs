@@ -6,8 +6,10 @@ pub mod idle;
 pub mod respond;
 
 use crate::app::App;
+use crate::audit::Access;
 use crate::error::Error;
-use crate::fhir::operation::{Raw, parse};
+use crate::fhir::operation::{Operation, Raw, parse};
+use crate::policy::Principal;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -145,7 +147,7 @@ async fn handle(
         pretty: false,
     };
     let limit = app.config.limits.request_timeout();
-    let resp = match tokio::time::timeout(limit, pipeline(&app, req, is_tls, shape)).await {
+    let resp = match tokio::time::timeout(limit, pipeline(&app, req, peer, is_tls, shape)).await {
         Ok(r) => r,
         Err(_) => {
             tracing::warn!(%method, path, "request timed out");
@@ -166,8 +168,9 @@ async fn handle(
 async fn pipeline(
     app: &App,
     req: Request<Incoming>,
+    peer: SocketAddr,
     is_tls: bool,
-    mut shape: Shape,
+    shape: Shape,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
@@ -202,6 +205,57 @@ async fn pipeline(
             &crate::fhir::capability::smart_configuration(&app.config),
         );
     }
+    // From here on every request is a FHIR access and is audited, whatever its outcome.
+    let mut access = Access {
+        peer: peer.ip().to_string(),
+        interaction: "unknown".into(),
+        action: "E",
+        ..Default::default()
+    };
+    let authorization = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let (principal, resp) = match app.auth.authenticate(authorization).await {
+        Ok(principal) => {
+            let resp = fhir_request(
+                app,
+                &principal,
+                &parts,
+                body,
+                fhir_path,
+                is_tls,
+                shape,
+                &mut access,
+            )
+            .await;
+            (principal, resp)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "authentication failed");
+            (Principal::Anonymous, respond::error(&e, shape))
+        }
+    };
+    access.status = resp.status().as_u16();
+    if let Err(e) = app.auditor.record(&principal, &access).await {
+        return respond::error(&e, shape);
+    }
+    resp
+}
+
+/// A FHIR request of an authenticated (or anonymous) principal: limits, parsing, execution.
+/// Fills `access` with what the audit needs to know.
+#[allow(clippy::too_many_arguments)]
+async fn fhir_request(
+    app: &App,
+    principal: &Principal,
+    parts: &http::request::Parts,
+    body: Incoming,
+    fhir_path: &str,
+    is_tls: bool,
+    mut shape: Shape,
+    access: &mut Access,
+) -> Response<Full<Bytes>> {
     let limits = &app.config.limits;
     if parts.uri.to_string().len() > limits.max_url_bytes as usize {
         return respond::error(
@@ -251,19 +305,18 @@ async fn pipeline(
         Err(e) => return respond::error(&e, shape),
     };
     shape.pretty = request.pretty;
-    let authorization = parts
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let principal = match app.auth.authenticate(authorization).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::debug!(error = %e, "authentication failed");
-            return respond::error(&e, shape);
+    let (interaction, action) = audit_kind(&request.op);
+    access.interaction = interaction.into();
+    access.action = action;
+    if matches!(request.op, Operation::Search(_) | Operation::History(_)) {
+        access.query = Some(parts.uri.query().unwrap_or("").to_owned());
+    }
+    match crate::rest::execute(app, principal, request).await {
+        Ok(mut reply) => {
+            access.entities = std::mem::take(&mut reply.entities);
+            access.patients = std::mem::take(&mut reply.patients);
+            respond::reply(reply, shape)
         }
-    };
-    match crate::rest::execute(app, &principal, request).await {
-        Ok(reply) => respond::reply(reply, shape),
         Err(e) => {
             match e.origin {
                 crate::error::Origin::Store
@@ -276,6 +329,19 @@ async fn pipeline(
             respond::error(&e, shape)
         }
     }
+}
+
+/// BALP subtype (the FHIR interaction) and action code of an operation.
+fn audit_kind(op: &Operation) -> (&'static str, &'static str) {
+    let interaction = crate::policy::Policy::interaction(op);
+    let action = match op {
+        Operation::Create(_) => "C",
+        Operation::Update(_) => "U",
+        Operation::Delete(_) => "D",
+        Operation::Search(_) | Operation::History(_) => "E",
+        Operation::Capabilities | Operation::Read(_) | Operation::VRead(_) => "R",
+    };
+    (interaction, action)
 }
 
 /// The FHIR base as the client addressed it: the configured one, or built from a well-formed

@@ -97,6 +97,64 @@ pub trait Store: Send + Sync {
     async fn search(&self, permit: &Permit<Search>) -> Result<Page>;
     /// Whether the store answers and its schema is the one this binary knows (for readiness).
     async fn ping(&self) -> Result<()>;
+
+    /// Appends audit records in order, chaining each to the last with [`chain_hash`]. All or none.
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<()>;
+    /// Audit rows matching the query, newest first, at most `query.count + 1`.
+    async fn search_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRow>>;
+    /// Audit rows in chain order after `after_seq`, at most `limit` (for verification).
+    async fn scan_audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRow>>;
+}
+
+/// One audit event to append: the AuditEvent JSON and the fields it is searched by.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub id: String,
+    pub recorded_ms: i64,
+    /// `Patient/[id]` of the patient whose data the request concerned, if any.
+    pub patient: Option<String>,
+    pub agent: String,
+    /// AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure.
+    pub outcome: String,
+    pub body: Bytes,
+}
+
+/// An appended audit event with its place in the chain.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub record: AuditRecord,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// What AuditEvent search can ask (each list is OR; the fields are AND).
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub patients: Vec<String>,
+    pub agents: Vec<String>,
+    pub outcomes: Vec<String>,
+    /// Inclusive lower and exclusive upper bounds on `recorded`, in ms.
+    pub from_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub ids: Vec<String>,
+    /// Rows with `seq` below this (paging, newest first).
+    pub before_seq: Option<i64>,
+    pub count: u32,
+}
+
+/// The hash of the chain's first link's predecessor.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// `sha256(prev_hash "\n" body)`, hex: each record seals the one before it, so editing or
+/// removing any record breaks every hash after it.
+pub fn chain_hash(prev_hash: &str, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    hex::encode(h.finalize())
 }
 
 /// The resource as stored: `resourceType`, `id` and `meta` first (with the server's `versionId`

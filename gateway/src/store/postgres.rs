@@ -17,7 +17,8 @@
 use super::sql::{self, Bind, Dialect, Sql};
 use super::writes::{self, WriteTx};
 use super::{
-    Created, Page, Store, Stored, Updated, WriteMethod, from_millis, now_ms, stamp, to_millis,
+    AUDIT_GENESIS, AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Updated,
+    WriteMethod, chain_hash, from_millis, now_ms, stamp, to_millis,
 };
 use crate::config;
 use crate::error::{Error, Result};
@@ -36,8 +37,11 @@ const D: Dialect = Dialect::Postgres;
 
 /// Key of the advisory lock that serializes migrations across replicas.
 const MIGRATION_LOCK: i64 = 0x4648_4952_0001;
+/// Key of the advisory lock that serializes audit appends (one hash chain).
+const AUDIT_LOCK: i64 = 0x4648_4952_0002;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE resource_version (
     seq          BIGSERIAL PRIMARY KEY,
     type         TEXT COLLATE "C" NOT NULL,
@@ -67,7 +71,27 @@ CREATE TABLE token_index (
 );
 CREATE INDEX token_index_lookup ON token_index (type, param, value, system);
 CREATE INDEX token_index_owner ON token_index (type, id);
-"#];
+"#,
+    r#"
+CREATE TABLE audit_log (
+    seq       BIGSERIAL PRIMARY KEY,
+    id        TEXT   NOT NULL UNIQUE,
+    recorded  BIGINT NOT NULL,
+    patient   TEXT COLLATE "C",
+    agent     TEXT   NOT NULL,
+    outcome   TEXT   NOT NULL,
+    prev_hash TEXT   NOT NULL,
+    hash      TEXT   NOT NULL,
+    body      BYTEA  NOT NULL
+);
+CREATE INDEX audit_log_patient ON audit_log (patient, seq);
+CREATE INDEX audit_log_recorded ON audit_log (recorded);
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
+CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+"#,
+];
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -148,6 +172,22 @@ fn row_to_stored(row: &PgRow) -> Stored {
         last_updated: from_millis(row.get(3)),
         method: WriteMethod::parse(row.get::<&str, _>(4)),
         body: body.map(Bytes::from),
+    }
+}
+
+fn audit_row(r: &PgRow) -> AuditRow {
+    AuditRow {
+        seq: r.get(0),
+        record: AuditRecord {
+            id: r.get(1),
+            recorded_ms: r.get(2),
+            patient: r.get(3),
+            agent: r.get(4),
+            outcome: r.get(5),
+            body: Bytes::from(r.get::<Vec<u8>, _>(8)),
+        },
+        prev_hash: r.get(6),
+        hash: r.get(7),
     }
 }
 
@@ -380,6 +420,54 @@ impl Store for PostgresStore {
         let (count, page) = sql::search(D, op);
         self.page(&count, &page, op.count, |r| r.get::<String, _>(1))
             .await
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // One chain across every replica: appends are serialized by the database.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let mut prev: String =
+            sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or_else(|| AUDIT_GENESIS.to_owned());
+        for r in records {
+            let hash = chain_hash(&prev, &r.body);
+            sqlx::query(
+                "INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&r.id)
+            .bind(r.recorded_ms)
+            .bind(&r.patient)
+            .bind(&r.agent)
+            .bind(&r.outcome)
+            .bind(&prev)
+            .bind(&hash)
+            .bind(r.body.as_ref())
+            .execute(&mut *tx)
+            .await?;
+            prev = hash;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn search_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
+        let rows = query(&sql::audit_search(D, q))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(audit_row).collect())
+    }
+
+    async fn scan_audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRow>> {
+        let rows = query(&sql::audit_scan(D, after_seq, limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(audit_row).collect())
     }
 
     async fn ping(&self) -> Result<()> {

@@ -159,6 +159,51 @@ pub fn history(d: Dialect, op: &History) -> (Sql, Sql) {
     (count, page)
 }
 
+/// Columns of an audit row, in the order the backends read them.
+pub const AUDIT_COLUMNS: &str =
+    "SELECT seq, id, recorded, patient, agent, outcome, prev_hash, hash, body FROM audit_log";
+
+pub fn audit_search(d: Dialect, q: &crate::store::AuditQuery) -> Sql {
+    let mut s = Sql::new(d, AUDIT_COLUMNS);
+    s.push(" WHERE 1=1");
+    let any = |s: &mut Sql, column: &str, values: &[String]| {
+        if !values.is_empty() {
+            s.push(" AND ").push(column).push(" IN (");
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    s.push(", ");
+                }
+                s.text(v);
+            }
+            s.push(")");
+        }
+    };
+    any(&mut s, "patient", &q.patients);
+    any(&mut s, "agent", &q.agents);
+    any(&mut s, "outcome", &q.outcomes);
+    any(&mut s, "id", &q.ids);
+    if let Some(f) = q.from_ms {
+        s.push(" AND recorded >= ").int(f);
+    }
+    if let Some(u) = q.until_ms {
+        s.push(" AND recorded < ").int(u);
+    }
+    if let Some(b) = q.before_seq {
+        s.push(" AND seq < ").int(b);
+    }
+    s.push(" ORDER BY seq DESC LIMIT ").int(q.count as i64 + 1);
+    s
+}
+
+pub fn audit_scan(d: Dialect, after_seq: i64, limit: i64) -> Sql {
+    let mut s = Sql::new(d, AUDIT_COLUMNS);
+    s.push(" WHERE seq > ")
+        .int(after_seq)
+        .push(" ORDER BY seq LIMIT ")
+        .int(limit);
+    s
+}
+
 pub fn read(d: Dialect, ty: &str, id: &str) -> Sql {
     let mut q = Sql::new(d, VERSION_COLUMNS);
     q.push(CURRENT_FROM)

@@ -8,7 +8,8 @@
 use super::sql::{self, Bind, Dialect, Sql};
 use super::writes::{self, WriteTx};
 use super::{
-    Created, Page, Store, Stored, Updated, WriteMethod, from_millis, now_ms, stamp, to_millis,
+    AUDIT_GENESIS, AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Updated,
+    WriteMethod, chain_hash, from_millis, now_ms, stamp, to_millis,
 };
 use crate::error::{Error, Result};
 use crate::fhir::operation::{Create, Delete, History, Read, Search, Update, VRead};
@@ -29,7 +30,8 @@ const D: Dialect = Dialect::Sqlite;
 
 /// Schema versions this binary knows, applied in order. A database at a newer version than the
 /// last one here is refused: an older binary must not write to a schema it does not understand.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE resource_version (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     type         TEXT    NOT NULL,
@@ -58,7 +60,25 @@ CREATE TABLE token_index (
 );
 CREATE INDEX token_index_lookup ON token_index (type, param, value, system);
 CREATE INDEX token_index_owner ON token_index (type, id);
-"#];
+"#,
+    r#"
+CREATE TABLE audit_log (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    id        TEXT    NOT NULL UNIQUE,
+    recorded  INTEGER NOT NULL,
+    patient   TEXT,
+    agent     TEXT    NOT NULL,
+    outcome   TEXT    NOT NULL,
+    prev_hash TEXT    NOT NULL,
+    hash      TEXT    NOT NULL,
+    body      BLOB    NOT NULL
+);
+CREATE INDEX audit_log_patient ON audit_log (patient, seq);
+CREATE INDEX audit_log_recorded ON audit_log (recorded);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#,
+];
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -134,6 +154,22 @@ fn row_to_stored(row: &SqliteRow) -> Stored {
         last_updated: from_millis(row.get(3)),
         method: WriteMethod::parse(row.get::<&str, _>(4)),
         body: body.map(Bytes::from),
+    }
+}
+
+fn audit_row(r: &SqliteRow) -> AuditRow {
+    AuditRow {
+        seq: r.get(0),
+        record: AuditRecord {
+            id: r.get(1),
+            recorded_ms: r.get(2),
+            patient: r.get(3),
+            agent: r.get(4),
+            outcome: r.get(5),
+            body: Bytes::from(r.get::<Vec<u8>, _>(8)),
+        },
+        prev_hash: r.get(6),
+        hash: r.get(7),
     }
 }
 
@@ -327,6 +363,48 @@ impl Store for SqliteStore {
         let (count, page) = sql::search(D, op);
         self.page(&count, &page, op.count, |r| r.get::<String, _>(1))
             .await
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let mut prev: String =
+            sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or_else(|| AUDIT_GENESIS.to_owned());
+        for r in records {
+            let hash = chain_hash(&prev, &r.body);
+            sqlx::query(
+                "INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&r.id)
+            .bind(r.recorded_ms)
+            .bind(&r.patient)
+            .bind(&r.agent)
+            .bind(&r.outcome)
+            .bind(&prev)
+            .bind(&hash)
+            .bind(r.body.as_ref())
+            .execute(&mut *tx)
+            .await?;
+            prev = hash;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn search_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
+        let rows = query(&sql::audit_search(D, q))
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.iter().map(audit_row).collect())
+    }
+
+    async fn scan_audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRow>> {
+        let rows = query(&sql::audit_scan(D, after_seq, limit))
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.iter().map(audit_row).collect())
     }
 
     async fn ping(&self) -> Result<()> {

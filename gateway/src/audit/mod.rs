@@ -1,0 +1,247 @@
+//! The access log (NEN 7513), as FHIR `AuditEvent`s after IHE Basic Audit Log Patterns (BALP):
+//! one per request, allowed, denied or failed, stored append-only and hash-chained in the
+//! gateway's own store.
+//!
+//! Fail closed: a request is answered only after its event is committed; if the audit write
+//! fails, the request fails. Writes are batched by one writer task (many requests, one commit)
+//! so that logging every read does not serialize the server behind one fsync per request.
+
+use crate::error::{Error, Result};
+use crate::policy::Principal;
+use crate::store::{
+    AUDIT_GENESIS, AuditRecord, Store, chain_hash, format_instant, now_ms, to_millis,
+};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most events one commit carries.
+const MAX_BATCH: usize = 512;
+
+/// What a request did, for its audit event.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// BALP subtype: the FHIR interaction (read, vread, search-type, create, ...).
+    pub interaction: String,
+    /// C, R, U, D or E.
+    pub action: &'static str,
+    /// HTTP status of the answer.
+    pub status: u16,
+    /// Resources the answer carried or the request wrote, as `Type/id/_history/v`.
+    pub entities: Vec<String>,
+    /// `Patient/[id]` of the patients whose data it concerned.
+    pub patients: Vec<String>,
+    /// The query of a search, as sent.
+    pub query: Option<String>,
+    pub peer: String,
+    /// Emergency access: the break-the-glass reason.
+    pub emergency_reason: Option<String>,
+}
+
+pub struct Auditor {
+    queue: mpsc::Sender<(AuditRecord, oneshot::Sender<bool>)>,
+}
+
+impl Auditor {
+    /// Starts the writer task on `store`.
+    pub fn start(store: Arc<dyn Store>) -> Auditor {
+        let (queue, mut rx) = mpsc::channel::<(AuditRecord, oneshot::Sender<bool>)>(8192);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let records: Vec<AuditRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
+                let ok = match store.append_audit(&records).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, events = records.len(), "audit write failed; the requests fail");
+                        false
+                    }
+                };
+                for (_, done) in batch {
+                    let _ = done.send(ok);
+                }
+            }
+        });
+        Auditor { queue }
+    }
+
+    /// Records the event and waits until it is committed.
+    pub async fn record(&self, principal: &Principal, access: &Access) -> Result<()> {
+        let record = build(principal, access);
+        let (done, wait) = oneshot::channel();
+        let failed =
+            || Error::internal("the access could not be logged; the request was not answered");
+        self.queue
+            .send((record, done))
+            .await
+            .map_err(|_| failed())?;
+        match wait.await {
+            Ok(true) => Ok(()),
+            _ => Err(failed()),
+        }
+    }
+}
+
+/// BALP outcome codes from the HTTP status.
+fn outcome(status: u16) -> &'static str {
+    match status {
+        200..=399 => "0",
+        400..=499 => "4",
+        _ => "8",
+    }
+}
+
+/// The AuditEvent of one request.
+pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
+    let recorded = now_ms();
+    let id = uuid::Uuid::new_v4().to_string();
+    let (who, org, agent_key, purpose) = match principal {
+        Principal::Anonymous => (
+            json!({ "display": "anonymous" }),
+            Value::Null,
+            "anonymous".to_owned(),
+            None,
+        ),
+        Principal::Token(t) => (
+            json!({
+                "identifier": { "system": t.issuer, "value": t.subject },
+                "display": t.fhir_user.clone().unwrap_or_else(|| t.subject.clone())
+            }),
+            json!({ "identifier": { "system": t.organization.system, "value": t.organization.value }, "display": t.organization.name }),
+            format!("{}|{}", t.issuer, t.subject),
+            t.purpose_of_use.clone(),
+        ),
+    };
+    let emergency = a.emergency_reason.is_some();
+    let mut agents = vec![json!({
+        "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient" }] },
+        "who": who,
+        "requestor": true,
+        "network": { "address": a.peer, "type": "2" }
+    })];
+    if !org.is_null() {
+        // The organisation the user acted for (NEN 7513: the responsible party).
+        agents.push(json!({
+            "type": { "coding": [{ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application" }] },
+            "who": org,
+            "requestor": false
+        }));
+    }
+    let mut entities: Vec<Value> = a
+        .patients
+        .iter()
+        .map(|p| {
+            json!({
+                "what": { "reference": p },
+                "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
+                "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" }
+            })
+        })
+        .collect();
+    entities.extend(a.entities.iter().map(|e| {
+        json!({
+            "what": { "reference": e },
+            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
+            "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource" }
+        })
+    }));
+    if let Some(q) = &a.query {
+        use base64::Engine;
+        entities.push(json!({
+            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
+            "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query" },
+            "query": base64::engine::general_purpose::STANDARD.encode(q.as_bytes())
+        }));
+    }
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "id": id,
+        "meta": { "versionId": "1", "lastUpdated": format_instant(recorded) },
+        "type": if emergency {
+            json!({ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110113", "display": "Security Alert" })
+        } else {
+            json!({ "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation" })
+        },
+        "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": a.interaction }],
+        "action": a.action,
+        "recorded": format_instant(recorded),
+        "outcome": outcome(a.status),
+        "outcomeDesc": format!("HTTP {}", a.status),
+        "agent": agents,
+        "source": {
+            "observer": { "display": "Health Hub Utrecht regional FHIR gateway" },
+            "type": [{ "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server" }]
+        },
+    });
+    if let Some(p) = purpose.or_else(|| emergency.then(|| "ETREAT".to_owned())) {
+        event["purposeOfEvent"] = json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p }] }]);
+    }
+    if let Some(reason) = &a.emergency_reason {
+        event["subtype"].as_array_mut().expect("subtype is an array").push(json!({
+            "system": "urn:healthhub-utrecht:audit", "code": "break-the-glass", "display": reason
+        }));
+    }
+    if !entities.is_empty() {
+        event["entity"] = Value::Array(entities);
+    }
+    AuditRecord {
+        id,
+        recorded_ms: to_millis(recorded),
+        patient: a.patients.first().cloned(),
+        agent: agent_key,
+        outcome: outcome(a.status).to_owned(),
+        body: Bytes::from(serde_json::to_vec(&event).expect("JSON serializes")),
+    }
+}
+
+/// What `gateway audit verify` found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verification {
+    pub records: u64,
+    /// Sequence numbers where the chain breaks (an edited, inserted or removed record).
+    pub broken: Vec<i64>,
+}
+
+/// Walks the whole chain and recomputes every hash.
+pub async fn verify(store: &dyn Store) -> Result<Verification> {
+    let mut prev = AUDIT_GENESIS.to_owned();
+    let mut after = 0;
+    let mut records = 0;
+    let mut broken = Vec::new();
+    loop {
+        let rows = store.scan_audit(after, 10_000).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            records += 1;
+            let expected = chain_hash(&prev, &row.record.body);
+            if row.prev_hash != prev || row.hash != expected {
+                broken.push(row.seq);
+            }
+            prev = row.hash.clone();
+            after = row.seq;
+        }
+    }
+    Ok(Verification { records, broken })
+}
+
+/// `Patient/[id]` references a resource concerns: the Patient itself, or its subject/patient.
+pub fn patients_of(ty: &str, id: &str, resource: &Value) -> Vec<String> {
+    if ty == "Patient" {
+        return vec![format!("Patient/{id}")];
+    }
+    ["subject", "patient", "beneficiary"]
+        .iter()
+        .filter_map(|k| resource.get(*k)?.get("reference")?.as_str())
+        .filter(|r| r.starts_with("Patient/"))
+        .map(str::to_owned)
+        .collect()
+}
