@@ -162,7 +162,12 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        self.ctl("stop");
+        // Best effort: the server may already be stopped.
+        let data = self.dir.path().join("data");
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
     }
 }
 

@@ -76,8 +76,13 @@ impl Auditor {
     pub async fn record(&self, principal: &Principal, access: &Access) -> Result<()> {
         let record = build(principal, access);
         let (done, wait) = oneshot::channel();
-        let failed =
-            || Error::internal("the access could not be logged; the request was not answered");
+        // Without its audit record no request is answered: the server cannot serve right now (503).
+        let failed = || {
+            Error::store(
+                "the access could not be logged; the request was not answered",
+                true,
+            )
+        };
         self.queue
             .send((record, done))
             .await
