@@ -7,6 +7,8 @@ use serde_json::Value;
 pub struct Fhir {
     pub base: String,
     pub http: reqwest::Client,
+    /// The same base without the configured headers (no credentials).
+    pub anonymous: reqwest::Client,
 }
 
 pub struct Answer {
@@ -43,9 +45,14 @@ impl Fhir {
             .timeout(std::time::Duration::from_secs(60))
             .build()
             .map_err(|e| e.to_string())?;
+        let anonymous = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| e.to_string())?;
         Ok(Fhir {
             base: base.trim_end_matches('/').to_owned(),
             http,
+            anonymous,
         })
     }
 

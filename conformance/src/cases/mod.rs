@@ -5,6 +5,7 @@ mod bad_input;
 mod capabilities;
 mod conditional;
 mod crud;
+mod security;
 mod versioning;
 
 use crate::client::Fhir;
@@ -43,6 +44,10 @@ pub fn groups() -> Vec<Group> {
         Group {
             name: "bad-input",
             cases: bad_input::cases(),
+        },
+        Group {
+            name: "security",
+            cases: security::cases(),
         },
     ]
 }
