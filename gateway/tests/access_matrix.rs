@@ -102,7 +102,7 @@ impl Who {
             s.ty.as_deref().is_none_or(|t| t == r.ty)
                 && s.perms.contains(perm)
                 && self.scope_usable(s, perm)
-                && (!s.patient_ctx || (r.ty == "Patient" && Some(&r.id) == self.patient.as_ref()))
+                && (!s.patient_ctx || (r.patient.is_some() && r.patient == self.patient))
                 && s.constraints.iter().all(|(param, system, code)| {
                     param == "category"
                         && r.category
@@ -118,6 +118,8 @@ struct Res {
     ty: String,
     id: String,
     category: Vec<(String, String)>,
+    /// The patient whose compartment holds it (its subject, or itself for a Patient).
+    patient: Option<String>,
 }
 
 const SCOPES: &[&str] = &[
@@ -210,6 +212,7 @@ async fn randomized_access_matrix_has_no_leaks() {
             ty: "Patient".into(),
             id: id.clone(),
             category: vec![],
+            patient: Some(id.clone()),
         });
         patients.push(id);
     }
@@ -230,6 +233,7 @@ async fn randomized_access_matrix_has_no_leaks() {
                 ty: "Observation".into(),
                 id,
                 category: vec![(sys.into(), code.into())],
+                patient: Some(p.clone()),
             });
         }
         let id = post(
@@ -241,6 +245,7 @@ async fn randomized_access_matrix_has_no_leaks() {
             ty: "Condition".into(),
             id,
             category: vec![],
+            patient: Some(p.clone()),
         });
         let id = post(
             "Encounter",
@@ -252,6 +257,7 @@ async fn randomized_access_matrix_has_no_leaks() {
             ty: "Encounter".into(),
             id,
             category: vec![],
+            patient: Some(p.clone()),
         });
     }
     let id = post(
@@ -263,6 +269,7 @@ async fn randomized_access_matrix_has_no_leaks() {
         ty: "Organization".into(),
         id,
         category: vec![],
+        patient: None,
     });
 
     // Random principals.
@@ -459,6 +466,7 @@ async fn randomized_access_matrix_has_no_leaks() {
                             ty: "Basic".into(),
                             id,
                             category: vec![],
+                            patient: None,
                         };
                         if body["resourceType"] == "Basic" && !who.visible(&res, 'r') {
                             leaks.push(format!(

@@ -635,3 +635,82 @@ fn the_token_command_prints_a_token_the_demo_trusts() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+#[tokio::test]
+async fn patient_scopes_reach_the_patients_compartment() {
+    let gw = Gateway::start();
+    let admin = client();
+    let b = &gw.base;
+    let mut patients = Vec::new();
+    for _ in 0..2 {
+        let p: Value = admin
+            .post(format!("{b}/Patient"))
+            .header("content-type", FHIR_JSON)
+            .body(r#"{"resourceType":"Patient"}"#)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        patients.push(p["id"].as_str().unwrap().to_owned());
+    }
+    let mut obs = Vec::new();
+    for (i, p) in [&patients[0], &patients[0], &patients[1]]
+        .iter()
+        .enumerate()
+    {
+        let o: Value = admin.post(format!("{b}/Observation")).header("content-type", FHIR_JSON)
+            .body(json!({"resourceType": "Observation", "status": "final", "code": {"text": format!("o{i}")}, "subject": {"reference": format!("Patient/{p}")}}).to_string())
+            .send().await.unwrap().json().await.unwrap();
+        obs.push(o["id"].as_str().unwrap().to_owned());
+    }
+    let me = client_with(&token(
+        "patient/Observation.rs patient/Patient.r",
+        "gp",
+        Some(&patients[0]),
+    ));
+    let s: Value = me
+        .get(format!("{b}/Observation"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        s["total"], 2,
+        "restricted in the store, so the total is exact: {s}"
+    );
+    let got: Vec<&str> = s["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert!(got.contains(&obs[0].as_str()) && got.contains(&obs[1].as_str()));
+    assert_eq!(
+        me.get(format!("{b}/Observation/{}", obs[2]))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        me.get(format!("{b}/Observation/{}", obs[0]))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        me.get(format!("{b}/Patient/{}", patients[1]))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}

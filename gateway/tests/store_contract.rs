@@ -66,6 +66,7 @@ fn patient(bsn: &str) -> Value {
 
 fn by_bsn(bsn: &str) -> Criteria {
     Criteria {
+        compartment: None,
         ids: vec![],
         identifiers: vec![vec![Token {
             system: Some("http://fhir.nl/fhir/NamingSystem/bsn".into()),
@@ -361,6 +362,7 @@ async fn search_by_identifier_and_id() {
         assert_eq!(page.entries[0].id, a.id);
         let page = s
             .search(&search(Criteria {
+                compartment: None,
                 ids: vec![vec![a.id.clone()]],
                 identifiers: vec![],
             }))

@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod capability;
+pub mod compartment;
 pub mod json;
 pub mod operation;
 pub mod search;

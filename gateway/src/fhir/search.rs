@@ -19,11 +19,14 @@ pub struct Token {
 pub struct Criteria {
     pub ids: Vec<Vec<String>>,
     pub identifiers: Vec<Vec<Token>>,
+    /// Only resources in this patient's compartment (set by the policy for patient-context
+    /// scopes, never from client input).
+    pub compartment: Option<String>,
 }
 
 impl Criteria {
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty() && self.identifiers.is_empty()
+        self.ids.is_empty() && self.identifiers.is_empty() && self.compartment.is_none()
     }
 }
 

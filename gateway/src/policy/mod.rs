@@ -13,6 +13,7 @@ pub mod scopes;
 
 use crate::config::Organization;
 use crate::error::{Error, Result};
+use crate::fhir::compartment;
 use crate::fhir::operation::{
     Create, Delete, History, HistoryScope, Operation, Read, Search, Update, VRead,
 };
@@ -265,10 +266,13 @@ impl Policy {
             let in_context = match sc.context {
                 // Until patient compartments are indexed, a patient-context scope reaches the
                 // patient's own Patient resource, and the AuditEvents of accesses to it.
+                // A patient-context scope reaches the patient's compartment (the Patient itself,
+                // and what references it where the CompartmentDefinition says).
                 Context::Patient => {
                     let me = token.patient.as_deref().unwrap_or_default();
-                    (s.ty == "Patient" && s.id == me)
-                        || (s.ty == "AuditEvent" && audit_concerns(&resource, me))
+                    compartment::patients(&s.ty, &s.id, &resource)
+                        .iter()
+                        .any(|p| p == me)
                 }
                 Context::User | Context::System => true,
             };
@@ -278,6 +282,25 @@ impl Policy {
                     .iter()
                     .all(|(param, value)| constraint_holds(&resource, param, value))
         })
+    }
+
+    /// The patient whose compartment a search of `ty` must be limited to: when every scope that
+    /// would let the principal search `ty` is a patient-context scope. The store then searches
+    /// only that compartment; disclosure checks each entry all the same.
+    pub fn search_compartment(&self, principal: &Principal, ty: &str) -> Option<String> {
+        let Principal::Token(t) = principal else {
+            return None;
+        };
+        let granting: Vec<&Scope> = t
+            .scopes
+            .iter()
+            .filter(|s| s.grants(ty, Permission::Search) && usable(t, s, Permission::Search))
+            .collect();
+        if !granting.is_empty() && granting.iter().all(|s| s.context == Context::Patient) {
+            t.patient.clone()
+        } else {
+            None
+        }
     }
 
     /// The interaction name of an operation (for logs and audit).
@@ -314,16 +337,6 @@ fn verb(p: Permission) -> &'static str {
         Permission::Delete => "delete",
         Permission::Search => "search",
     }
-}
-
-/// Whether an AuditEvent names `Patient/[patient]` as its patient entity.
-fn audit_concerns(event: &Value, patient: &str) -> bool {
-    let wanted = format!("Patient/{patient}");
-    event["entity"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|e| e["what"]["reference"].as_str() == Some(wanted.as_str()))
 }
 
 /// A token constraint `param=[system|]code` against the resource element of the same name

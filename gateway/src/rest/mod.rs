@@ -103,7 +103,13 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
         Operation::Create(op) if op.ty == "AuditEvent" => Err(server_written()),
         Operation::Update(op) if op.ty == "AuditEvent" => Err(server_written()),
         Operation::Delete(op) if op.ty == "AuditEvent" => Err(server_written()),
-        Operation::Search(op) if op.audit.is_some() => {
+        Operation::Search(mut op) if op.audit.is_some() => {
+            if let (Some(p), Some(q)) = (
+                policy.search_compartment(principal, "AuditEvent"),
+                op.audit.as_mut(),
+            ) {
+                q.patients = vec![format!("Patient/{p}")];
+            }
             let url = format!("{}/AuditEvent", req.base);
             let params = op.applied.clone();
             let cursor = op.cursor.clone();
@@ -265,7 +271,8 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
                 &entries,
             ))
         }
-        Operation::Search(op) => {
+        Operation::Search(mut op) => {
+            op.criteria.compartment = policy.search_compartment(principal, &op.ty);
             let url = format!("{}/{}", req.base, op.ty);
             let params = op.applied.clone();
             let cursor = op.cursor.clone();

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::config;
 use crate::error::{Error, Result};
+use crate::fhir::compartment;
 use crate::fhir::operation::{Create, Delete, History, Read, Search, Target, Update, VRead};
 use crate::fhir::search::{Criteria, identifier_tokens};
 use crate::policy::Permit;
@@ -90,6 +91,15 @@ CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
 CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+"#,
+    r#"
+CREATE TABLE compartment (
+    type    TEXT COLLATE "C" NOT NULL,
+    id      TEXT COLLATE "C" NOT NULL,
+    patient TEXT COLLATE "C" NOT NULL
+);
+CREATE INDEX compartment_patient ON compartment (patient, type, id);
+CREATE INDEX compartment_owner ON compartment (type, id);
 "#,
 ];
 
@@ -299,6 +309,22 @@ impl WriteTx for Tx {
             .bind(id)
             .execute(&mut *conn)
             .await?;
+        sqlx::query("DELETE FROM compartment WHERE type = $1 AND id = $2")
+            .bind(ty)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        if let Some(r) = resource {
+            let patients = compartment::patients(ty, id, r);
+            if !patients.is_empty() {
+                sqlx::query("INSERT INTO compartment (type, id, patient) SELECT $1, $2, p FROM UNNEST($3::text[]) AS t(p)")
+                    .bind(ty)
+                    .bind(id)
+                    .bind(patients)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
         if let Some(r) = resource {
             let tokens = identifier_tokens(r);
             if !tokens.is_empty() {

@@ -96,9 +96,17 @@ fn push_criteria(q: &mut Sql, criteria: &Criteria) {
     }
 }
 
+fn push_compartment(q: &mut Sql, criteria: &Criteria) {
+    if let Some(p) = &criteria.compartment {
+        q.push(" AND EXISTS (SELECT 1 FROM compartment k WHERE k.type = c.type AND k.id = c.id AND k.patient = ");
+        q.text(p).push(")");
+    }
+}
+
 fn current_where(q: &mut Sql, ty: &str, criteria: &Criteria) {
     q.push(" WHERE c.deleted = 0 AND c.type = ").text(ty);
     push_criteria(q, criteria);
+    push_compartment(q, criteria);
 }
 
 /// Current, non-deleted resources of `ty` matching `criteria`, at most `limit`.
@@ -242,6 +250,7 @@ mod tests {
     #[test]
     fn placeholders_follow_the_dialect_and_values_are_bound() {
         let c = Criteria {
+            compartment: Some("p1".into()),
             ids: vec![vec!["a".into(), "b'; DROP TABLE x;--".into()]],
             identifiers: vec![vec![Token {
                 system: Some("s".into()),
@@ -252,9 +261,13 @@ mod tests {
         let p = matching(Dialect::Postgres, "Patient", &c, 2);
         assert!(s.text.contains("c.id IN (?, ?)"), "{}", s.text);
         assert!(p.text.contains("c.id IN ($2, $3)"), "{}", p.text);
-        assert!(p.text.ends_with("LIMIT $6"), "{}", p.text);
+        assert!(
+            p.text.contains("k.patient = $6") && p.text.ends_with("LIMIT $7"),
+            "{}",
+            p.text
+        );
         assert!(!s.text.contains("DROP"));
-        assert_eq!(s.binds.len(), 6);
+        assert_eq!(s.binds.len(), 7);
         assert_eq!(s.binds, p.binds);
     }
 }

@@ -12,6 +12,7 @@ use super::{
     WriteMethod, chain_hash, from_millis, now_ms, stamp, to_millis,
 };
 use crate::error::{Error, Result};
+use crate::fhir::compartment;
 use crate::fhir::operation::{Create, Delete, History, Read, Search, Update, VRead};
 use crate::fhir::search::{Criteria, identifier_tokens};
 use crate::policy::Permit;
@@ -77,6 +78,15 @@ CREATE INDEX audit_log_patient ON audit_log (patient, seq);
 CREATE INDEX audit_log_recorded ON audit_log (recorded);
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#,
+    r#"
+CREATE TABLE compartment (
+    type    TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    patient TEXT NOT NULL
+);
+CREATE INDEX compartment_patient ON compartment (patient, type, id);
+CREATE INDEX compartment_owner ON compartment (type, id);
 "#,
 ];
 
@@ -254,7 +264,20 @@ impl WriteTx for Tx {
             .bind(id)
             .execute(&mut *conn)
             .await?;
+        sqlx::query("DELETE FROM compartment WHERE type = ? AND id = ?")
+            .bind(ty)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
         if let Some(r) = resource {
+            for patient in compartment::patients(ty, id, r) {
+                sqlx::query("INSERT INTO compartment (type, id, patient) VALUES (?, ?, ?)")
+                    .bind(ty)
+                    .bind(id)
+                    .bind(patient)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             for (system, value) in identifier_tokens(r) {
                 sqlx::query("INSERT INTO token_index (type, id, param, system, value) VALUES (?, ?, 'identifier', ?, ?)")
                     .bind(ty)

@@ -10,6 +10,7 @@
 //! (the root, `contained`, `Bundle.entry.resource`, `Parameters.parameter.resource`) dispatches on
 //! `resourceType` with `if`/`then`, so a resource is only ever checked against its own type.
 
+mod compartment;
 mod structure;
 
 use clap::Parser;
@@ -52,9 +53,15 @@ fn run(args: &Args) -> Result<(), String> {
         ));
     }
     let definitions = read_structure_definitions(&bytes)?;
+    let compartment = compartment::patient_compartment(&bytes)?;
     let schema = structure::build_schema(&definitions)?;
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     let text = serde_json::to_string(&schema).map_err(|e| e.to_string())?;
+    std::fs::write(
+        args.out.join("patient-compartment.json"),
+        serde_json::to_string_pretty(&compartment).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
     let schema_path = args.out.join("fhir-r4.schema.json");
     std::fs::write(&schema_path, &text).map_err(|e| e.to_string())?;
     let schema_sha = hex::encode(Sha256::digest(text.as_bytes()));
@@ -75,6 +82,9 @@ fn run(args: &Args) -> Result<(), String> {
          | resource types | {resource_count} |\n\
          | definitions written | {} |\n\
          | schema sha256 | `{schema_sha}` |\n\n\
+         `patient-compartment.json` is generated from the same package: `CompartmentDefinition/patient` \
+         and, for each of its parameters, the `SearchParameter` expression, as element paths per \
+         resource type.\n\n\
          Regenerate with `schemas/generate.sh` (runs `npm pack {PACKAGE}`, checks the sha256, runs \
          the generator); a test in `gateway` fails if the committed schema differs from what the \
          generator makes of the package.\n",

@@ -64,6 +64,14 @@ fn committed_schema_is_reproducible() {
         fresh == committed(),
         "schemas/fhir/fhir-r4.schema.json is stale: run schemas/generate.sh"
     );
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    let committed_compartment =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fhir/patient-compartment.json");
+    assert_eq!(
+        read(&out.path().join("patient-compartment.json")),
+        read(&committed_compartment),
+        "schemas/fhir/patient-compartment.json is stale: run schemas/generate.sh"
+    );
 }
 
 /// The generator refuses a package whose checksum is not the pinned one.
