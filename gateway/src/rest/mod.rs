@@ -133,19 +133,18 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
                 total: None,
                 next,
             };
-            let (entries, next, total) =
-                disclose_page(app, permit.principal(), page, Permission::Search);
-            let info = PageInfo {
-                url,
-                params,
-                cursor: cursor.as_deref(),
-                next: next.as_deref(),
-                total,
-            };
-            let b = bundle::searchset(&req.base, info, &entries);
-            Ok(with_refs(
-                Reply::json(StatusCode::OK, policy.release_document(&entries, b)),
-                &entries,
+            Ok(page_reply(
+                app,
+                permit.principal(),
+                &req.base,
+                Listing {
+                    url,
+                    params,
+                    cursor: cursor.as_deref(),
+                },
+                page,
+                Permission::Search,
+                Kind::Searchset,
             ))
         }
         Operation::Read(op) => {
@@ -257,18 +256,18 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
             let cursor = op.cursor.map(|c| c.to_string());
             let permit = policy.authorize(principal, op)?;
             let page = app.store.history(&permit).await?;
-            let (entries, next, total) = disclose_page(app, permit.principal(), page, how);
-            let info = PageInfo {
-                url,
-                params,
-                cursor: cursor.as_deref(),
-                next: next.as_deref(),
-                total,
-            };
-            let b = bundle::history(&req.base, info, &entries);
-            Ok(with_refs(
-                Reply::json(StatusCode::OK, policy.release_document(&entries, b)),
-                &entries,
+            Ok(page_reply(
+                app,
+                permit.principal(),
+                &req.base,
+                Listing {
+                    url,
+                    params,
+                    cursor: cursor.as_deref(),
+                },
+                page,
+                how,
+                Kind::History,
             ))
         }
         Operation::Search(mut op) => {
@@ -278,19 +277,18 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
             let cursor = op.cursor.clone();
             let permit = policy.authorize(principal, op)?;
             let page = app.store.search(&permit).await?;
-            let (entries, next, total) =
-                disclose_page(app, permit.principal(), page, Permission::Search);
-            let info = PageInfo {
-                url,
-                params,
-                cursor: cursor.as_deref(),
-                next: next.as_deref(),
-                total,
-            };
-            let b = bundle::searchset(&req.base, info, &entries);
-            Ok(with_refs(
-                Reply::json(StatusCode::OK, policy.release_document(&entries, b)),
-                &entries,
+            Ok(page_reply(
+                app,
+                permit.principal(),
+                &req.base,
+                Listing {
+                    url,
+                    params,
+                    cursor: cursor.as_deref(),
+                },
+                page,
+                Permission::Search,
+                Kind::Searchset,
             ))
         }
     }
@@ -348,6 +346,47 @@ fn audit_refs(entries: &[Disclosed<Stored>]) -> (Vec<String>, Vec<String>) {
 }
 
 type DisclosedPage = (Vec<Disclosed<Stored>>, Option<String>, Option<u64>);
+
+/// Where a listing lives and how it was asked for (for its links).
+struct Listing<'a> {
+    url: String,
+    params: Vec<(String, String)>,
+    cursor: Option<&'a str>,
+}
+
+enum Kind {
+    Searchset,
+    History,
+}
+
+/// A page of search or history results as a bundle: each entry disclosed on its own, the bundle
+/// made only of what was disclosed, and the audit told what left.
+fn page_reply(
+    app: &App,
+    principal: &Principal,
+    base: &str,
+    listing: Listing<'_>,
+    page: Page,
+    how: Permission,
+    kind: Kind,
+) -> Reply {
+    let (entries, next, total) = disclose_page(app, principal, page, how);
+    let info = PageInfo {
+        url: listing.url,
+        params: listing.params,
+        cursor: listing.cursor,
+        next: next.as_deref(),
+        total,
+    };
+    let b = match kind {
+        Kind::Searchset => bundle::searchset(base, info, &entries),
+        Kind::History => bundle::history(base, info, &entries),
+    };
+    with_refs(
+        Reply::json(StatusCode::OK, app.policy.release_document(&entries, b)),
+        &entries,
+    )
+}
 
 /// Every entry of a page passes the policy on its own. When any entry was withheld, the total is
 /// left out: it would count what the principal may not see.

@@ -14,11 +14,11 @@
 //! Migrations run at start under an advisory lock (replicas starting together migrate once) and a
 //! database at a newer schema version than this binary knows is refused.
 
-use super::sql::{self, Bind, Dialect, Sql};
+use super::sql::{self, Dialect, Sql};
 use super::writes::{self, WriteTx};
 use super::{
     AUDIT_GENESIS, AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Updated,
-    WriteMethod, chain_hash, from_millis, now_ms, stamp, to_millis,
+    WriteMethod, chain_hash, now_ms, stamp, to_millis,
 };
 use crate::config;
 use crate::error::{Error, Result};
@@ -26,10 +26,8 @@ use crate::fhir::compartment;
 use crate::fhir::operation::{Create, Delete, History, Read, Search, Target, Update, VRead};
 use crate::fhir::search::{Criteria, identifier_tokens};
 use crate::policy::Permit;
-use bytes::Bytes;
 use serde_json::Value;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::query::{Query, QueryScalar};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
@@ -173,57 +171,7 @@ async fn migrate(pool: &PgPool, schema: &str) -> Result<()> {
     Ok(())
 }
 
-fn row_to_stored(row: &PgRow) -> Stored {
-    let body: Option<Vec<u8>> = row.get(5);
-    Stored {
-        ty: row.get(0),
-        id: row.get(1),
-        version: row.get::<i64, _>(2) as u64,
-        last_updated: from_millis(row.get(3)),
-        method: WriteMethod::parse(row.get::<&str, _>(4)),
-        body: body.map(Bytes::from),
-    }
-}
-
-fn audit_row(r: &PgRow) -> AuditRow {
-    AuditRow {
-        seq: r.get(0),
-        record: AuditRecord {
-            id: r.get(1),
-            recorded_ms: r.get(2),
-            patient: r.get(3),
-            agent: r.get(4),
-            outcome: r.get(5),
-            body: Bytes::from(r.get::<Vec<u8>, _>(8)),
-        },
-        prev_hash: r.get(6),
-        hash: r.get(7),
-    }
-}
-
-/// The statement with its parameters bound in order (text from `store::sql`: fixed fragments and
-/// placeholders only).
-fn query(sql: &Sql) -> Query<'static, Postgres, PgArguments> {
-    let mut q = sqlx::query(AssertSqlSafe(sql.text.clone()));
-    for b in &sql.binds {
-        q = match b {
-            Bind::Text(s) => q.bind(s.clone()),
-            Bind::Int(i) => q.bind(*i),
-        };
-    }
-    q
-}
-
-fn scalar(sql: &Sql) -> QueryScalar<'static, Postgres, i64, PgArguments> {
-    let mut q = sqlx::query_scalar(AssertSqlSafe(sql.text.clone()));
-    for b in &sql.binds {
-        q = match b {
-            Bind::Text(s) => q.bind(s.clone()),
-            Bind::Int(i) => q.bind(*i),
-        };
-    }
-    q
-}
+sql::relational_common!(Postgres, PgRow, PgArguments);
 
 struct Tx(Transaction<'static, Postgres>);
 

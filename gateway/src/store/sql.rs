@@ -242,6 +242,70 @@ pub fn current_version(d: Dialect, ty: &str, id: &str) -> Sql {
     q
 }
 
+/// The row mapping and parameter binding of a relational backend, the same for every sqlx
+/// driver but for its types: `relational_common!(DB, Row, Arguments)` defines `row_to_stored`,
+/// `audit_row`, `query` and `scalar` in the backend's module. Statement texts come from this
+/// module (fixed fragments and placeholders only), hence `AssertSqlSafe`.
+macro_rules! relational_common {
+    ($db:ty, $row:ty, $args:ty) => {
+        fn row_to_stored(row: &$row) -> $crate::store::Stored {
+            use sqlx::Row;
+            let body: Option<Vec<u8>> = row.get(5);
+            $crate::store::Stored {
+                ty: row.get(0),
+                id: row.get(1),
+                version: row.get::<i64, _>(2) as u64,
+                last_updated: $crate::store::from_millis(row.get(3)),
+                method: $crate::store::WriteMethod::parse(row.get::<&str, _>(4)),
+                body: body.map(bytes::Bytes::from),
+            }
+        }
+
+        fn audit_row(r: &$row) -> $crate::store::AuditRow {
+            use sqlx::Row;
+            $crate::store::AuditRow {
+                seq: r.get(0),
+                record: $crate::store::AuditRecord {
+                    id: r.get(1),
+                    recorded_ms: r.get(2),
+                    patient: r.get(3),
+                    agent: r.get(4),
+                    outcome: r.get(5),
+                    body: bytes::Bytes::from(r.get::<Vec<u8>, _>(8)),
+                },
+                prev_hash: r.get(6),
+                hash: r.get(7),
+            }
+        }
+
+        /// The statement with its parameters bound in order.
+        fn query(sql: &$crate::store::sql::Sql) -> sqlx::query::Query<'static, $db, $args> {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.text.clone()));
+            for b in &sql.binds {
+                q = match b {
+                    $crate::store::sql::Bind::Text(s) => q.bind(s.clone()),
+                    $crate::store::sql::Bind::Int(i) => q.bind(*i),
+                };
+            }
+            q
+        }
+
+        fn scalar(
+            sql: &$crate::store::sql::Sql,
+        ) -> sqlx::query::QueryScalar<'static, $db, i64, $args> {
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text.clone()));
+            for b in &sql.binds {
+                q = match b {
+                    $crate::store::sql::Bind::Text(s) => q.bind(s.clone()),
+                    $crate::store::sql::Bind::Int(i) => q.bind(*i),
+                };
+            }
+            q
+        }
+    };
+}
+pub(crate) use relational_common;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,25 +5,23 @@
 //! anyway), each in its own transaction, so "search, then create if nothing matched" cannot
 //! interleave with another write. Reads use a separate pool and never wait for writers (WAL).
 
-use super::sql::{self, Bind, Dialect, Sql};
+use super::sql::{self, Dialect, Sql};
 use super::writes::{self, WriteTx};
 use super::{
     AUDIT_GENESIS, AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Updated,
-    WriteMethod, chain_hash, from_millis, now_ms, stamp, to_millis,
+    WriteMethod, chain_hash, now_ms, stamp, to_millis,
 };
 use crate::error::{Error, Result};
 use crate::fhir::compartment;
 use crate::fhir::operation::{Create, Delete, History, Read, Search, Update, VRead};
 use crate::fhir::search::{Criteria, identifier_tokens};
 use crate::policy::Permit;
-use bytes::Bytes;
 use serde_json::Value;
-use sqlx::query::{Query, QueryScalar};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, Transaction};
 use std::path::Path;
 use std::time::Duration;
 
@@ -155,57 +153,7 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
     Ok(())
 }
 
-fn row_to_stored(row: &SqliteRow) -> Stored {
-    let body: Option<Vec<u8>> = row.get(5);
-    Stored {
-        ty: row.get(0),
-        id: row.get(1),
-        version: row.get::<i64, _>(2) as u64,
-        last_updated: from_millis(row.get(3)),
-        method: WriteMethod::parse(row.get::<&str, _>(4)),
-        body: body.map(Bytes::from),
-    }
-}
-
-fn audit_row(r: &SqliteRow) -> AuditRow {
-    AuditRow {
-        seq: r.get(0),
-        record: AuditRecord {
-            id: r.get(1),
-            recorded_ms: r.get(2),
-            patient: r.get(3),
-            agent: r.get(4),
-            outcome: r.get(5),
-            body: Bytes::from(r.get::<Vec<u8>, _>(8)),
-        },
-        prev_hash: r.get(6),
-        hash: r.get(7),
-    }
-}
-
-/// The statement with its parameters bound in order. The text is built by `store::sql` from fixed
-/// fragments and placeholders only, hence `AssertSqlSafe`.
-fn query(sql: &Sql) -> Query<'static, Sqlite, SqliteArguments> {
-    let mut q = sqlx::query(AssertSqlSafe(sql.text.clone()));
-    for b in &sql.binds {
-        q = match b {
-            Bind::Text(s) => q.bind(s.clone()),
-            Bind::Int(i) => q.bind(*i),
-        };
-    }
-    q
-}
-
-fn scalar(sql: &Sql) -> QueryScalar<'static, Sqlite, i64, SqliteArguments> {
-    let mut q = sqlx::query_scalar(AssertSqlSafe(sql.text.clone()));
-    for b in &sql.binds {
-        q = match b {
-            Bind::Text(s) => q.bind(s.clone()),
-            Bind::Int(i) => q.bind(*i),
-        };
-    }
-    q
-}
+sql::relational_common!(Sqlite, SqliteRow, SqliteArguments);
 
 /// The writer's transaction, as the shared write rules see it.
 struct Tx(Transaction<'static, Sqlite>);
