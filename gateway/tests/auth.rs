@@ -714,3 +714,76 @@ async fn patient_scopes_reach_the_patients_compartment() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// An issuer whose JWKS is served over HTTP (a test server on loopback), and one whose JWKS URL
+/// does not answer: its tokens are refused, others still work.
+#[tokio::test]
+async fn jwks_url_issuer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let jwks = serde_json::to_string(&gateway::policy::demo::jwks()).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let jwks = jwks.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let dead = common::free_port();
+    let cfg = format!(
+        "[auth]\naudience = [\"https://gw.example/fhir\"]\n\
+         [[auth.issuers]]\niss = \"https://idp.served.example\"\njwks_url = \"http://127.0.0.1:{port}/jwks.json\"\n\
+         organization = {{ system = \"http://fhir.nl/fhir/NamingSystem/ura\", value = \"2\", type = \"gp\", name = \"Served\" }}\n\
+         [[auth.issuers]]\niss = \"https://idp.down.example\"\njwks_url = \"http://127.0.0.1:{dead}/jwks.json\"\n\
+         organization = {{ system = \"http://fhir.nl/fhir/NamingSystem/ura\", value = \"3\", type = \"gp\", name = \"Down\" }}\n"
+    );
+    let gw = Gateway::start_with(&cfg);
+    let t = |iss: &str| {
+        signed(
+            json!({"iss": iss, "aud": "https://gw.example/fhir", "exp": now() + 600, "scope": "system/Patient.rs"}),
+        )
+    };
+    assert_eq!(
+        status_with(&gw, &t("https://idp.served.example"), "Patient")
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, challenge) = status_with(&gw, &t("https://idp.down.example"), "Patient").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    assert_eq!(
+        status_with(&gw, &t("https://idp.served.example"), "Patient")
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+/// A verified token is cached, but its expiry is checked on every use.
+#[tokio::test]
+async fn a_cached_token_still_expires() {
+    let gw = Gateway::start_with("[auth]\ndemo = true\nleeway_secs = 0\n");
+    let t = signed(claims(json!({"exp": now() + 2})));
+    assert_eq!(status_with(&gw, &t, "Patient").await.0, StatusCode::OK);
+    assert_eq!(
+        status_with(&gw, &t, "Patient").await.0,
+        StatusCode::OK,
+        "served from the cache"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let (status, challenge) = status_with(&gw, &t, "Patient").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenge.contains("expired"), "{challenge}");
+}

@@ -49,6 +49,10 @@ pub struct Authenticator {
     min_refresh: Duration,
     /// issuer -> its keys. Concurrent first uses share one load (moka's `try_get_with`).
     keys: moka::future::Cache<String, Arc<Keys>>,
+    /// token -> (principal, exp): a token is verified once, not on every request. The key is the
+    /// whole token, so only those exact bytes hit; `exp` is checked again on every use; entries
+    /// live at most `VERIFIED_TTL` and are dropped when an issuer's keys are reloaded.
+    verified: moka::future::Cache<String, (Principal, u64)>,
     http: Option<reqwest::Client>,
 }
 
@@ -56,6 +60,7 @@ pub struct Authenticator {
 #[derive(Debug, Deserialize)]
 struct Claims {
     iss: String,
+    exp: u64,
     sub: Option<String>,
     #[serde(default)]
     scope: String,
@@ -66,6 +71,9 @@ struct Claims {
     purpose_of_use: Option<String>,
     jti: Option<String>,
 }
+
+/// How long a verified token is trusted without verifying its signature again.
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
 
 fn unauthorized(description: &str) -> Error {
     Error::unauthorized("invalid_token", description)
@@ -128,6 +136,10 @@ impl Authenticator {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             http,
+            verified: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
         })
     }
 
@@ -148,6 +160,13 @@ impl Authenticator {
                     "the Authorization header must be 'Bearer <token>'",
                 )
             })?;
+        if let Some((principal, exp)) = self.verified.get(token).await {
+            if exp + self.leeway >= jsonwebtoken::get_current_timestamp() {
+                return Ok(principal);
+            }
+            self.verified.invalidate(token).await;
+            return Err(unauthorized("the token has expired"));
+        }
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| unauthorized("malformed token"))?;
         if !matches!(
@@ -187,7 +206,8 @@ impl Authenticator {
                 }
             })?;
         let c = data.claims;
-        Ok(Principal::Token(Arc::new(TokenPrincipal {
+        let exp = c.exp;
+        let principal = Principal::Token(Arc::new(TokenPrincipal {
             issuer: c.iss,
             subject: c.sub.unwrap_or_default(),
             organization: issuer.organization.clone(),
@@ -197,7 +217,11 @@ impl Authenticator {
             client_id: c.client_id,
             purpose_of_use: c.purpose_of_use,
             token_id: c.jti,
-        })))
+        }));
+        self.verified
+            .insert(token.to_owned(), (principal.clone(), exp))
+            .await;
+        Ok(principal)
     }
 
     async fn key(&self, iss: &str, issuer: &Issuer, kid: &str) -> Result<Key> {
@@ -208,6 +232,8 @@ impl Authenticator {
         // Unknown kid: the issuer may have rotated its keys. Reload, at most once per interval.
         if keys.loaded_at.elapsed() >= self.min_refresh {
             self.keys.invalidate(iss).await;
+            // Keys may have been withdrawn: tokens verified with them are verified again.
+            self.verified.invalidate_all();
             let keys = self.keys_of(iss, issuer).await?;
             if let Some(k) = pick(&keys, kid) {
                 return Ok(k);
