@@ -146,6 +146,18 @@ pub struct AuditQuery {
 /// The hash of the chain's first link's predecessor.
 pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// Each record with its (prev_hash, hash), continuing the chain after `last`.
+pub fn chain(last: String, records: &[AuditRecord]) -> Vec<(String, String)> {
+    let mut prev = last;
+    records
+        .iter()
+        .map(|r| {
+            let hash = chain_hash(&prev, &r.body);
+            (std::mem::replace(&mut prev, hash.clone()), hash)
+        })
+        .collect()
+}
+
 /// `sha256(prev_hash "\n" body)`, hex: each record seals the one before it, so editing or
 /// removing any record breaks every hash after it.
 pub fn chain_hash(prev_hash: &str, body: &[u8]) -> String {

@@ -18,7 +18,7 @@ use super::sql::{self, Dialect, Sql};
 use super::writes::{self, WriteTx};
 use super::{
     AUDIT_GENESIS, AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Updated,
-    WriteMethod, chain_hash, now_ms, stamp, to_millis,
+    WriteMethod, chain, now_ms, stamp, to_millis,
 };
 use crate::config;
 use crate::error::{Error, Result};
@@ -403,29 +403,30 @@ impl Store for PostgresStore {
             .bind(AUDIT_LOCK)
             .execute(&mut *tx)
             .await?;
-        let mut prev: String =
+        let last: String =
             sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)
                 .await?
                 .unwrap_or_else(|| AUDIT_GENESIS.to_owned());
-        for r in records {
-            let hash = chain_hash(&prev, &r.body);
-            sqlx::query(
-                "INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&r.id)
-            .bind(r.recorded_ms)
-            .bind(&r.patient)
-            .bind(&r.agent)
-            .bind(&r.outcome)
-            .bind(&prev)
-            .bind(&hash)
-            .bind(r.body.as_ref())
-            .execute(&mut *tx)
-            .await?;
-            prev = hash;
-        }
+        let links = chain(last, records);
+        let col = |f: fn(&AuditRecord) -> String| records.iter().map(f).collect::<Vec<String>>();
+        // One statement per batch; WITH ORDINALITY keeps the chain order in seq.
+        sqlx::query(
+            "INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) \
+             SELECT id, recorded, patient, agent, outcome, prev_hash, hash, body FROM UNNEST( \
+               $1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bytea[]) \
+             WITH ORDINALITY AS t(id, recorded, patient, agent, outcome, prev_hash, hash, body, n) ORDER BY n",
+        )
+        .bind(col(|r| r.id.clone()))
+        .bind(records.iter().map(|r| r.recorded_ms).collect::<Vec<i64>>())
+        .bind(records.iter().map(|r| r.patient.clone()).collect::<Vec<Option<String>>>())
+        .bind(col(|r| r.agent.clone()))
+        .bind(col(|r| r.outcome.clone()))
+        .bind(links.iter().map(|(p, _)| p.clone()).collect::<Vec<String>>())
+        .bind(links.iter().map(|(_, h)| h.clone()).collect::<Vec<String>>())
+        .bind(records.iter().map(|r| r.body.to_vec()).collect::<Vec<Vec<u8>>>())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
