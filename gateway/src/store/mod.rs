@@ -146,6 +146,28 @@ pub struct AuditQuery {
 /// The hash of the chain's first link's predecessor.
 pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// A page from the rows a backend fetched (at most `size + 1`: one more says there is a next
+/// page) and the total; `next` is the cursor of the last row shown.
+pub fn page_of<R>(
+    total: i64,
+    rows: &[R],
+    size: u32,
+    to_stored: impl Fn(&R) -> Stored,
+    next_of: impl Fn(&R) -> String,
+) -> Page {
+    let shown = &rows[..rows.len().min(size as usize)];
+    let next = if rows.len() > size as usize {
+        shown.last().map(next_of)
+    } else {
+        None
+    };
+    Page {
+        entries: shown.iter().map(to_stored).collect(),
+        total: Some(total as u64),
+        next,
+    }
+}
+
 /// Each record with its (prev_hash, hash), continuing the chain after `last`.
 pub fn chain(last: String, records: &[AuditRecord]) -> Vec<(String, String)> {
     let mut prev = last;

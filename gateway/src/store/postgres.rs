@@ -18,13 +18,12 @@ use super::sql::{self, Dialect, Sql};
 use super::writes::{self, WriteTx};
 use super::{
     AUDIT_GENESIS, AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Updated,
-    WriteMethod, chain, now_ms, stamp, to_millis,
+    WriteMethod, chain, page_of,
 };
 use crate::config;
 use crate::error::{Error, Result};
-use crate::fhir::compartment;
 use crate::fhir::operation::{Create, Delete, History, Read, Search, Target, Update, VRead};
-use crate::fhir::search::{Criteria, identifier_tokens};
+use crate::fhir::search::Criteria;
 use crate::policy::Permit;
 use serde_json::Value;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -171,7 +170,13 @@ async fn migrate(pool: &PgPool, schema: &str) -> Result<()> {
     Ok(())
 }
 
-sql::relational_common!(Postgres, PgRow, PgArguments);
+sql::relational_common!(
+    Postgres,
+    PgRow,
+    PgArguments,
+    sqlx::PgConnection,
+    sql::Dialect::Postgres
+);
 
 struct Tx(Transaction<'static, Postgres>);
 
@@ -226,77 +231,7 @@ impl WriteTx for Tx {
         method: WriteMethod,
         resource: Option<&Value>,
     ) -> Result<Stored> {
-        let conn = &mut *self.0;
-        let last_updated = now_ms();
-        let body = resource.map(|r| stamp(r, id, version, last_updated));
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO resource_version (type, id, version, last_updated, method, body) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
-        )
-        .bind(ty)
-        .bind(id)
-        .bind(version as i64)
-        .bind(to_millis(last_updated))
-        .bind(method.as_str())
-        .bind(body.as_deref())
-        .fetch_one(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO resource_current (type, id, version, deleted, seq) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, seq = excluded.seq",
-        )
-        .bind(ty)
-        .bind(id)
-        .bind(version as i64)
-        .bind(resource.is_none() as i64)
-        .bind(seq)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("DELETE FROM token_index WHERE type = $1 AND id = $2")
-            .bind(ty)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM compartment WHERE type = $1 AND id = $2")
-            .bind(ty)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        if let Some(r) = resource {
-            let patients = compartment::patients(ty, id, r);
-            if !patients.is_empty() {
-                sqlx::query("INSERT INTO compartment (type, id, patient) SELECT $1, $2, p FROM UNNEST($3::text[]) AS t(p)")
-                    .bind(ty)
-                    .bind(id)
-                    .bind(patients)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-        }
-        if let Some(r) = resource {
-            let tokens = identifier_tokens(r);
-            if !tokens.is_empty() {
-                let (systems, values): (Vec<String>, Vec<String>) = tokens.into_iter().unzip();
-                sqlx::query(
-                    "INSERT INTO token_index (type, id, param, system, value) \
-                     SELECT $1, $2, 'identifier', s, v FROM UNNEST($3::text[], $4::text[]) AS t(s, v)",
-                )
-                .bind(ty)
-                .bind(id)
-                .bind(systems)
-                .bind(values)
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
-        Ok(Stored {
-            ty: ty.to_owned(),
-            id: id.to_owned(),
-            version,
-            last_updated,
-            method,
-            body,
-        })
+        write_version(&mut self.0, ty, id, version, method, resource).await
     }
 }
 
@@ -313,25 +248,13 @@ impl PostgresStore {
         next_of: fn(&PgRow) -> String,
     ) -> Result<Page> {
         let total: i64 = scalar(count).fetch_one(&self.pool).await?;
-        if size == 0 {
-            return Ok(Page {
-                entries: Vec::new(),
-                total: Some(total as u64),
-                next: None,
-            });
-        }
-        let rows = query(page).fetch_all(&self.pool).await?;
-        let shown = &rows[..rows.len().min(size as usize)];
-        let next = if rows.len() > size as usize {
-            shown.last().map(next_of)
+        // `_count=0` asks for the total only.
+        let rows = if size == 0 {
+            Vec::new()
         } else {
-            None
+            query(page).fetch_all(&self.pool).await?
         };
-        Ok(Page {
-            entries: shown.iter().map(row_to_stored).collect(),
-            total: Some(total as u64),
-            next,
-        })
+        Ok(page_of(total, &rows, size, row_to_stored, next_of))
     }
 }
 

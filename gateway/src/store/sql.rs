@@ -16,6 +16,7 @@ pub enum Dialect {
 pub enum Bind {
     Text(String),
     Int(i64),
+    Bytes(Option<Vec<u8>>),
 }
 
 /// A statement and its parameters.
@@ -212,6 +213,105 @@ pub fn audit_scan(d: Dialect, after_seq: i64, limit: i64) -> Sql {
     s
 }
 
+/// A new version row; returns its `seq`.
+pub fn insert_version(d: Dialect, s: &crate::store::Stored) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "INSERT INTO resource_version (type, id, version, last_updated, method, body) VALUES (",
+    );
+    q.text(&s.ty)
+        .push(", ")
+        .text(&s.id)
+        .push(", ")
+        .int(s.version as i64)
+        .push(", ");
+    q.int(crate::store::to_millis(s.last_updated))
+        .push(", ")
+        .text(s.method.as_str())
+        .push(", ");
+    q.bind(Bind::Bytes(s.body.as_ref().map(|b| b.to_vec())))
+        .push(") RETURNING seq");
+    q
+}
+
+/// Makes a version current.
+pub fn upsert_current(d: Dialect, s: &crate::store::Stored, seq: i64) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "INSERT INTO resource_current (type, id, version, deleted, seq) VALUES (",
+    );
+    q.text(&s.ty)
+        .push(", ")
+        .text(&s.id)
+        .push(", ")
+        .int(s.version as i64)
+        .push(", ");
+    q.int(s.is_deleted() as i64).push(", ").int(seq);
+    q.push(") ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, seq = excluded.seq");
+    q
+}
+
+/// The index tables a write keeps in step with the current version.
+#[derive(Debug, Clone, Copy)]
+pub enum Index {
+    Token,
+    Compartment,
+}
+
+/// Removes a resource's rows from an index (before the current version's are inserted).
+pub fn clear_index(d: Dialect, index: Index, ty: &str, id: &str) -> Sql {
+    let table = match index {
+        Index::Token => "token_index",
+        Index::Compartment => "compartment",
+    };
+    let mut q = Sql::new(d, "DELETE FROM ");
+    q.push(table)
+        .push(" WHERE type = ")
+        .text(ty)
+        .push(" AND id = ")
+        .text(id);
+    q
+}
+
+/// The identifier tokens of a resource, one multi-row INSERT (`None` when there are none).
+pub fn insert_tokens(d: Dialect, ty: &str, id: &str, tokens: &[(String, String)]) -> Option<Sql> {
+    (!tokens.is_empty()).then(|| {
+        let mut q = Sql::new(
+            d,
+            "INSERT INTO token_index (type, id, param, system, value) VALUES ",
+        );
+        for (i, (system, value)) in tokens.iter().enumerate() {
+            q.push(if i == 0 { "(" } else { ", (" });
+            q.text(ty)
+                .push(", ")
+                .text(id)
+                .push(", 'identifier', ")
+                .text(system)
+                .push(", ")
+                .text(value)
+                .push(")");
+        }
+        q
+    })
+}
+
+/// The patient compartments a resource is in, one multi-row INSERT (`None` when there are none).
+pub fn insert_compartment(d: Dialect, ty: &str, id: &str, patients: &[String]) -> Option<Sql> {
+    (!patients.is_empty()).then(|| {
+        let mut q = Sql::new(d, "INSERT INTO compartment (type, id, patient) VALUES ");
+        for (i, patient) in patients.iter().enumerate() {
+            q.push(if i == 0 { "(" } else { ", (" });
+            q.text(ty)
+                .push(", ")
+                .text(id)
+                .push(", ")
+                .text(patient)
+                .push(")");
+        }
+        q
+    })
+}
+
 pub fn read(d: Dialect, ty: &str, id: &str) -> Sql {
     let mut q = Sql::new(d, VERSION_COLUMNS);
     q.push(CURRENT_FROM)
@@ -247,7 +347,52 @@ pub fn current_version(d: Dialect, ty: &str, id: &str) -> Sql {
 /// `audit_row`, `query` and `scalar` in the backend's module. Statement texts come from this
 /// module (fixed fragments and placeholders only), hence `AssertSqlSafe`.
 macro_rules! relational_common {
-    ($db:ty, $row:ty, $args:ty) => {
+    ($db:ty, $row:ty, $args:ty, $conn:ty, $dialect:expr) => {
+        /// Writes one version (a deletion when `resource` is `None`), makes it current and keeps
+        /// the indexes in step; inside the caller's transaction.
+        async fn write_version(
+            conn: &mut $conn,
+            ty: &str,
+            id: &str,
+            version: u64,
+            method: $crate::store::WriteMethod,
+            resource: Option<&serde_json::Value>,
+        ) -> $crate::error::Result<$crate::store::Stored> {
+            use $crate::store::sql;
+            let last_updated = $crate::store::now_ms();
+            let stored = $crate::store::Stored {
+                ty: ty.to_owned(),
+                id: id.to_owned(),
+                version,
+                last_updated,
+                method,
+                body: resource.map(|r| $crate::store::stamp(r, id, version, last_updated)),
+            };
+            let seq: i64 = scalar(&sql::insert_version($dialect, &stored))
+                .fetch_one(&mut *conn)
+                .await?;
+            query(&sql::upsert_current($dialect, &stored, seq))
+                .execute(&mut *conn)
+                .await?;
+            for index in [sql::Index::Token, sql::Index::Compartment] {
+                query(&sql::clear_index($dialect, index, ty, id))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            if let Some(r) = resource {
+                let tokens = $crate::fhir::search::identifier_tokens(r);
+                let patients = $crate::fhir::compartment::patients(ty, id, r);
+                let inserts = [
+                    sql::insert_tokens($dialect, ty, id, &tokens),
+                    sql::insert_compartment($dialect, ty, id, &patients),
+                ];
+                for insert in inserts.iter().flatten() {
+                    query(insert).execute(&mut *conn).await?;
+                }
+            }
+            Ok(stored)
+        }
+
         fn row_to_stored(row: &$row) -> $crate::store::Stored {
             use sqlx::Row;
             let body: Option<Vec<u8>> = row.get(5);
@@ -285,6 +430,7 @@ macro_rules! relational_common {
                 q = match b {
                     $crate::store::sql::Bind::Text(s) => q.bind(s.clone()),
                     $crate::store::sql::Bind::Int(i) => q.bind(*i),
+                    $crate::store::sql::Bind::Bytes(b) => q.bind(b.clone()),
                 };
             }
             q
@@ -298,6 +444,7 @@ macro_rules! relational_common {
                 q = match b {
                     $crate::store::sql::Bind::Text(s) => q.bind(s.clone()),
                     $crate::store::sql::Bind::Int(i) => q.bind(*i),
+                    $crate::store::sql::Bind::Bytes(b) => q.bind(b.clone()),
                 };
             }
             q
@@ -333,5 +480,29 @@ mod tests {
         assert!(!s.text.contains("DROP"));
         assert_eq!(s.binds.len(), 7);
         assert_eq!(s.binds, p.binds);
+    }
+
+    #[test]
+    fn index_inserts_are_one_statement_with_bound_values() {
+        let tokens = vec![
+            ("s1".to_owned(), "v1".to_owned()),
+            ("s2".to_owned(), "v'2".to_owned()),
+        ];
+        let p = insert_tokens(Dialect::Postgres, "Patient", "p", &tokens).unwrap();
+        assert!(
+            p.text
+                .ends_with("($1, $2, 'identifier', $3, $4), ($5, $6, 'identifier', $7, $8)"),
+            "{}",
+            p.text
+        );
+        assert_eq!(p.binds.len(), 8);
+        let s = insert_compartment(Dialect::Sqlite, "Observation", "o", &["p1".into()]).unwrap();
+        assert!(s.text.ends_with("VALUES (?, ?, ?)"), "{}", s.text);
+        assert!(insert_tokens(Dialect::Sqlite, "Patient", "p", &[]).is_none());
+        assert!(
+            clear_index(Dialect::Postgres, Index::Compartment, "Patient", "p")
+                .text
+                .starts_with("DELETE FROM compartment WHERE")
+        );
     }
 }

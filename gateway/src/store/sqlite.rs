@@ -9,12 +9,11 @@ use super::sql::{self, Dialect, Sql};
 use super::writes::{self, WriteTx};
 use super::{
     AUDIT_GENESIS, AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Updated,
-    WriteMethod, chain, now_ms, stamp, to_millis,
+    WriteMethod, chain, page_of,
 };
 use crate::error::{Error, Result};
-use crate::fhir::compartment;
 use crate::fhir::operation::{Create, Delete, History, Read, Search, Update, VRead};
-use crate::fhir::search::{Criteria, identifier_tokens};
+use crate::fhir::search::Criteria;
 use crate::policy::Permit;
 use serde_json::Value;
 use sqlx::sqlite::{
@@ -153,7 +152,13 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
     Ok(())
 }
 
-sql::relational_common!(Sqlite, SqliteRow, SqliteArguments);
+sql::relational_common!(
+    Sqlite,
+    SqliteRow,
+    SqliteArguments,
+    sqlx::SqliteConnection,
+    sql::Dialect::Sqlite
+);
 
 /// The writer's transaction, as the shared write rules see it.
 struct Tx(Transaction<'static, Sqlite>);
@@ -182,68 +187,7 @@ impl WriteTx for Tx {
         method: WriteMethod,
         resource: Option<&Value>,
     ) -> Result<Stored> {
-        let conn = &mut *self.0;
-        let last_updated = now_ms();
-        let body = resource.map(|r| stamp(r, id, version, last_updated));
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO resource_version (type, id, version, last_updated, method, body) VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(ty)
-        .bind(id)
-        .bind(version as i64)
-        .bind(to_millis(last_updated))
-        .bind(method.as_str())
-        .bind(body.as_deref())
-        .fetch_one(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO resource_current (type, id, version, deleted, seq) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, seq = excluded.seq",
-        )
-        .bind(ty)
-        .bind(id)
-        .bind(version as i64)
-        .bind(resource.is_none() as i64)
-        .bind(seq)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("DELETE FROM token_index WHERE type = ? AND id = ?")
-            .bind(ty)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM compartment WHERE type = ? AND id = ?")
-            .bind(ty)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        if let Some(r) = resource {
-            for patient in compartment::patients(ty, id, r) {
-                sqlx::query("INSERT INTO compartment (type, id, patient) VALUES (?, ?, ?)")
-                    .bind(ty)
-                    .bind(id)
-                    .bind(patient)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            for (system, value) in identifier_tokens(r) {
-                sqlx::query("INSERT INTO token_index (type, id, param, system, value) VALUES (?, ?, 'identifier', ?, ?)")
-                    .bind(ty)
-                    .bind(id)
-                    .bind(system)
-                    .bind(value)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-        }
-        Ok(Stored {
-            ty: ty.to_owned(),
-            id: id.to_owned(),
-            version,
-            last_updated,
-            method,
-            body,
-        })
+        write_version(&mut self.0, ty, id, version, method, resource).await
     }
 }
 
@@ -261,25 +205,13 @@ impl SqliteStore {
         next_of: fn(&SqliteRow) -> String,
     ) -> Result<Page> {
         let total: i64 = scalar(count).fetch_one(&self.reader).await?;
-        if size == 0 {
-            return Ok(Page {
-                entries: Vec::new(),
-                total: Some(total as u64),
-                next: None,
-            });
-        }
-        let rows = query(page).fetch_all(&self.reader).await?;
-        let shown = &rows[..rows.len().min(size as usize)];
-        let next = if rows.len() > size as usize {
-            shown.last().map(next_of)
+        // `_count=0` asks for the total only.
+        let rows = if size == 0 {
+            Vec::new()
         } else {
-            None
+            query(page).fetch_all(&self.reader).await?
         };
-        Ok(Page {
-            entries: shown.iter().map(row_to_stored).collect(),
-            total: Some(total as u64),
-            next,
-        })
+        Ok(page_of(total, &rows, size, row_to_stored, next_of))
     }
 }
 
