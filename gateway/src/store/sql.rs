@@ -273,43 +273,42 @@ pub fn clear_index(d: Dialect, index: Index, ty: &str, id: &str) -> Sql {
     q
 }
 
-/// The identifier tokens of a resource, one multi-row INSERT (`None` when there are none).
-pub fn insert_tokens(d: Dialect, ty: &str, id: &str, tokens: &[(String, String)]) -> Option<Sql> {
-    (!tokens.is_empty()).then(|| {
-        let mut q = Sql::new(
-            d,
-            "INSERT INTO token_index (type, id, param, system, value) VALUES ",
-        );
-        for (i, (system, value)) in tokens.iter().enumerate() {
+/// One INSERT of several rows of text values (`None` when there are no rows).
+fn insert_rows(d: Dialect, head: &str, rows: &[Vec<&str>]) -> Option<Sql> {
+    (!rows.is_empty()).then(|| {
+        let mut q = Sql::new(d, head);
+        q.push(" VALUES ");
+        for (i, row) in rows.iter().enumerate() {
             q.push(if i == 0 { "(" } else { ", (" });
-            q.text(ty)
-                .push(", ")
-                .text(id)
-                .push(", 'identifier', ")
-                .text(system)
-                .push(", ")
-                .text(value)
-                .push(")");
+            for (j, value) in row.iter().enumerate() {
+                if j > 0 {
+                    q.push(", ");
+                }
+                q.text(value);
+            }
+            q.push(")");
         }
         q
     })
 }
 
+/// The identifier tokens of a resource, one multi-row INSERT (`None` when there are none).
+pub fn insert_tokens(d: Dialect, ty: &str, id: &str, tokens: &[(String, String)]) -> Option<Sql> {
+    let rows: Vec<Vec<&str>> = tokens
+        .iter()
+        .map(|(s, v)| vec![ty, id, "identifier", s.as_str(), v.as_str()])
+        .collect();
+    insert_rows(
+        d,
+        "INSERT INTO token_index (type, id, param, system, value)",
+        &rows,
+    )
+}
+
 /// The patient compartments a resource is in, one multi-row INSERT (`None` when there are none).
 pub fn insert_compartment(d: Dialect, ty: &str, id: &str, patients: &[String]) -> Option<Sql> {
-    (!patients.is_empty()).then(|| {
-        let mut q = Sql::new(d, "INSERT INTO compartment (type, id, patient) VALUES ");
-        for (i, patient) in patients.iter().enumerate() {
-            q.push(if i == 0 { "(" } else { ", (" });
-            q.text(ty)
-                .push(", ")
-                .text(id)
-                .push(", ")
-                .text(patient)
-                .push(")");
-        }
-        q
-    })
+    let rows: Vec<Vec<&str>> = patients.iter().map(|p| vec![ty, id, p.as_str()]).collect();
+    insert_rows(d, "INSERT INTO compartment (type, id, patient)", &rows)
 }
 
 pub fn read(d: Dialect, ty: &str, id: &str) -> Sql {
@@ -491,11 +490,13 @@ mod tests {
         let p = insert_tokens(Dialect::Postgres, "Patient", "p", &tokens).unwrap();
         assert!(
             p.text
-                .ends_with("($1, $2, 'identifier', $3, $4), ($5, $6, 'identifier', $7, $8)"),
+                .ends_with("($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)"),
             "{}",
             p.text
         );
-        assert_eq!(p.binds.len(), 8);
+        assert_eq!(p.binds.len(), 10);
+        assert_eq!(p.binds[2], Bind::Text("identifier".into()));
+        assert_eq!(p.binds[9], Bind::Text("v'2".into()));
         let s = insert_compartment(Dialect::Sqlite, "Observation", "o", &["p1".into()]).unwrap();
         assert!(s.text.ends_with("VALUES (?, ?, ?)"), "{}", s.text);
         assert!(insert_tokens(Dialect::Sqlite, "Patient", "p", &[]).is_none());
