@@ -39,11 +39,12 @@ impl App {
         let capability = capability_statement(&config, &structure);
         let auth = Authenticator::new(&config.auth)?;
         let auditor = Auditor::start(store.clone());
+        let policy = Policy::new(store.clone(), &config)?;
         Ok(App {
             config,
             structure,
             store,
-            policy: Policy::new(),
+            policy,
             auth,
             auditor,
             capability,

@@ -21,6 +21,7 @@ pub struct Config {
     pub rest: Rest,
     pub limits: Limits,
     pub tls: Option<Tls>,
+    pub consent: ConsentPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +112,66 @@ pub struct Limits {
     pub max_validation_errors: u32,
 }
 
+/// The region's consent policy (see `policy::regional`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsentPolicy {
+    /// Medical and social-domain data held by another organisation needs an explicit permit.
+    pub opt_in: bool,
+    /// Resource types shared by scope alone (no consent needed).
+    pub administrative_types: Vec<String>,
+    /// Organisation types that never see medical data, whatever the consent says.
+    pub medical_barred: Vec<String>,
+    /// How long a patient's consent rules and decisions are cached (they are also dropped on
+    /// every Consent write through this process).
+    pub cache_ttl_secs: u64,
+    pub cache_capacity: u64,
+    pub decision_point: Option<DecisionPoint>,
+}
+
+impl Default for ConsentPolicy {
+    fn default() -> Self {
+        ConsentPolicy {
+            opt_in: true,
+            administrative_types: [
+                "Patient",
+                "Practitioner",
+                "PractitionerRole",
+                "Organization",
+                "Location",
+                "Endpoint",
+                "HealthcareService",
+                "RelatedPerson",
+                "AuditEvent",
+            ]
+            .map(String::from)
+            .to_vec(),
+            medical_barred: vec!["municipality".into()],
+            cache_ttl_secs: 30,
+            cache_capacity: 100_000,
+            decision_point: None,
+        }
+    }
+}
+
+/// An external consent decision point (Mitz-style closed question over HTTP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionPoint {
+    pub url: String,
+    #[serde(default = "default_pdp_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_pdp_ttl")]
+    pub cache_ttl_secs: u64,
+}
+
+fn default_pdp_timeout() -> u64 {
+    500
+}
+fn default_pdp_ttl() -> u64 {
+    60
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
@@ -131,6 +192,7 @@ impl Default for Config {
             rest: Rest::default(),
             limits: Limits::default(),
             tls: None,
+            consent: ConsentPolicy::default(),
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct Access {
     pub peer: String,
     /// Emergency access: the break-the-glass reason.
     pub emergency_reason: Option<String>,
+    /// How many resources only break-the-glass released.
+    pub emergency_releases: usize,
+    /// (`Patient/[id]`, BSN) for the patients whose BSN is known.
+    pub bsns: Vec<(String, String)>,
 }
 
 pub struct Auditor {
@@ -143,8 +147,12 @@ pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
         .patients
         .iter()
         .map(|p| {
+            let what = match a.bsns.iter().find(|(r, _)| r == p) {
+                Some((_, bsn)) => json!({ "reference": p, "identifier": { "system": crate::policy::privacy::BSN_SYSTEM, "value": bsn } }),
+                None => json!({ "reference": p }),
+            };
             json!({
-                "what": { "reference": p },
+                "what": what,
                 "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
                 "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" }
             })
@@ -190,7 +198,8 @@ pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
     }
     if let Some(reason) = &a.emergency_reason {
         event["subtype"].as_array_mut().expect("subtype is an array").push(json!({
-            "system": "urn:healthhub-utrecht:audit", "code": "break-the-glass", "display": reason
+            "system": "urn:healthhub-utrecht:audit", "code": "break-the-glass",
+            "display": format!("{reason} (released {} resource(s) consent withheld)", a.emergency_releases)
         }));
     }
     if !entities.is_empty() {

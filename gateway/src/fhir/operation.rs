@@ -118,6 +118,10 @@ pub struct Request {
     /// Method and path as received, for the log and audit.
     pub method: Method,
     pub path: String,
+    /// `X-Purpose-Of-Use` (a v3 ActReason code; overrides the token's claim).
+    pub purpose: Option<String>,
+    /// `X-Break-Glass-Reason`: the stated reason for emergency access.
+    pub break_glass_reason: Option<String>,
 }
 
 /// The raw pieces of an HTTP request that parsing needs.
@@ -336,6 +340,8 @@ pub fn parse(
         base,
         method: m.clone(),
         path: raw.path.to_owned(),
+        purpose: header(raw.headers, "x-purpose-of-use").map(str::to_owned),
+        break_glass_reason: header(raw.headers, "x-break-glass-reason").map(str::to_owned),
     })
 }
 

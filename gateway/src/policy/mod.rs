@@ -4,20 +4,27 @@
 //!   resource that leaves passes the same decision.
 //!
 //! Deny by default: an anonymous principal may read the CapabilityStatement and nothing else
-//! (401); an authenticated one only what its SMART scopes grant (403 otherwise). Reads of single
+//! (401); an authenticated one only what its SMART scopes grant (403 otherwise). Each resource
+//! then passes the region's rules and the patient's consent ([`privacy`]). Reads of single
 //! resources the principal may not see answer 404, so that existence does not leak.
 
 pub mod auth;
+pub mod consent;
 pub mod demo;
+pub mod pdp;
+pub mod privacy;
+pub mod regional;
 pub mod scopes;
 
-use crate::config::Organization;
+use crate::config::{Config, Organization};
 use crate::error::{Error, Result};
 use crate::fhir::compartment;
 use crate::fhir::operation::{
-    Create, Delete, History, HistoryScope, Operation, Read, Search, Update, VRead,
+    Create, Delete, History, HistoryScope, Operation, Read, Search, Target, Update, VRead,
 };
-use crate::store::Stored;
+use crate::store::{Store, Stored};
+pub use privacy::{Asked, Release};
+use privacy::Privacy;
 use scopes::{Context, Permission, Scope};
 use serde_json::Value;
 use std::sync::Arc;
@@ -69,10 +76,22 @@ impl<T> Permit<T> {
     }
 }
 
+/// A permit for the policy's own reads (a patient's consents, a BSN): never handed out, and what
+/// it reads never leaves the policy.
+fn internal_permit<T>(op: T) -> Permit<T> {
+    Permit {
+        op,
+        principal: Principal::Anonymous,
+        _sealed: sealed::Sealed(()),
+    }
+}
+
 /// A value the policy has released to the principal.
 #[derive(Debug)]
 pub struct Disclosed<T> {
     value: T,
+    /// Released by break-the-glass over a consent deny.
+    emergency: bool,
     _sealed: sealed::Sealed,
 }
 
@@ -83,11 +102,15 @@ impl<T> Disclosed<T> {
     pub fn into_inner(self) -> T {
         self.value
     }
+    pub fn by_emergency(&self) -> bool {
+        self.emergency
+    }
 }
 
 fn disclosed<T>(value: T) -> Disclosed<T> {
     Disclosed {
         value,
+        emergency: false,
         _sealed: sealed::Sealed(()),
     }
 }
@@ -105,6 +128,14 @@ pub enum Requirement {
 
 pub trait Authorizable {
     fn requirement(&self) -> Requirement;
+    /// The resource a write would store, with the id it would get if known (for patient-context
+    /// and constrained write scopes).
+    fn written(&self) -> Option<(&str, &Value)> {
+        None
+    }
+    /// What the permit fixes about the operation: a write is stamped with the organisation that
+    /// holds it (see [`regional::stamp_holder`]).
+    fn bind(&mut self, _holder: &Organization) {}
 }
 
 impl Authorizable for () {
@@ -126,10 +157,26 @@ impl Authorizable for Create {
     fn requirement(&self) -> Requirement {
         Requirement::Type(self.ty.clone(), Permission::Create)
     }
+    fn written(&self) -> Option<(&str, &Value)> {
+        Some(("", &self.resource))
+    }
+    fn bind(&mut self, holder: &Organization) {
+        regional::stamp_holder(&mut self.resource, holder);
+    }
 }
 impl Authorizable for Update {
     fn requirement(&self) -> Requirement {
         Requirement::Type(self.ty.clone(), Permission::Update)
+    }
+    fn written(&self) -> Option<(&str, &Value)> {
+        let id = match &self.target {
+            Target::Id(id) => id.as_str(),
+            Target::Criteria(_) => self.resource["id"].as_str().unwrap_or(""),
+        };
+        Some((id, &self.resource))
+    }
+    fn bind(&mut self, holder: &Organization) {
+        regional::stamp_holder(&mut self.resource, holder);
     }
 }
 impl Authorizable for Delete {
@@ -152,38 +199,62 @@ impl Authorizable for History {
     }
 }
 
+/// What a page's disclosure released.
+pub struct Disclosure {
+    pub entries: Vec<Disclosed<Stored>>,
+    /// How many entries were left out.
+    pub withheld: usize,
+}
+
 /// The policy decision point.
-#[derive(Debug, Default)]
-pub struct Policy {}
+pub struct Policy {
+    store: Arc<dyn Store>,
+    privacy: Privacy,
+}
 
 impl Policy {
-    pub fn new() -> Policy {
-        Policy {}
+    pub fn new(store: Arc<dyn Store>, config: &Config) -> Result<Policy> {
+        Ok(Policy {
+            privacy: Privacy::new(store.clone(), config)?,
+            store,
+        })
     }
 
     /// Decides whether `principal` may perform `op`.
-    pub fn authorize<T: Authorizable>(&self, principal: &Principal, op: T) -> Result<Permit<T>> {
+    pub fn authorize<T: Authorizable>(
+        &self,
+        principal: &Principal,
+        mut op: T,
+    ) -> Result<Permit<T>> {
         let requirement = op.requirement();
         if requirement != Requirement::Public {
             let token = match principal {
                 Principal::Anonymous => return Err(Error::unauthenticated()),
                 Principal::Token(t) => t,
             };
+            let written = op.written();
             let granted = token.scopes.iter().any(|s| match &requirement {
                 Requirement::Public => true,
-                Requirement::Type(ty, p) => s.grants(ty, *p) && usable(token, s, *p),
+                Requirement::Type(ty, p) => {
+                    s.grants(ty, *p) && usable(token, s) && writable(token, s, ty, written)
+                }
                 Requirement::AnyType(p) => {
-                    s.resource_type.is_none() && s.grants("", *p) && usable(token, s, *p)
+                    s.resource_type.is_none() && s.grants("", *p) && usable(token, s)
                 }
             });
             if !granted {
                 return Err(Error::forbidden(match &requirement {
+                    Requirement::Type(ty, p) if written.is_some() => format!(
+                        "the token's scopes do not allow {} of this {ty}",
+                        verb(*p)
+                    ),
                     Requirement::Type(ty, p) => {
                         format!("the token's scopes do not allow {} on {ty}", verb(*p))
                     }
                     _ => "the token's scopes do not allow this".into(),
                 }));
             }
+            op.bind(&token.organization);
         }
         Ok(Permit {
             op,
@@ -192,36 +263,100 @@ impl Policy {
         })
     }
 
+    /// Before an update or delete of an existing resource: a principal whose only way to write
+    /// `ty` is a patient-context scope may touch only resources in that patient's compartment
+    /// (and no conditional writes, whose target it could not see).
+    pub async fn check_target<T>(
+        &self,
+        permit: &Permit<T>,
+        ty: &str,
+        target: &Target,
+        p: Permission,
+    ) -> Result<()> {
+        let Principal::Token(token) = permit.principal() else {
+            return Err(Error::unauthenticated());
+        };
+        let only_patient = token
+            .scopes
+            .iter()
+            .filter(|s| s.grants(ty, p) && usable(token, s))
+            .all(|s| s.context == Context::Patient);
+        if !only_patient {
+            return Ok(());
+        }
+        let id = match target {
+            Target::Id(id) => id,
+            Target::Criteria(_) => {
+                return Err(Error::forbidden(
+                    "conditional writes need a user or system scope",
+                ));
+            }
+        };
+        let read = internal_permit(Read {
+            ty: ty.to_owned(),
+            id: id.clone(),
+        });
+        let current = self.store.read(&read).await?;
+        let me = token.patient.as_deref().unwrap_or_default();
+        match current.and_then(|s| s.body) {
+            None => Ok(()),
+            Some(body) => {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if compartment::patients(ty, id, &v).iter().any(|x| x == me) {
+                    Ok(())
+                } else {
+                    Err(Error::forbidden(format!(
+                        "{ty}/{id} is not in the patient's compartment"
+                    )))
+                }
+            }
+        }
+    }
+
     /// One resource for a read: released, or "not found" (existence is not revealed).
-    pub fn disclose(
+    pub async fn disclose(
         &self,
         principal: &Principal,
+        asked: &Asked,
         s: Stored,
         how: Permission,
     ) -> Result<Disclosed<Stored>> {
-        if self.may_see(principal, &s, how) {
-            Ok(disclosed(s))
-        } else {
-            Err(Error::not_found(format!("{}/{} is not known", s.ty, s.id)))
+        match self.may_see(principal, asked, &s, how).await? {
+            Release::Allowed => Ok(disclosed(s)),
+            Release::Emergency => {
+                let mut d = disclosed(s);
+                d.emergency = true;
+                Ok(d)
+            }
+            Release::Withheld => Err(Error::not_found(format!("{}/{} is not known", s.ty, s.id))),
         }
     }
 
     /// The entries of a page: what may not be seen is left out (filtered, not an error).
-    /// Returns the released entries and how many were withheld.
-    pub fn disclose_each(
+    pub async fn disclose_each(
         &self,
         principal: &Principal,
+        asked: &Asked,
         items: Vec<Stored>,
         how: Permission,
-    ) -> (Vec<Disclosed<Stored>>, usize) {
+    ) -> Result<Disclosure> {
         let before = items.len();
-        let out: Vec<Disclosed<Stored>> = items
-            .into_iter()
-            .filter(|s| self.may_see(principal, s, how))
-            .map(disclosed)
-            .collect();
-        let withheld = before - out.len();
-        (out, withheld)
+        let mut entries = Vec::with_capacity(before);
+        for s in items {
+            match self.may_see(principal, asked, &s, how).await? {
+                Release::Allowed => entries.push(disclosed(s)),
+                Release::Emergency => {
+                    let mut d = disclosed(s);
+                    d.emergency = true;
+                    entries.push(d);
+                }
+                Release::Withheld => {}
+            }
+        }
+        Ok(Disclosure {
+            withheld: before - entries.len(),
+            entries,
+        })
     }
 
     /// A document assembled from disclosed parts (a bundle), or public (the CapabilityStatement).
@@ -239,33 +374,55 @@ impl Policy {
         disclosed(document)
     }
 
-    /// The decision for one stored resource (deletions carry no data and pass on type alone).
-    fn may_see(&self, principal: &Principal, s: &Stored, how: Permission) -> bool {
+    /// A patient's BSN, for the audit (cached; `None` when the Patient carries none).
+    pub async fn bsn_of(&self, patient: &str) -> Option<String> {
+        match self.privacy.bsn_of(patient).await {
+            Ok(b) => b.map(|b| b.to_string()),
+            Err(e) => {
+                tracing::warn!(error = %e, "BSN lookup for the audit failed");
+                None
+            }
+        }
+    }
+
+    /// A write went through: drop what the consent caches derived from the old version.
+    pub async fn written(&self, ty: &str, id: &str) {
+        match ty {
+            "Consent" => self.privacy.consent_changed(),
+            "Patient" => self.privacy.patient_changed(id).await,
+            _ => {}
+        }
+    }
+
+    /// The decision for one stored resource: scopes (with their constraints and patient
+    /// context), then the region's rules and the patient's consent. Deletions carry no data and
+    /// pass on type alone.
+    async fn may_see(
+        &self,
+        principal: &Principal,
+        asked: &Asked,
+        s: &Stored,
+        how: Permission,
+    ) -> Result<Release> {
         let Principal::Token(token) = principal else {
-            return false;
+            return Ok(Release::Withheld);
         };
         let granting: Vec<&Scope> = token
             .scopes
             .iter()
-            .filter(|sc| sc.grants(&s.ty, how) && usable(token, sc, how))
+            .filter(|sc| sc.grants(&s.ty, how) && usable(token, sc))
             .collect();
         if granting.is_empty() {
-            return false;
+            return Ok(Release::Withheld);
         }
-        let Some(body) = &s.body else { return true };
-        let needs_content = granting
-            .iter()
-            .all(|sc| !sc.constraints.is_empty() || sc.context == Context::Patient);
-        if !needs_content {
-            return true;
-        }
-        let Ok(resource) = serde_json::from_slice::<Value>(body) else {
-            return false;
+        let Some(body) = &s.body else {
+            return Ok(Release::Allowed);
         };
-        granting.iter().any(|sc| {
+        let Ok(resource) = serde_json::from_slice::<Value>(body) else {
+            return Ok(Release::Withheld);
+        };
+        let in_scope = granting.iter().any(|sc| {
             let in_context = match sc.context {
-                // Until patient compartments are indexed, a patient-context scope reaches the
-                // patient's own Patient resource, and the AuditEvents of accesses to it.
                 // A patient-context scope reaches the patient's compartment (the Patient itself,
                 // and what references it where the CompartmentDefinition says).
                 Context::Patient => {
@@ -281,7 +438,13 @@ impl Policy {
                     .constraints
                     .iter()
                     .all(|(param, value)| constraint_holds(&resource, param, value))
-        })
+        });
+        if !in_scope {
+            return Ok(Release::Withheld);
+        }
+        self.privacy
+            .release(token, asked, &s.ty, &s.id, &resource)
+            .await
     }
 
     /// The patient whose compartment a search of `ty` must be limited to: when every scope that
@@ -294,7 +457,7 @@ impl Policy {
         let granting: Vec<&Scope> = t
             .scopes
             .iter()
-            .filter(|s| s.grants(ty, Permission::Search) && usable(t, s, Permission::Search))
+            .filter(|s| s.grants(ty, Permission::Search) && usable(t, s))
             .collect();
         if !granting.is_empty() && granting.iter().all(|s| s.context == Context::Patient) {
             t.patient.clone()
@@ -319,14 +482,32 @@ impl Policy {
 }
 
 /// Whether a scope can be used at all by this token: a `patient/` scope needs the patient launch
-/// context, and (until patient compartments are indexed) grants reading only.
-fn usable(token: &TokenPrincipal, scope: &Scope, p: Permission) -> bool {
+/// context.
+fn usable(token: &TokenPrincipal, scope: &Scope) -> bool {
     match scope.context {
-        Context::Patient => {
-            token.patient.is_some() && matches!(p, Permission::Read | Permission::Search)
-        }
+        Context::Patient => token.patient.is_some(),
         Context::User | Context::System => true,
     }
+}
+
+/// Whether a scope lets this resource be written: a patient-context scope only into the
+/// patient's compartment, a constrained scope only what meets its constraints.
+fn writable(token: &TokenPrincipal, scope: &Scope, ty: &str, written: Option<(&str, &Value)>) -> bool {
+    let Some((id, body)) = written else {
+        return true;
+    };
+    let in_context = match scope.context {
+        Context::Patient => {
+            let me = token.patient.as_deref().unwrap_or_default();
+            compartment::patients(ty, id, body).iter().any(|p| p == me)
+        }
+        Context::User | Context::System => true,
+    };
+    in_context
+        && scope
+            .constraints
+            .iter()
+            .all(|(param, value)| constraint_holds(body, param, value))
 }
 
 fn verb(p: Permission) -> &'static str {

@@ -7,7 +7,7 @@ use crate::error::{Error, Result, information};
 use crate::fhir::bundle::{self, PageInfo};
 use crate::fhir::operation::{HistoryScope, Operation, Request, Return};
 use crate::policy::scopes::Permission;
-use crate::policy::{Disclosed, Principal};
+use crate::policy::{Asked, Disclosed, Principal};
 use crate::store::{AuditQuery, AuditRow, Created, Page, Stored};
 use bytes::Bytes;
 use http::StatusCode;
@@ -26,6 +26,10 @@ pub struct Reply {
     pub entities: Vec<String>,
     /// The patients it concerned (`Patient/[id]`), for the audit.
     pub patients: Vec<String>,
+    /// Break-the-glass was invoked with this reason.
+    pub emergency_reason: Option<String>,
+    /// How many resources only break-the-glass released.
+    pub emergency_releases: usize,
 }
 
 #[derive(Debug)]
@@ -45,12 +49,15 @@ impl Reply {
             location: None,
             entities: Vec::new(),
             patients: Vec::new(),
+            emergency_reason: None,
+            emergency_releases: 0,
         }
     }
 
     /// A stored version the policy released.
     fn resource(status: StatusCode, d: Disclosed<Stored>) -> Reply {
         let (entities, patients) = audit_refs(std::slice::from_ref(&d));
+        let emergency_releases = usize::from(d.by_emergency());
         let s = d.into_inner();
         Reply {
             status,
@@ -60,6 +67,8 @@ impl Reply {
             location: None,
             entities,
             patients,
+            emergency_reason: None,
+            emergency_releases,
         }
     }
 
@@ -75,6 +84,26 @@ impl Reply {
 }
 
 pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<Reply> {
+    let token_purpose = match principal {
+        Principal::Token(t) => t.purpose_of_use.as_deref(),
+        Principal::Anonymous => None,
+    };
+    let asked = Asked::from_request(
+        token_purpose,
+        req.purpose.as_deref(),
+        req.break_glass_reason.as_deref(),
+    )?;
+    let mut reply = interaction(app, principal, &asked, req).await?;
+    reply.emergency_reason = asked.emergency_reason;
+    Ok(reply)
+}
+
+async fn interaction(
+    app: &App,
+    principal: &Principal,
+    asked: &Asked,
+    req: Request,
+) -> Result<Reply> {
     let policy = &app.policy;
     match req.op {
         Operation::Capabilities => {
@@ -97,7 +126,9 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
                 .ok_or_else(|| Error::not_found("no such AuditEvent"))?;
             Ok(Reply::resource(
                 StatusCode::OK,
-                policy.disclose(permit.principal(), s, Permission::Read)?,
+                policy
+                    .disclose(permit.principal(), asked, s, Permission::Read)
+                    .await?,
             ))
         }
         Operation::Create(op) if op.ty == "AuditEvent" => Err(server_written()),
@@ -133,9 +164,10 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
                 total: None,
                 next,
             };
-            Ok(page_reply(
+            page_reply(
                 app,
                 permit.principal(),
+                asked,
                 &req.base,
                 Listing {
                     url,
@@ -145,7 +177,8 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
                 page,
                 Permission::Search,
                 Kind::Searchset,
-            ))
+            )
+            .await
         }
         Operation::Read(op) => {
             let what = format!("{}/{}", op.ty, op.id);
@@ -153,12 +186,16 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
             match app.store.read(&permit).await? {
                 None => Err(Error::not_found(format!("{what} is not known"))),
                 Some(s) if s.is_deleted() => {
-                    policy.disclose(permit.principal(), s, Permission::Read)?;
+                    policy
+                    .disclose(permit.principal(), asked, s, Permission::Read)
+                    .await?;
                     Err(Error::gone(format!("{what} was deleted")))
                 }
                 Some(s) => Ok(Reply::resource(
                     StatusCode::OK,
-                    policy.disclose(permit.principal(), s, Permission::Read)?,
+                    policy
+                    .disclose(permit.principal(), asked, s, Permission::Read)
+                    .await?,
                 )),
             }
         }
@@ -168,46 +205,56 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
             match app.store.vread(&permit).await? {
                 None => Err(Error::not_found(format!("{what} is not known"))),
                 Some(s) if s.is_deleted() => {
-                    policy.disclose(permit.principal(), s, Permission::Read)?;
+                    policy
+                    .disclose(permit.principal(), asked, s, Permission::Read)
+                    .await?;
                     Err(Error::gone(format!("{what} is a deletion")))
                 }
                 Some(s) => Ok(Reply::resource(
                     StatusCode::OK,
-                    policy.disclose(permit.principal(), s, Permission::Read)?,
+                    policy
+                    .disclose(permit.principal(), asked, s, Permission::Read)
+                    .await?,
                 )),
             }
         }
         Operation::Create(op) => {
             app.structure.validate(&op.resource)?;
             let permit = policy.authorize(principal, op)?;
+            let write = Write {
+                policy,
+                principal: permit.principal(),
+                asked,
+                ret: req.ret,
+            };
             match app.store.create(&permit).await? {
                 Created::New(s) => {
+                    policy.written(&s.ty, &s.id).await;
                     let location = version_url(&req.base, &s);
-                    let mut reply = written(
-                        policy,
-                        permit.principal(),
-                        StatusCode::CREATED,
-                        s,
-                        req.ret,
-                        "created",
-                    );
+                    let mut reply = write.reply(StatusCode::CREATED, s, "created").await;
                     reply.location = Some(location);
                     Ok(reply)
                 }
-                Created::Existing(s) => Ok(written(
-                    policy,
-                    permit.principal(),
-                    StatusCode::OK,
-                    s,
-                    req.ret,
-                    "a matching resource exists; nothing was created",
-                )),
+                Created::Existing(s) => Ok(write
+                    .reply(
+                        StatusCode::OK,
+                        s,
+                        "a matching resource exists; nothing was created",
+                    )
+                    .await),
             }
         }
         Operation::Update(op) => {
             app.structure.validate(&op.resource)?;
             let permit = policy.authorize(principal, op)?;
+            let (ty, target) = (permit.op().ty.clone(), permit.op().target.clone());
+            policy
+                .check_target(&permit, &ty, &target, Permission::Update)
+                .await?;
             let updated = app.store.update(&permit).await?;
+            policy
+                .written(&updated.stored.ty, &updated.stored.id)
+                .await;
             let (status, message) = if updated.created {
                 (StatusCode::CREATED, "created")
             } else {
@@ -216,21 +263,25 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
             let location = updated
                 .created
                 .then(|| version_url(&req.base, &updated.stored));
-            let mut reply = written(
+            let write = Write {
                 policy,
-                permit.principal(),
-                status,
-                updated.stored,
-                req.ret,
-                message,
-            );
+                principal: permit.principal(),
+                asked,
+                ret: req.ret,
+            };
+            let mut reply = write.reply(status, updated.stored, message).await;
             reply.location = location;
             Ok(reply)
         }
         Operation::Delete(op) => {
             let permit = policy.authorize(principal, op)?;
+            let (ty, target) = (permit.op().ty.clone(), permit.op().target.clone());
+            policy
+                .check_target(&permit, &ty, &target, Permission::Delete)
+                .await?;
             match app.store.delete(&permit).await? {
                 Some(s) => {
+                    policy.written(&s.ty, &s.id).await;
                     let mut reply =
                         Reply::information(StatusCode::OK, format!("deleted {}/{}", s.ty, s.id));
                     reply.version = Some(s.version);
@@ -256,9 +307,10 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
             let cursor = op.cursor.map(|c| c.to_string());
             let permit = policy.authorize(principal, op)?;
             let page = app.store.history(&permit).await?;
-            Ok(page_reply(
+            page_reply(
                 app,
                 permit.principal(),
+                asked,
                 &req.base,
                 Listing {
                     url,
@@ -268,7 +320,8 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
                 page,
                 how,
                 Kind::History,
-            ))
+            )
+            .await
         }
         Operation::Search(mut op) => {
             op.criteria.compartment = policy.search_compartment(principal, &op.ty);
@@ -277,9 +330,10 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
             let cursor = op.cursor.clone();
             let permit = policy.authorize(principal, op)?;
             let page = app.store.search(&permit).await?;
-            Ok(page_reply(
+            page_reply(
                 app,
                 permit.principal(),
+                asked,
                 &req.base,
                 Listing {
                     url,
@@ -289,7 +343,8 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
                 page,
                 Permission::Search,
                 Kind::Searchset,
-            ))
+            )
+            .await
         }
     }
 }
@@ -345,8 +400,6 @@ fn audit_refs(entries: &[Disclosed<Stored>]) -> (Vec<String>, Vec<String>) {
     (entities, patients)
 }
 
-type DisclosedPage = (Vec<Disclosed<Stored>>, Option<String>, Option<u64>);
-
 /// Where a listing lives and how it was asked for (for its links).
 struct Listing<'a> {
     url: String,
@@ -361,71 +414,85 @@ enum Kind {
 
 /// A page of search or history results as a bundle: each entry disclosed on its own, the bundle
 /// made only of what was disclosed, and the audit told what left.
-fn page_reply(
+#[allow(clippy::too_many_arguments)]
+async fn page_reply(
     app: &App,
     principal: &Principal,
+    asked: &Asked,
     base: &str,
     listing: Listing<'_>,
     page: Page,
     how: Permission,
     kind: Kind,
-) -> Reply {
-    let (entries, next, total) = disclose_page(app, principal, page, how);
+) -> Result<Reply> {
+    let disclosure = app
+        .policy
+        .disclose_each(principal, asked, page.entries, how)
+        .await?;
+    let entries = disclosure.entries;
+    // When any entry was withheld, the total is left out: it would count what may not be seen.
+    let total = if disclosure.withheld == 0 {
+        page.total
+    } else {
+        None
+    };
     let info = PageInfo {
         url: listing.url,
         params: listing.params,
         cursor: listing.cursor,
-        next: next.as_deref(),
+        next: page.next.as_deref(),
         total,
     };
     let b = match kind {
         Kind::Searchset => bundle::searchset(base, info, &entries),
         Kind::History => bundle::history(base, info, &entries),
     };
-    with_refs(
+    let mut reply = with_refs(
         Reply::json(StatusCode::OK, app.policy.release_document(&entries, b)),
         &entries,
-    )
-}
-
-/// Every entry of a page passes the policy on its own. When any entry was withheld, the total is
-/// left out: it would count what the principal may not see.
-fn disclose_page(app: &App, principal: &Principal, page: Page, how: Permission) -> DisclosedPage {
-    let (entries, withheld) = app.policy.disclose_each(principal, page.entries, how);
-    let total = if withheld == 0 { page.total } else { None };
-    (entries, page.next, total)
+    );
+    reply.emergency_releases = entries.iter().filter(|d| d.by_emergency()).count();
+    Ok(reply)
 }
 
 fn version_url(base: &str, s: &Stored) -> String {
     format!("{base}/{}/{}/_history/{}", s.ty, s.id, s.version)
 }
 
-/// The answer to a write, shaped by `Prefer: return=`. A principal that may write but not read
-/// the result (`user/Observation.c`) gets the status, Location and ETag without the resource.
-fn written(
-    policy: &crate::policy::Policy,
-    principal: &Principal,
-    status: StatusCode,
-    s: Stored,
+/// How to answer a write.
+struct Write<'a> {
+    policy: &'a crate::policy::Policy,
+    principal: &'a Principal,
+    asked: &'a Asked,
     ret: Return,
-    message: &str,
-) -> Reply {
-    let (version, last_updated) = (s.version, s.last_updated);
-    let entity = format!("{}/{}/_history/{}", s.ty, s.id, s.version);
-    let mut reply = match policy.disclose(principal, s, Permission::Read) {
-        Ok(d) => Reply::resource(status, d),
-        Err(_) => {
-            let mut r = Reply::new(status, None);
-            r.version = Some(version);
-            r.last_modified = Some(last_updated);
-            r.entities = vec![entity];
-            return r;
+}
+
+impl Write<'_> {
+    /// The answer to a write, shaped by `Prefer: return=`. A principal that may write but not
+    /// read the result (`user/Observation.c`) gets the status, Location and ETag without the
+    /// resource.
+    async fn reply(&self, status: StatusCode, s: Stored, message: &str) -> Reply {
+        let (version, last_updated) = (s.version, s.last_updated);
+        let entity = format!("{}/{}/_history/{}", s.ty, s.id, s.version);
+        let shown = self
+            .policy
+            .disclose(self.principal, self.asked, s, Permission::Read)
+            .await;
+        let mut reply = match shown {
+            Ok(d) => Reply::resource(status, d),
+            Err(_) => {
+                let mut r = Reply::new(status, None);
+                r.version = Some(version);
+                r.last_modified = Some(last_updated);
+                r.entities = vec![entity];
+                return r;
+            }
+        };
+        match self.ret {
+            Return::Representation => {}
+            Return::Minimal => reply.body = None,
+            Return::OperationOutcome => reply.body = Some(Payload::Json(information(message))),
         }
-    };
-    match ret {
-        Return::Representation => {}
-        Return::Minimal => reply.body = None,
-        Return::OperationOutcome => reply.body = Some(Payload::Json(information(message))),
+        reply
     }
-    reply
 }

@@ -28,6 +28,10 @@ use tokio::sync::Semaphore;
 /// The FHIR base path.
 pub const FHIR_BASE: &str = "/fhir";
 
+/// For how many of the patients a response concerns the audit looks up the BSN (a search page
+/// of a thousand patients would otherwise cost a thousand lookups; the references are all kept).
+const MAX_AUDIT_BSNS: usize = 50;
+
 /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish (up to the
 /// configured grace period).
 pub async fn serve(
@@ -146,11 +150,14 @@ async fn handle(
         ),
         pretty: false,
     };
-    let limit = app.config.limits.request_timeout();
+    // The request time-out proper is applied inside the pipeline, so that a request cut off by
+    // it is audited like any other. This outer bound is a last resort for a pipeline stuck
+    // beyond that (an audit write that never returns): it answers 503 without an audit record.
+    let limit = app.config.limits.request_timeout() * 2 + std::time::Duration::from_secs(5);
     let resp = match tokio::time::timeout(limit, pipeline(&app, req, peer, is_tls, shape)).await {
         Ok(r) => r,
         Err(_) => {
-            tracing::warn!(%method, path, "request timed out");
+            tracing::error!(%method, path, "request stuck beyond twice its time-out");
             respond::error(&Error::timeout(), shape)
         }
     };
@@ -218,7 +225,7 @@ async fn pipeline(
         .and_then(|v| v.to_str().ok());
     let (principal, resp) = match app.auth.authenticate(authorization).await {
         Ok(principal) => {
-            let resp = fhir_request(
+            let request = fhir_request(
                 app,
                 &principal,
                 &parts,
@@ -227,8 +234,16 @@ async fn pipeline(
                 is_tls,
                 shape,
                 &mut access,
-            )
-            .await;
+            );
+            let resp = match tokio::time::timeout(app.config.limits.request_timeout(), request)
+                .await
+            {
+                Ok(resp) => resp,
+                Err(_) => {
+                    tracing::warn!(path, "request timed out");
+                    respond::error(&Error::timeout(), shape)
+                }
+            };
             (principal, resp)
         }
         Err(e) => {
@@ -315,6 +330,15 @@ async fn fhir_request(
         Ok(mut reply) => {
             access.entities = std::mem::take(&mut reply.entities);
             access.patients = std::mem::take(&mut reply.patients);
+            access.emergency_reason = reply.emergency_reason.take();
+            access.emergency_releases = reply.emergency_releases;
+            // NEN 7513 names the patient by BSN: looked up (cached) for the first patients.
+            for p in access.patients.iter().take(MAX_AUDIT_BSNS) {
+                let id = p.strip_prefix("Patient/").unwrap_or(p);
+                if let Some(bsn) = app.policy.bsn_of(id).await {
+                    access.bsns.push((p.clone(), bsn));
+                }
+            }
             respond::reply(reply, shape)
         }
         Err(e) => {

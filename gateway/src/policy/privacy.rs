@@ -1,0 +1,391 @@
+//! The consent decision for one resource leaving the server: regional rules, the patient's
+//! `Consent` resources (read from the gateway's own store), the optional external decision point,
+//! and break-the-glass. Decisions, consent rules, decision-point answers and patients' BSNs are
+//! cached in moka; every Consent write through this process drops the consent caches, and their
+//! time-to-live bounds how long another replica's write takes to be seen.
+
+use super::consent::{self, Facts, Rule, Verdict};
+use super::pdp::DecisionPoint;
+use super::regional::{self, DataClass};
+use super::{TokenPrincipal, internal_permit};
+use crate::config::{Config, ConsentPolicy, Organization};
+use crate::error::{Error, Result};
+use crate::fhir::compartment;
+use crate::fhir::operation::{Read, Search};
+use crate::fhir::search::Criteria;
+use crate::store::Store;
+use moka::future::Cache;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const BSN_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/bsn";
+
+/// Purposes of use that ask for emergency access (v3 ActReason).
+const EMERGENCY: [&str; 2] = ["ETREAT", "BTG"];
+
+/// What the request says about why it is made.
+#[derive(Debug, Clone, Default)]
+pub struct Asked {
+    /// v3 ActReason purpose of use (`TREAT` when nothing was said).
+    pub purpose: String,
+    /// Break-the-glass: an emergency purpose with a stated reason.
+    pub emergency_reason: Option<String>,
+}
+
+impl Asked {
+    /// From the token's `purpose_of_use` claim, overridden by the `X-Purpose-Of-Use` header, and
+    /// the `X-Break-Glass-Reason` header. An emergency purpose without a reason is refused (400):
+    /// break-the-glass is never implicit.
+    pub fn from_request(
+        token_purpose: Option<&str>,
+        header_purpose: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<Asked> {
+        let purpose = header_purpose
+            .or(token_purpose)
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .unwrap_or("TREAT")
+            .to_owned();
+        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+        let emergency = EMERGENCY.contains(&purpose.as_str());
+        match (emergency, reason) {
+            (true, Some(r)) => Ok(Asked {
+                purpose,
+                emergency_reason: Some(r.chars().take(500).collect()),
+            }),
+            (true, None) if header_purpose.is_some() => Err(Error::invalid(
+                "emergency access (break-the-glass) needs a reason in X-Break-Glass-Reason",
+            )),
+            (false, Some(_)) => Err(Error::invalid(
+                "X-Break-Glass-Reason is only meaningful with purpose of use ETREAT",
+            )),
+            _ => Ok(Asked {
+                purpose,
+                emergency_reason: None,
+            }),
+        }
+    }
+}
+
+/// The consent layer's answer for one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    Allowed,
+    /// Consent (or the region's opt-in default) denied; break-the-glass overrode it.
+    Emergency,
+    Withheld,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    patient: String,
+    requester: (String, String),
+    holder: Option<(String, String)>,
+    ty: String,
+    categories: Vec<(String, String)>,
+    purpose: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PdpKey {
+    bsn: String,
+    requester: (String, String),
+    holder: (String, String),
+    purpose: String,
+}
+
+pub struct Privacy {
+    store: Arc<dyn Store>,
+    policy: ConsentPolicy,
+    orgs: HashMap<(String, String), Arc<Organization>>,
+    rules: Cache<String, Arc<Vec<Rule>>>,
+    decisions: Cache<DecisionKey, Verdict>,
+    answers: Cache<PdpKey, Verdict>,
+    bsns: Cache<String, Option<Arc<str>>>,
+    pdp: Option<DecisionPoint>,
+}
+
+fn cache<K, V>(capacity: u64, ttl_secs: u64) -> Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Cache::builder()
+        .max_capacity(if ttl_secs == 0 { 0 } else { capacity })
+        .time_to_live(Duration::from_secs(ttl_secs.max(1)))
+        .build()
+}
+
+impl Privacy {
+    pub fn new(store: Arc<dyn Store>, config: &Config) -> Result<Privacy> {
+        let policy = config.consent.clone();
+        let mut orgs = HashMap::new();
+        let mut known: Vec<Organization> = config
+            .auth
+            .issuers
+            .iter()
+            .map(|i| i.organization.clone())
+            .collect();
+        if config.auth.demo {
+            known.extend(super::demo::organizations().into_iter().map(|(_, o)| o));
+        }
+        for o in known {
+            orgs.insert((o.system.clone(), o.value.clone()), Arc::new(o));
+        }
+        let pdp = match &policy.decision_point {
+            Some(c) => Some(DecisionPoint::new(c).map_err(Error::internal)?),
+            None => None,
+        };
+        let ttl = policy.cache_ttl_secs;
+        let decision_ttl = match &policy.decision_point {
+            Some(d) => ttl.min(d.cache_ttl_secs),
+            None => ttl,
+        };
+        let pdp_ttl = policy
+            .decision_point
+            .as_ref()
+            .map_or(0, |d| d.cache_ttl_secs);
+        Ok(Privacy {
+            store,
+            rules: cache(policy.cache_capacity, ttl),
+            decisions: cache(policy.cache_capacity, decision_ttl),
+            answers: cache(policy.cache_capacity, pdp_ttl),
+            bsns: cache(policy.cache_capacity, ttl),
+            policy,
+            orgs,
+            pdp,
+        })
+    }
+
+    /// May this resource be released to `token`, as far as the region's rules and the patient's
+    /// consent go? (Scopes were checked before; this never widens them.)
+    pub async fn release(
+        &self,
+        token: &TokenPrincipal,
+        asked: &Asked,
+        ty: &str,
+        id: &str,
+        resource: &Value,
+    ) -> Result<Release> {
+        let me = &token.organization;
+        let holder_ids = regional::holder_of(resource);
+        if holder_ids.is_some_and(|(s, v)| s == me.system && v == me.value) {
+            return Ok(Release::Allowed);
+        }
+        let (class, categories) = regional::classify(&self.policy, ty, resource);
+        if class == DataClass::Medical && self.policy.medical_barred.contains(&me.kind) {
+            return Ok(Release::Withheld);
+        }
+        if class == DataClass::Administrative {
+            return Ok(Release::Allowed);
+        }
+        let patients = compartment::patients(ty, id, resource);
+        if patients.is_empty() {
+            return Ok(Release::Allowed);
+        }
+        // The patient's own record, to the patient (fhirUser names them).
+        if let Some(user) = &token.fhir_user
+            && patients.iter().any(|p| names_patient(user, p))
+        {
+            return Ok(Release::Allowed);
+        }
+        let holder = holder_ids.map(|(s, v)| self.organization(s, v));
+        for patient in &patients {
+            let verdict = self
+                .decision(patient, token, holder.as_deref(), ty, &categories, asked)
+                .await?;
+            if verdict == Verdict::Deny {
+                return Ok(if asked.emergency_reason.is_some() {
+                    Release::Emergency
+                } else {
+                    Release::Withheld
+                });
+            }
+        }
+        Ok(Release::Allowed)
+    }
+
+    async fn decision(
+        &self,
+        patient: &str,
+        token: &TokenPrincipal,
+        holder: Option<&Organization>,
+        ty: &str,
+        categories: &[(String, String)],
+        asked: &Asked,
+    ) -> Result<Verdict> {
+        let me = &token.organization;
+        let key = DecisionKey {
+            patient: patient.to_owned(),
+            requester: (me.system.clone(), me.value.clone()),
+            holder: holder.map(|h| (h.system.clone(), h.value.clone())),
+            ty: ty.to_owned(),
+            categories: categories.to_vec(),
+            purpose: asked.purpose.clone(),
+        };
+        self.decisions
+            .try_get_with(key, async {
+                let rules = self.rules_for(patient).await?;
+                let facts = Facts {
+                    requester: me,
+                    holder,
+                    purpose: &asked.purpose,
+                    resource_type: ty,
+                    categories,
+                    at: time::OffsetDateTime::now_utc(),
+                };
+                if let Some((verdict, _)) = consent::decide(&rules, &facts) {
+                    return Ok(verdict);
+                }
+                if let (Some(pdp), Some(holder)) = (&self.pdp, holder)
+                    && let Some(bsn) = self.bsn_of(patient).await?
+                {
+                    let key = PdpKey {
+                        bsn: bsn.to_string(),
+                        requester: (me.system.clone(), me.value.clone()),
+                        holder: (holder.system.clone(), holder.value.clone()),
+                        purpose: asked.purpose.clone(),
+                    };
+                    let verdict = self
+                        .answers
+                        .get_with(key, pdp.ask(&bsn, me, holder, &asked.purpose))
+                        .await;
+                    return Ok(verdict);
+                }
+                Ok(if self.policy.opt_in {
+                    Verdict::Deny
+                } else {
+                    Verdict::Permit
+                })
+            })
+            .await
+            .map_err(|e: Arc<Error>| {
+                Error::store(format!("consent could not be decided: {e}"), true)
+            })
+    }
+
+    /// The rules of every Consent in the patient's compartment.
+    async fn rules_for(&self, patient: &str) -> Result<Arc<Vec<Rule>>> {
+        self.rules
+            .try_get_with(patient.to_owned(), async {
+                let mut rules = Vec::new();
+                let mut cursor = None;
+                // A patient with more than 10,000 consents is not a patient but an attack; the
+                // rules beyond are not read, and that can only narrow what is permitted if they
+                // were permits (a deny among them would be missed: refuse instead).
+                for _ in 0..10 {
+                    let permit = internal_permit(Search {
+                        ty: "Consent".into(),
+                        criteria: Criteria {
+                            compartment: Some(patient.to_owned()),
+                            ..Default::default()
+                        },
+                        count: 1000,
+                        cursor: cursor.take(),
+                        applied: vec![],
+                        audit: None,
+                    });
+                    let page = self.store.search(&permit).await?;
+                    for s in &page.entries {
+                        if let Some(body) = &s.body
+                            && let Ok(v) = serde_json::from_slice::<Value>(body)
+                        {
+                            rules.extend(consent::rules_of(&v, &s.id));
+                        }
+                    }
+                    match page.next {
+                        Some(n) => cursor = Some(n),
+                        None => return Ok(Arc::new(rules)),
+                    }
+                }
+                Err(Error::store("too many Consent resources for one patient", false))
+            })
+            .await
+            .map_err(|e: Arc<Error>| Error::store(format!("consents could not be read: {e}"), true))
+    }
+
+    /// The patient's BSN, if the Patient resource carries one.
+    pub async fn bsn_of(&self, patient: &str) -> Result<Option<Arc<str>>> {
+        self.bsns
+            .try_get_with(patient.to_owned(), async {
+                let permit = internal_permit(Read {
+                    ty: "Patient".into(),
+                    id: patient.to_owned(),
+                });
+                let stored = self.store.read(&permit).await?;
+                let bsn = stored
+                    .and_then(|s| s.body)
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .and_then(|v| bsn_in(&v).map(Arc::from));
+                Ok::<_, Error>(bsn)
+            })
+            .await
+            .map_err(|e: Arc<Error>| Error::store(format!("patient could not be read: {e}"), true))
+    }
+
+    /// A Consent was written or deleted: every cached rule and decision may be stale.
+    pub fn consent_changed(&self) {
+        self.rules.invalidate_all();
+        self.decisions.invalidate_all();
+    }
+
+    /// A Patient was written or deleted: its BSN may have changed.
+    pub async fn patient_changed(&self, id: &str) {
+        self.bsns.invalidate(id).await;
+    }
+
+    /// The organisation with this identifier, as configured (type `unknown` otherwise).
+    fn organization(&self, system: &str, value: &str) -> Arc<Organization> {
+        self.orgs
+            .get(&(system.to_owned(), value.to_owned()))
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(Organization {
+                    system: system.to_owned(),
+                    value: value.to_owned(),
+                    kind: "unknown".into(),
+                    name: value.to_owned(),
+                })
+            })
+    }
+}
+
+/// The BSN among a Patient's identifiers.
+pub fn bsn_in(patient: &Value) -> Option<String> {
+    patient["identifier"]
+        .as_array()?
+        .iter()
+        .find(|i| i["system"] == BSN_SYSTEM)?["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Whether a `fhirUser` (`Patient/x` or an absolute URL ending so) names this patient.
+fn names_patient(fhir_user: &str, patient: &str) -> bool {
+    let tail = format!("Patient/{patient}");
+    fhir_user == tail || fhir_user.ends_with(&format!("/{tail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purpose_and_break_the_glass() {
+        let a = Asked::from_request(None, None, None).unwrap();
+        assert_eq!(a.purpose, "TREAT");
+        assert!(a.emergency_reason.is_none());
+        let a = Asked::from_request(Some("TREAT"), Some("ETREAT"), Some(" unconscious ")).unwrap();
+        assert_eq!(a.emergency_reason.as_deref(), Some("unconscious"));
+        assert!(Asked::from_request(None, Some("ETREAT"), None).is_err());
+        assert!(Asked::from_request(None, None, Some("why")).is_err());
+        // A token that says ETREAT without a reason gets no override, and no error.
+        let a = Asked::from_request(Some("ETREAT"), None, None).unwrap();
+        assert!(a.emergency_reason.is_none());
+        assert!(names_patient("https://x/fhir/Patient/7", "7"));
+        assert!(!names_patient("Patient/17", "7"));
+    }
+}
