@@ -112,8 +112,12 @@ impl Rule {
                 .iter()
                 .all(|any| f.holder.is_some_and(|h| any.iter().any(|m| m.matches(h))))
             && self.purposes.iter().all(|any| {
-                any.iter()
-                    .any(|c| c.matches("http://terminology.hl7.org/CodeSystem/v3-ActReason", f.purpose))
+                any.iter().any(|c| {
+                    c.matches(
+                        "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                        f.purpose,
+                    )
+                })
             })
             && self
                 .types
@@ -123,9 +127,10 @@ impl Rule {
                 any.iter()
                     .any(|c| f.categories.iter().any(|(s, k)| c.matches(s, k)))
             })
-            && self.periods.iter().all(|(start, end)| {
-                start.is_none_or(|s| f.at >= s) && end.is_none_or(|e| f.at < e)
-            })
+            && self
+                .periods
+                .iter()
+                .all(|(start, end)| start.is_none_or(|s| f.at >= s) && end.is_none_or(|e| f.at < e))
     }
 
     /// (dimension weight, depth): compared lexicographically.
@@ -335,7 +340,12 @@ mod tests {
             "patient": {"reference": "Patient/p"}, "provision": provision})
     }
 
-    fn ask(rules: &[Rule], requester: &Organization, ty: &str, cats: &[(&str, &str)]) -> Option<Verdict> {
+    fn ask(
+        rules: &[Rule],
+        requester: &Organization,
+        ty: &str,
+        cats: &[(&str, &str)],
+    ) -> Option<Verdict> {
         let categories: Vec<(String, String)> = cats
             .iter()
             .map(|(s, c)| (s.to_string(), c.to_string()))
@@ -366,21 +376,42 @@ mod tests {
         let rules = rules_of(&c, "c1");
         assert_eq!(rules.len(), 4);
         let lab = [(DATA_CATEGORY_SYSTEM, "lab")];
-        assert_eq!(ask(&rules, &org("5", "hospital"), "Observation", &[]), Some(Verdict::Deny));
-        assert_eq!(ask(&rules, &org("6", "gp"), "Condition", &[]), Some(Verdict::Permit));
-        assert_eq!(ask(&rules, &org("6", "gp"), "Observation", &lab), Some(Verdict::Deny));
+        assert_eq!(
+            ask(&rules, &org("5", "hospital"), "Observation", &[]),
+            Some(Verdict::Deny)
+        );
+        assert_eq!(
+            ask(&rules, &org("6", "gp"), "Condition", &[]),
+            Some(Verdict::Permit)
+        );
+        assert_eq!(
+            ask(&rules, &org("6", "gp"), "Observation", &lab),
+            Some(Verdict::Deny)
+        );
         // A named organisation (2) weighs as much as "type + category" (1 + 1); the nested
         // exception is deeper, so the deny wins (as it would a tie).
-        assert_eq!(ask(&rules, &org("7", "gp"), "Observation", &lab), Some(Verdict::Deny));
-        assert_eq!(ask(&rules, &org("7", "gp"), "Condition", &[]), Some(Verdict::Permit));
+        assert_eq!(
+            ask(&rules, &org("7", "gp"), "Observation", &lab),
+            Some(Verdict::Deny)
+        );
+        assert_eq!(
+            ask(&rules, &org("7", "gp"), "Condition", &[]),
+            Some(Verdict::Permit)
+        );
     }
 
     #[test]
     fn deny_wins_ties_across_consents() {
         let gp = json!([{"reference": {"identifier": {"system": ORG_TYPE_SYSTEM, "value": "gp"}}}]);
         let mut rules = rules_of(&consent(json!({"type": "permit", "actor": gp})), "a");
-        rules.extend(rules_of(&consent(json!({"type": "deny", "actor": gp})), "b"));
-        assert_eq!(ask(&rules, &org("6", "gp"), "Condition", &[]), Some(Verdict::Deny));
+        rules.extend(rules_of(
+            &consent(json!({"type": "deny", "actor": gp})),
+            "b",
+        ));
+        assert_eq!(
+            ask(&rules, &org("6", "gp"), "Condition", &[]),
+            Some(Verdict::Deny)
+        );
         assert_eq!(ask(&rules, &org("6", "vvt"), "Condition", &[]), None);
     }
 
@@ -406,10 +437,21 @@ mod tests {
             {"type": "permit", "actor": [{"reference": {"reference": "Organization/x"}}]}
         ]}));
         let rules = rules_of(&c, "x");
-        assert_eq!(ask(&rules, &org("6", "vvt"), "Immunization", &[]), Some(Verdict::Permit));
+        assert_eq!(
+            ask(&rules, &org("6", "vvt"), "Immunization", &[]),
+            Some(Verdict::Permit)
+        );
         // Holder is a hospital and the purpose is TREAT: permitted for anyone.
-        assert_eq!(ask(&rules, &org("6", "vvt"), "Condition", &[]), Some(Verdict::Permit));
+        assert_eq!(
+            ask(&rules, &org("6", "vvt"), "Condition", &[]),
+            Some(Verdict::Permit)
+        );
         // The unreadable actor (a literal reference) widened nothing.
-        assert!(rules.iter().any(|r| r.recipients.iter().flatten().any(|m| matches!(m, OrgMatch::Kind(k) if k.starts_with('\u{0}')))));
+        assert!(rules.iter().any(|r| {
+            r.recipients
+                .iter()
+                .flatten()
+                .any(|m| matches!(m, OrgMatch::Kind(k) if k.starts_with('\u{0}')))
+        }));
     }
 }

@@ -23,8 +23,8 @@ use crate::fhir::operation::{
     Create, Delete, History, HistoryScope, Operation, Read, Search, Target, Update, VRead,
 };
 use crate::store::{Store, Stored};
-pub use privacy::{Asked, Release};
 use privacy::Privacy;
+pub use privacy::{Asked, Release};
 use scopes::{Context, Permission, Scope};
 use serde_json::Value;
 use std::sync::Arc;
@@ -244,10 +244,9 @@ impl Policy {
             });
             if !granted {
                 return Err(Error::forbidden(match &requirement {
-                    Requirement::Type(ty, p) if written.is_some() => format!(
-                        "the token's scopes do not allow {} of this {ty}",
-                        verb(*p)
-                    ),
+                    Requirement::Type(ty, p) if written.is_some() => {
+                        format!("the token's scopes do not allow {} of this {ty}", verb(*p))
+                    }
                     Requirement::Type(ty, p) => {
                         format!("the token's scopes do not allow {} on {ty}", verb(*p))
                     }
@@ -492,7 +491,12 @@ fn usable(token: &TokenPrincipal, scope: &Scope) -> bool {
 
 /// Whether a scope lets this resource be written: a patient-context scope only into the
 /// patient's compartment, a constrained scope only what meets its constraints.
-fn writable(token: &TokenPrincipal, scope: &Scope, ty: &str, written: Option<(&str, &Value)>) -> bool {
+fn writable(
+    token: &TokenPrincipal,
+    scope: &Scope,
+    ty: &str,
+    written: Option<(&str, &Value)>,
+) -> bool {
     let Some((id, body)) = written else {
         return true;
     };

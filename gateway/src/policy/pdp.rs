@@ -52,7 +52,13 @@ impl DecisionPoint {
             "purpose": purpose,
         });
         let answer = async {
-            let resp = self.http.post(&self.url).json(&question).send().await.ok()?;
+            let resp = self
+                .http
+                .post(&self.url)
+                .json(&question)
+                .send()
+                .await
+                .ok()?;
             if !resp.status().is_success() {
                 return None;
             }

@@ -301,7 +301,10 @@ impl Privacy {
                         None => return Ok(Arc::new(rules)),
                     }
                 }
-                Err(Error::store("too many Consent resources for one patient", false))
+                Err(Error::store(
+                    "too many Consent resources for one patient",
+                    false,
+                ))
             })
             .await
             .map_err(|e: Arc<Error>| Error::store(format!("consents could not be read: {e}"), true))

@@ -65,14 +65,25 @@ pub fn holder_of(resource: &Value) -> Option<(&str, &str)> {
 /// What kind of data a resource is, and its data categories: its security labels, its
 /// `category` codings, and what the gateway derives ([`DATA_CATEGORY_SYSTEM`]: `lab`,
 /// `medication`, `social-domain`, and `medical` for all medical data).
-pub fn classify(policy: &ConsentPolicy, ty: &str, resource: &Value) -> (DataClass, Vec<(String, String)>) {
+pub fn classify(
+    policy: &ConsentPolicy,
+    ty: &str,
+    resource: &Value,
+) -> (DataClass, Vec<(String, String)>) {
     let mut cats: Vec<(String, String)> = Vec::new();
     let mut push = |c: &Value| {
         if let Some(code) = c["code"].as_str() {
-            cats.push((c["system"].as_str().unwrap_or("").to_owned(), code.to_owned()));
+            cats.push((
+                c["system"].as_str().unwrap_or("").to_owned(),
+                code.to_owned(),
+            ));
         }
     };
-    for c in resource["meta"]["security"].as_array().into_iter().flatten() {
+    for c in resource["meta"]["security"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         push(c);
     }
     let category = &resource["category"];
@@ -90,10 +101,10 @@ pub fn classify(policy: &ConsentPolicy, ty: &str, resource: &Value) -> (DataClas
     let social = cats
         .iter()
         .any(|(s, c)| s == DATA_CATEGORY_SYSTEM && c == "social-domain");
-    if cats
-        .iter()
-        .any(|(_, c)| c == "laboratory" || c == "LAB")
-    {
+    if cats.iter().any(|(s, c)| {
+        (s == "http://terminology.hl7.org/CodeSystem/observation-category" && c == "laboratory")
+            || (s == "http://terminology.hl7.org/CodeSystem/v2-0074" && c == "LAB")
+    }) {
         cats.push(derived("lab"));
     }
     if ty.starts_with("Medication") || ty == "Immunization" {
@@ -131,7 +142,10 @@ mod tests {
         let tags = r["meta"]["tag"].as_array().unwrap();
         assert_eq!(tags.len(), 2);
         assert_eq!(tags[0]["code"], "keep");
-        assert_eq!(holder_of(&r), Some(("http://fhir.nl/fhir/NamingSystem/ura", "1")));
+        assert_eq!(
+            holder_of(&r),
+            Some(("http://fhir.nl/fhir/NamingSystem/ura", "1"))
+        );
         let mut bare = json!({"resourceType": "Patient", "meta": "nonsense"});
         stamp_holder(&mut bare, &org());
         assert!(holder_of(&bare).is_some());
@@ -140,14 +154,26 @@ mod tests {
     #[test]
     fn classes_and_derived_categories() {
         let p = ConsentPolicy::default();
-        let lab = json!({"category": [{"coding": [{"code": "laboratory"}]}]});
+        let lab = json!({"category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}]});
         let (class, cats) = classify(&p, "Observation", &lab);
         assert_eq!(class, DataClass::Medical);
         assert!(cats.contains(&(DATA_CATEGORY_SYSTEM.into(), "lab".into())));
         assert!(cats.contains(&(DATA_CATEGORY_SYSTEM.into(), "medical".into())));
-        assert_eq!(classify(&p, "Patient", &json!({})).0, DataClass::Administrative);
+        let (_, cats) = classify(
+            &p,
+            "Observation",
+            &json!({"category": [{"coding": [{"system": "urn:other", "code": "laboratory"}]}]}),
+        );
+        assert!(!cats.contains(&(DATA_CATEGORY_SYSTEM.into(), "lab".into())));
+        assert_eq!(
+            classify(&p, "Patient", &json!({})).0,
+            DataClass::Administrative
+        );
         let wmo = json!({"category": {"coding": [{"system": DATA_CATEGORY_SYSTEM, "code": "social-domain"}]}});
-        assert_eq!(classify(&p, "ServiceRequest", &wmo).0, DataClass::SocialDomain);
+        assert_eq!(
+            classify(&p, "ServiceRequest", &wmo).0,
+            DataClass::SocialDomain
+        );
         let (_, cats) = classify(&p, "MedicationRequest", &json!({}));
         assert!(cats.contains(&(DATA_CATEGORY_SYSTEM.into(), "medication".into())));
     }

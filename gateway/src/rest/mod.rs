@@ -187,15 +187,15 @@ async fn interaction(
                 None => Err(Error::not_found(format!("{what} is not known"))),
                 Some(s) if s.is_deleted() => {
                     policy
-                    .disclose(permit.principal(), asked, s, Permission::Read)
-                    .await?;
+                        .disclose(permit.principal(), asked, s, Permission::Read)
+                        .await?;
                     Err(Error::gone(format!("{what} was deleted")))
                 }
                 Some(s) => Ok(Reply::resource(
                     StatusCode::OK,
                     policy
-                    .disclose(permit.principal(), asked, s, Permission::Read)
-                    .await?,
+                        .disclose(permit.principal(), asked, s, Permission::Read)
+                        .await?,
                 )),
             }
         }
@@ -206,15 +206,15 @@ async fn interaction(
                 None => Err(Error::not_found(format!("{what} is not known"))),
                 Some(s) if s.is_deleted() => {
                     policy
-                    .disclose(permit.principal(), asked, s, Permission::Read)
-                    .await?;
+                        .disclose(permit.principal(), asked, s, Permission::Read)
+                        .await?;
                     Err(Error::gone(format!("{what} is a deletion")))
                 }
                 Some(s) => Ok(Reply::resource(
                     StatusCode::OK,
                     policy
-                    .disclose(permit.principal(), asked, s, Permission::Read)
-                    .await?,
+                        .disclose(permit.principal(), asked, s, Permission::Read)
+                        .await?,
                 )),
             }
         }
@@ -252,9 +252,7 @@ async fn interaction(
                 .check_target(&permit, &ty, &target, Permission::Update)
                 .await?;
             let updated = app.store.update(&permit).await?;
-            policy
-                .written(&updated.stored.ty, &updated.stored.id)
-                .await;
+            policy.written(&updated.stored.ty, &updated.stored.id).await;
             let (status, message) = if updated.created {
                 (StatusCode::CREATED, "created")
             } else {

@@ -235,15 +235,14 @@ async fn pipeline(
                 shape,
                 &mut access,
             );
-            let resp = match tokio::time::timeout(app.config.limits.request_timeout(), request)
-                .await
-            {
-                Ok(resp) => resp,
-                Err(_) => {
-                    tracing::warn!(path, "request timed out");
-                    respond::error(&Error::timeout(), shape)
-                }
-            };
+            let resp =
+                match tokio::time::timeout(app.config.limits.request_timeout(), request).await {
+                    Ok(resp) => resp,
+                    Err(_) => {
+                        tracing::warn!(path, "request timed out");
+                        respond::error(&Error::timeout(), shape)
+                    }
+                };
             (principal, resp)
         }
         Err(e) => {
