@@ -665,9 +665,10 @@ async fn patient_scopes_reach_the_patients_compartment() {
             .send().await.unwrap().json().await.unwrap();
         obs.push(o["id"].as_str().unwrap().to_owned());
     }
+    // The holding hospital's patient app (consent is not in play: the data is its own).
     let me = client_with(&token(
         "patient/Observation.rs patient/Patient.r",
-        "gp",
+        "umcu",
         Some(&patients[0]),
     ));
     let s: Value = me

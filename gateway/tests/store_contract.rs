@@ -25,6 +25,11 @@ struct Backend {
 async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteStore::open(dir.path()).await.unwrap();
+    let sqlite: Arc<dyn Store> = Arc::new(sqlite);
+    // The policy wants a store for its consent reads; making permits never touches it.
+    POLICY.get_or_init(|| {
+        Policy::new(sqlite.clone(), &gateway::config::Config::default()).unwrap()
+    });
     let pg_config = common::postgres_config(&common::fresh_schema());
     let postgres = PostgresStore::open(&common::postgres_url(), &pg_config)
         .await
@@ -32,7 +37,7 @@ async fn backends() -> Vec<Backend> {
     vec![
         Backend {
             name: "sqlite",
-            store: Arc::new(sqlite),
+            store: sqlite,
             _dir: dir,
         },
         Backend {
@@ -57,8 +62,14 @@ fn permit<T: Authorizable>(op: T) -> Permit<T> {
         purpose_of_use: None,
         token_id: None,
     }));
-    Policy::new().authorize(&principal, op).unwrap()
+    POLICY
+        .get()
+        .expect("backends() made the policy")
+        .authorize(&principal, op)
+        .unwrap()
 }
+
+static POLICY: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
 
 fn patient(bsn: &str) -> Value {
     json!({"resourceType": "Patient", "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": bsn}]})
@@ -306,6 +317,7 @@ async fn history_is_newest_first_and_pages_stably() {
 #[tokio::test]
 async fn durable_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
+    drop(backends().await); // makes the policy the permits come from
     let schema = common::fresh_schema();
     let pg = || async {
         PostgresStore::open(&common::postgres_url(), &common::postgres_config(&schema))
