@@ -433,13 +433,13 @@ async fn randomized_access_matrix_has_no_leaks() {
     // The data set, known to the oracle.
     let mut all: Vec<Res> = Vec::new();
     let mut patients = Vec::new();
-    for i in 0..BSNS.len() {
+    for (i, bsn) in BSNS.iter().enumerate() {
         let holder = rng.below(ORGS.len());
         let id = post(
             holder,
             "Patient",
             json!({"resourceType": "Patient", "name": [{"family": format!("P{i}")}],
-                "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": BSNS[i]}]}),
+                "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": bsn}]}),
         )
         .await;
         all.push(Res {

@@ -54,7 +54,11 @@ fn comparable(mut v: Value, stored: bool) -> Value {
                 !(t["system"] == "https://healthhub-utrecht.nl/fhir/CodeSystem/holder"
                     && t["code"] == "http://fhir.nl/fhir/NamingSystem/ura|90000001")
             });
-            assert_eq!(tags.len() + 1, before, "exactly one holder tag, the writer's");
+            assert_eq!(
+                tags.len() + 1,
+                before,
+                "exactly one holder tag, the writer's"
+            );
             if tags.is_empty() {
                 meta.remove("tag");
             }

@@ -27,9 +27,8 @@ async fn backends() -> Vec<Backend> {
     let sqlite = SqliteStore::open(dir.path()).await.unwrap();
     let sqlite: Arc<dyn Store> = Arc::new(sqlite);
     // The policy wants a store for its consent reads; making permits never touches it.
-    POLICY.get_or_init(|| {
-        Policy::new(sqlite.clone(), &gateway::config::Config::default()).unwrap()
-    });
+    POLICY
+        .get_or_init(|| Policy::new(sqlite.clone(), &gateway::config::Config::default()).unwrap());
     let pg_config = common::postgres_config(&common::fresh_schema());
     let postgres = PostgresStore::open(&common::postgres_url(), &pg_config)
         .await
