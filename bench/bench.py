@@ -35,9 +35,9 @@ PATIENT = {
 }
 
 
-def demo_token(scope="system/*.cruds"):
+def demo_token(scope="system/*.cruds", org="umcu"):
     """A verified JWT on every request: the cost of authentication is part of what is measured."""
-    return subprocess.run([GATEWAY, "token", "--scope", scope], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run([GATEWAY, "token", "--scope", scope, "--org", org], capture_output=True, text=True, check=True).stdout.strip()
 
 
 TOKEN = None
@@ -84,7 +84,8 @@ def seed(server, n=1000):
     return ids
 
 
-def lua_reads(workdir, name, ids):
+def lua_reads(workdir, name, ids, prefix="/fhir/Patient/", token=None):
+    token = token or TOKEN
     path = os.path.join(workdir, f"{name}-ids.txt")
     open(path, "w").write("\n".join(ids) + "\n")
     script = os.path.join(workdir, f"{name}-read.lua")
@@ -94,7 +95,7 @@ for line in io.lines("{path}") do ids[#ids + 1] = line end
 local i = 0
 request = function()
   i = (i % #ids) + 1
-  return wrk.format("GET", "/fhir/Patient/" .. ids[i], {{ ["Accept"] = "application/fhir+json", ["Authorization"] = "Bearer {TOKEN}" }})
+  return wrk.format("GET", "{prefix}" .. ids[i], {{ ["Accept"] = "application/fhir+json", ["Authorization"] = "Bearer {token}" }})
 end
 """)
     return script
@@ -110,6 +111,30 @@ wrk.headers["Content-Type"] = "application/fhir+json"
 wrk.headers["Authorization"] = "Bearer {TOKEN}"
 """)
     return script
+
+
+def post(server, body, token=None):
+    req = urllib.request.Request(f"{server.url}/fhir/{body['resourceType']}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/fhir+json", "Authorization": f"Bearer {token or TOKEN}"})
+    return json.load(urllib.request.urlopen(req))["id"]
+
+
+def seed_consented(server, n=200):
+    """n patients, each with a lab result held by UMC Utrecht and a Consent permitting GPs."""
+    obs = []
+    for i in range(n):
+        pid = post(server, dict(PATIENT, identifier=[{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": f"{i:09d}"}]))
+        obs.append(post(server, {"resourceType": "Observation", "status": "final", "code": {"text": "Hb"},
+                                 "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+                                 "subject": {"reference": f"Patient/{pid}"}, "valueQuantity": {"value": 8.5, "unit": "mmol/L"}}))
+        post(server, {"resourceType": "Consent", "status": "active",
+                      "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+                      "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                      "patient": {"reference": f"Patient/{pid}"}, "policy": [{"uri": "https://healthhub-utrecht.nl/consent-policy"}],
+                      "provision": {"type": "deny", "provision": [{"type": "permit", "actor": [{
+                          "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                          "reference": {"identifier": {"system": "https://healthhub-utrecht.nl/fhir/CodeSystem/organization-type", "value": "gp"}}}]}]}})
+    return obs
 
 
 def ms(v):
@@ -153,7 +178,7 @@ def alternate(targets, rounds, seconds, connections):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--suites", default="reads,creates,replicas")
+    ap.add_argument("--suites", default="reads,consent,creates,replicas")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
@@ -181,6 +206,19 @@ def main():
             for url, script in targets.values():
                 wrk(url, script, 3, args.connections)  # warm-up
             report.append(table("Point reads (GET Patient/[id], 1,000 stored patients)",
+                                alternate(targets, args.rounds, args.seconds, args.connections)))
+        if "consent" in suites:
+            print("consent: seeding", file=sys.stderr)
+            obs = seed_consented(sqlite)
+            gp = demo_token("user/Observation.rs", "gp")
+            targets = {
+                "holder reads its own (umcu)": (sqlite.url, lua_reads(workdir, "own", obs, "/fhir/Observation/")),
+                "GP reads under a Consent permit": (sqlite.url, lua_reads(workdir, "gp", obs, "/fhir/Observation/", gp)),
+                "bare": (bare.url + "/fhir/Patient/x", None),
+            }
+            for url, script in targets.values():
+                wrk(url, script, 3, args.connections)  # warm-up
+            report.append(table("Reads with a verified JWT, a consent decision and an audit record per request (GET Observation/[id], SQLite)",
                                 alternate(targets, args.rounds, args.seconds, args.connections)))
         if "creates" in suites:
             script = lua_creates(workdir)

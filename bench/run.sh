@@ -3,7 +3,7 @@
 # workspace, loaded by the same generator (wrk) in the same run; medians and ratios in
 # bench/out/summary.md. Not part of CI (release build, several minutes).
 #
-#   bash bench/run.sh [--suites reads,creates,replicas] [--seconds N] [--rounds N] [--connections N]
+#   bash bench/run.sh [--suites reads,consent,creates,replicas] [--seconds N] [--rounds N] [--connections N]
 #
 # PostgreSQL: GATEWAY_BENCH_POSTGRES (default postgres://postgres@127.0.0.1:5432/test); each run
 # uses a fresh schema.
