@@ -164,21 +164,15 @@ async fn interaction(
                 total: None,
                 next,
             };
-            page_reply(
-                app,
-                permit.principal(),
-                asked,
-                &req.base,
-                Listing {
-                    url,
-                    params,
-                    cursor: cursor.as_deref(),
-                },
-                page,
-                Permission::Search,
-                Kind::Searchset,
-            )
-            .await
+            let listing = Listing {
+                base: &req.base,
+                url,
+                params,
+                cursor: cursor.as_deref(),
+                how: Permission::Search,
+                kind: Kind::Searchset,
+            };
+            page_reply(app, permit.principal(), asked, listing, page).await
         }
         Operation::Read(op) => {
             let what = format!("{}/{}", op.ty, op.id);
@@ -305,21 +299,15 @@ async fn interaction(
             let cursor = op.cursor.map(|c| c.to_string());
             let permit = policy.authorize(principal, op)?;
             let page = app.store.history(&permit).await?;
-            page_reply(
-                app,
-                permit.principal(),
-                asked,
-                &req.base,
-                Listing {
-                    url,
-                    params,
-                    cursor: cursor.as_deref(),
-                },
-                page,
+            let listing = Listing {
+                base: &req.base,
+                url,
+                params,
+                cursor: cursor.as_deref(),
                 how,
-                Kind::History,
-            )
-            .await
+                kind: Kind::History,
+            };
+            page_reply(app, permit.principal(), asked, listing, page).await
         }
         Operation::Search(mut op) => {
             op.criteria.compartment = policy.search_compartment(principal, &op.ty);
@@ -328,21 +316,15 @@ async fn interaction(
             let cursor = op.cursor.clone();
             let permit = policy.authorize(principal, op)?;
             let page = app.store.search(&permit).await?;
-            page_reply(
-                app,
-                permit.principal(),
-                asked,
-                &req.base,
-                Listing {
-                    url,
-                    params,
-                    cursor: cursor.as_deref(),
-                },
-                page,
-                Permission::Search,
-                Kind::Searchset,
-            )
-            .await
+            let listing = Listing {
+                base: &req.base,
+                url,
+                params,
+                cursor: cursor.as_deref(),
+                how: Permission::Search,
+                kind: Kind::Searchset,
+            };
+            page_reply(app, permit.principal(), asked, listing, page).await
         }
     }
 }
@@ -398,11 +380,15 @@ fn audit_refs(entries: &[Disclosed<Stored>]) -> (Vec<String>, Vec<String>) {
     (entities, patients)
 }
 
-/// Where a listing lives and how it was asked for (for its links).
+/// Where a listing lives, how it was asked for (for its links), and what it lists.
 struct Listing<'a> {
+    base: &'a str,
     url: String,
     params: Vec<(String, String)>,
     cursor: Option<&'a str>,
+    /// Read for an instance's history, search otherwise.
+    how: Permission,
+    kind: Kind,
 }
 
 enum Kind {
@@ -412,20 +398,16 @@ enum Kind {
 
 /// A page of search or history results as a bundle: each entry disclosed on its own, the bundle
 /// made only of what was disclosed, and the audit told what left.
-#[allow(clippy::too_many_arguments)]
 async fn page_reply(
     app: &App,
     principal: &Principal,
     asked: &Asked,
-    base: &str,
     listing: Listing<'_>,
     page: Page,
-    how: Permission,
-    kind: Kind,
 ) -> Result<Reply> {
     let disclosure = app
         .policy
-        .disclose_each(principal, asked, page.entries, how)
+        .disclose_each(principal, asked, page.entries, listing.how)
         .await?;
     let entries = disclosure.entries;
     // When any entry was withheld, the total is left out: it would count what may not be seen.
@@ -441,9 +423,9 @@ async fn page_reply(
         next: page.next.as_deref(),
         total,
     };
-    let b = match kind {
-        Kind::Searchset => bundle::searchset(base, info, &entries),
-        Kind::History => bundle::history(base, info, &entries),
+    let b = match listing.kind {
+        Kind::Searchset => bundle::searchset(listing.base, info, &entries),
+        Kind::History => bundle::history(listing.base, info, &entries),
     };
     let mut reply = with_refs(
         Reply::json(StatusCode::OK, app.policy.release_document(&entries, b)),
