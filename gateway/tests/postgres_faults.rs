@@ -171,6 +171,16 @@ impl Drop for PrivatePostgres {
     }
 }
 
+/// When the PostgreSQL server last started.
+async fn postmaster_start(url: &str) -> String {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    let (t,): (String,) = sqlx::query_as("SELECT pg_postmaster_start_time()::text")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    t
+}
+
 fn as_postgres(program: &Path, args: &[&str]) -> bool {
     Command::new("runuser")
         .args(["-u", "postgres", "--"])
@@ -216,6 +226,7 @@ async fn postgres_restart_under_load_loses_nothing_acknowledged() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started_before = postmaster_start(&pg.url()).await;
     let restart = tokio::task::spawn_blocking(move || {
         pg.ctl("restart");
         pg
@@ -223,6 +234,14 @@ async fn postgres_restart_under_load_loses_nothing_acknowledged() {
     let pg = restart.await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, Ordering::Relaxed);
+    // The server really restarted while the workers were writing. (Whether any request then
+    // got a 503 depends on timing: a quick restart can fall between queries, and the pool
+    // replaces dead connections before handing them out.)
+    assert_ne!(
+        postmaster_start(&pg.url()).await,
+        started_before,
+        "PostgreSQL restarted during the load"
+    );
 
     let mut acknowledged = Vec::new();
     let mut failed = 0;
@@ -241,10 +260,6 @@ async fn postgres_restart_under_load_loses_nothing_acknowledged() {
     println!(
         "restart under load: {} acknowledged, {failed} answered 503",
         acknowledged.len()
-    );
-    assert!(
-        failed > 0,
-        "the restart happened while requests were in flight"
     );
     assert!(acknowledged.len() > 100);
     // The pool reconnected: writes work again.
