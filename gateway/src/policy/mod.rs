@@ -92,6 +92,9 @@ pub struct Disclosed<T> {
     value: T,
     /// Released by break-the-glass over a consent deny.
     emergency: bool,
+    /// `Patient/[id]` of the patients a released resource concerns (for the audit), found
+    /// while deciding, so the body is not parsed again.
+    patients: Vec<String>,
     _sealed: sealed::Sealed,
 }
 
@@ -105,14 +108,33 @@ impl<T> Disclosed<T> {
     pub fn by_emergency(&self) -> bool {
         self.emergency
     }
+    pub fn patients(&self) -> &[String] {
+        &self.patients
+    }
 }
 
 fn disclosed<T>(value: T) -> Disclosed<T> {
     Disclosed {
         value,
         emergency: false,
+        patients: Vec::new(),
         _sealed: sealed::Sealed(()),
     }
+}
+
+/// A stored resource the decision released.
+fn released(s: Stored, release: Release, patients: Vec<String>) -> Option<Disclosed<Stored>> {
+    let emergency = match release {
+        Release::Allowed => false,
+        Release::Emergency => true,
+        Release::Withheld => return None,
+    };
+    Some(Disclosed {
+        value: s,
+        emergency,
+        patients,
+        _sealed: sealed::Sealed(()),
+    })
 }
 
 /// What an operation needs from the scopes.
@@ -136,6 +158,10 @@ pub trait Authorizable {
     /// What the permit fixes about the operation: a write is stamped with the organisation that
     /// holds it (see [`regional::stamp_holder`]).
     fn bind(&mut self, _holder: &Organization) {}
+    /// The existing resource an update or delete changes (type and target).
+    fn target(&self) -> Option<(&str, &Target)> {
+        None
+    }
 }
 
 impl Authorizable for () {
@@ -178,10 +204,16 @@ impl Authorizable for Update {
     fn bind(&mut self, holder: &Organization) {
         regional::stamp_holder(&mut self.resource, holder);
     }
+    fn target(&self) -> Option<(&str, &Target)> {
+        Some((&self.ty, &self.target))
+    }
 }
 impl Authorizable for Delete {
     fn requirement(&self) -> Requirement {
         Requirement::Type(self.ty.clone(), Permission::Delete)
+    }
+    fn target(&self) -> Option<(&str, &Target)> {
+        Some((&self.ty, &self.target))
     }
 }
 impl Authorizable for Search {
@@ -265,15 +297,14 @@ impl Policy {
     /// Before an update or delete of an existing resource: a principal whose only way to write
     /// `ty` is a patient-context scope may touch only resources in that patient's compartment
     /// (and no conditional writes, whose target it could not see).
-    pub async fn check_target<T>(
-        &self,
-        permit: &Permit<T>,
-        ty: &str,
-        target: &Target,
-        p: Permission,
-    ) -> Result<()> {
+    pub async fn check_target<T: Authorizable>(&self, permit: &Permit<T>) -> Result<()> {
         let Principal::Token(token) = permit.principal() else {
             return Err(Error::unauthenticated());
+        };
+        let (Some((ty, target)), Requirement::Type(_, p)) =
+            (permit.op().target(), permit.op().requirement())
+        else {
+            return Ok(());
         };
         let only_patient = token
             .scopes
@@ -320,15 +351,9 @@ impl Policy {
         s: Stored,
         how: Permission,
     ) -> Result<Disclosed<Stored>> {
-        match self.may_see(principal, asked, &s, how).await? {
-            Release::Allowed => Ok(disclosed(s)),
-            Release::Emergency => {
-                let mut d = disclosed(s);
-                d.emergency = true;
-                Ok(d)
-            }
-            Release::Withheld => Err(Error::not_found(format!("{}/{} is not known", s.ty, s.id))),
-        }
+        let (release, patients) = self.may_see(principal, asked, &s, how).await?;
+        let what = format!("{}/{} is not known", s.ty, s.id);
+        released(s, release, patients).ok_or_else(|| Error::not_found(what))
     }
 
     /// The entries of a page: what may not be seen is left out (filtered, not an error).
@@ -342,15 +367,8 @@ impl Policy {
         let before = items.len();
         let mut entries = Vec::with_capacity(before);
         for s in items {
-            match self.may_see(principal, asked, &s, how).await? {
-                Release::Allowed => entries.push(disclosed(s)),
-                Release::Emergency => {
-                    let mut d = disclosed(s);
-                    d.emergency = true;
-                    entries.push(d);
-                }
-                Release::Withheld => {}
-            }
+            let (release, patients) = self.may_see(principal, asked, &s, how).await?;
+            entries.extend(released(s, release, patients));
         }
         Ok(Disclosure {
             withheld: before - entries.len(),
@@ -395,16 +413,18 @@ impl Policy {
 
     /// The decision for one stored resource: scopes (with their constraints and patient
     /// context), then the region's rules and the patient's consent. Deletions carry no data and
-    /// pass on type alone.
+    /// pass on type alone. With the decision come the patients the resource concerns (for the
+    /// audit of what was released).
     async fn may_see(
         &self,
         principal: &Principal,
         asked: &Asked,
         s: &Stored,
         how: Permission,
-    ) -> Result<Release> {
+    ) -> Result<(Release, Vec<String>)> {
+        let withheld = Ok((Release::Withheld, Vec::new()));
         let Principal::Token(token) = principal else {
-            return Ok(Release::Withheld);
+            return withheld;
         };
         let granting: Vec<&Scope> = token
             .scopes
@@ -412,13 +432,14 @@ impl Policy {
             .filter(|sc| sc.grants(&s.ty, how) && usable(token, sc))
             .collect();
         if granting.is_empty() {
-            return Ok(Release::Withheld);
+            return withheld;
         }
         let Some(body) = &s.body else {
-            return Ok(Release::Allowed);
+            let patients = crate::audit::patients_of(&s.ty, &s.id, &Value::Null);
+            return Ok((Release::Allowed, patients));
         };
         let Ok(resource) = serde_json::from_slice::<Value>(body) else {
-            return Ok(Release::Withheld);
+            return withheld;
         };
         let in_scope = granting.iter().any(|sc| {
             let in_context = match sc.context {
@@ -439,11 +460,13 @@ impl Policy {
                     .all(|(param, value)| constraint_holds(&resource, param, value))
         });
         if !in_scope {
-            return Ok(Release::Withheld);
+            return withheld;
         }
-        self.privacy
+        let release = self
+            .privacy
             .release(token, asked, &s.ty, &s.id, &resource)
-            .await
+            .await?;
+        Ok((release, crate::audit::patients_of(&s.ty, &s.id, &resource)))
     }
 
     /// The patient whose compartment a search of `ty` must be limited to: when every scope that

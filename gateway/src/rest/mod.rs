@@ -241,10 +241,7 @@ async fn interaction(
         Operation::Update(op) => {
             app.structure.validate(&op.resource)?;
             let permit = policy.authorize(principal, op)?;
-            let (ty, target) = (permit.op().ty.clone(), permit.op().target.clone());
-            policy
-                .check_target(&permit, &ty, &target, Permission::Update)
-                .await?;
+            policy.check_target(&permit).await?;
             let updated = app.store.update(&permit).await?;
             policy.written(&updated.stored.ty, &updated.stored.id).await;
             let (status, message) = if updated.created {
@@ -267,10 +264,7 @@ async fn interaction(
         }
         Operation::Delete(op) => {
             let permit = policy.authorize(principal, op)?;
-            let (ty, target) = (permit.op().ty.clone(), permit.op().target.clone());
-            policy
-                .check_target(&permit, &ty, &target, Permission::Delete)
-                .await?;
+            policy.check_target(&permit).await?;
             match app.store.delete(&permit).await? {
                 Some(s) => {
                     policy.written(&s.ty, &s.id).await;
@@ -366,14 +360,9 @@ fn audit_refs(entries: &[Disclosed<Stored>]) -> (Vec<String>, Vec<String>) {
         if s.ty == "AuditEvent" {
             continue;
         }
-        let resource: Value = s
-            .body
-            .as_ref()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(Value::Null);
-        for p in crate::audit::patients_of(&s.ty, &s.id, &resource) {
-            if !patients.contains(&p) {
-                patients.push(p);
+        for p in d.patients() {
+            if !patients.contains(p) {
+                patients.push(p.clone());
             }
         }
     }
