@@ -60,7 +60,7 @@ impl Auditor {
                         Err(_) => break,
                     }
                 }
-                let records: Vec<AuditRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
+                let (records, waiters): (Vec<AuditRecord>, Vec<_>) = batch.into_iter().unzip();
                 let ok = match store.append_audit(&records).await {
                     Ok(()) => true,
                     Err(e) => {
@@ -68,7 +68,7 @@ impl Auditor {
                         false
                     }
                 };
-                for (_, done) in batch {
+                for done in waiters {
                     let _ = done.send(ok);
                 }
             }
