@@ -266,7 +266,7 @@ async fn audit_verify_detects_edited_and_removed_records() {
     assert!(ok, "{out}");
     assert!(out.contains("5 records, chain intact"), "{out}");
 
-    let url = format!("sqlite://{}", data.join("gateway.db").display());
+    let url = format!("sqlite://{}", data.join("audit.db").display());
     let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
     // The database refuses edits outright...
     assert!(
@@ -326,10 +326,7 @@ async fn a_failing_audit_write_fails_the_request() {
         .json()
         .await
         .unwrap();
-    let url = format!(
-        "sqlite://{}",
-        gw.dir.path().join("data/gateway.db").display()
-    );
+    let url = format!("sqlite://{}", gw.dir.path().join("data/audit.db").display());
     let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
     sqlx::query("CREATE TRIGGER audit_broken BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'disk full'); END")
         .execute(&mut db)

@@ -8,6 +8,7 @@
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
+mod sqlite_inline;
 pub mod writes;
 
 use crate::error::Result;

@@ -4,12 +4,18 @@
 //! Atomicity of conditional writes: all writes go through one connection (SQLite has one writer
 //! anyway), each in its own transaction, so "search, then create if nothing matched" cannot
 //! interleave with another write. Reads use a separate pool and never wait for writers (WAL).
+//!
+//! The access log lives in its own file, `audit.db`, with its own writer connection: its appends,
+//! one per batch of requests, never queue behind resource writes for the one writer, resource
+//! readers keep their page caches when the log grows, and the log can be kept, copied and
+//! retained apart from the clinical data. The statements on every request (point reads, the audit
+//! append) run through `sqlite_inline`.
 
 use super::sql::{self, Dialect, Sql};
+use super::sqlite_inline::{AuditAppender, PointReads};
 use super::writes::{self, WriteTx};
 use super::{
-    AUDIT_GENESIS, AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Updated,
-    WriteMethod, chain, page_of,
+    AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Updated, WriteMethod, page_of,
 };
 use crate::error::{Error, Result};
 use crate::fhir::operation::{Create, Delete, History, Read, Search, Update, VRead};
@@ -59,7 +65,22 @@ CREATE TABLE token_index (
 CREATE INDEX token_index_lookup ON token_index (type, param, value, system);
 CREATE INDEX token_index_owner ON token_index (type, id);
 "#,
+    // Version 2 created the access log here; it now lives in `audit.db` (see [`AUDIT_MIGRATIONS`]).
+    // A database written by an older binary has its log moved there by `move_audit_log`.
+    "SELECT 1;",
     r#"
+CREATE TABLE compartment (
+    type    TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    patient TEXT NOT NULL
+);
+CREATE INDEX compartment_patient ON compartment (patient, type, id);
+CREATE INDEX compartment_owner ON compartment (type, id);
+"#,
+];
+
+/// Schema versions of `audit.db`.
+const AUDIT_MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE audit_log (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     id        TEXT    NOT NULL UNIQUE,
@@ -75,21 +96,16 @@ CREATE INDEX audit_log_patient ON audit_log (patient, seq);
 CREATE INDEX audit_log_recorded ON audit_log (recorded);
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"#,
-    r#"
-CREATE TABLE compartment (
-    type    TEXT NOT NULL,
-    id      TEXT NOT NULL,
-    patient TEXT NOT NULL
-);
-CREATE INDEX compartment_patient ON compartment (patient, type, id);
-CREATE INDEX compartment_owner ON compartment (type, id);
-"#,
-];
+"#];
 
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Read and vread, without sqlx's worker thread (see `sqlite_inline`).
+    point_reads: PointReads,
+    /// `audit.db`: one connection appends (the chain needs one writer), a small pool reads.
+    audit_appender: AuditAppender,
+    audit_reader: SqlitePool,
 }
 
 impl SqliteStore {
@@ -101,30 +117,100 @@ impl SqliteStore {
                 false,
             )
         })?;
-        let path = dir.join("gateway.db");
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .pragma("cache_size", "-65536");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
-            .await?;
-        migrate(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.read_only(true))
-            .await?;
-        Ok(SqliteStore { writer, reader })
+        let audit = dir.join("audit.db");
+        let (audit_writer, audit_reader) = pools(&audit, 2).await?;
+        migrate(&audit_writer, AUDIT_MIGRATIONS).await?;
+        // From here on the log is appended through `audit_appender` alone.
+        audit_writer.close().await;
+        let main = dir.join("gateway.db");
+        let (writer, reader) = pools(&main, 8).await?;
+        migrate(&writer, MIGRATIONS).await?;
+        move_audit_log(&writer, &audit).await?;
+        Ok(SqliteStore {
+            writer,
+            reader,
+            point_reads: PointReads::new(&main, 8),
+            audit_appender: AuditAppender::open(&audit)?,
+            audit_reader,
+        })
     }
 }
 
-async fn migrate(pool: &SqlitePool) -> Result<()> {
+/// A one-connection writer pool and a read-only pool of `readers` on the database at `path`.
+async fn pools(path: &Path, readers: u32) -> Result<(SqlitePool, SqlitePool)> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .pragma("cache_size", "-65536");
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options.clone())
+        .await?;
+    let reader = SqlitePoolOptions::new()
+        .max_connections(readers)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options.read_only(true))
+        .await?;
+    Ok((writer, reader))
+}
+
+/// Moves an access log that an older binary kept in `gateway.db` into `audit.db`, rows, sequence
+/// numbers and hashes unchanged, in one transaction, so the chain verifies as before. Refuses if
+/// both files hold records: which one is the log would be a guess.
+async fn move_audit_log(writer: &SqlitePool, audit: &Path) -> Result<()> {
+    let mut conn = writer.acquire().await?;
+    let old: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if old.is_none() {
+        return Ok(());
+    }
+    sqlx::query("ATTACH DATABASE ? AS audit")
+        .bind(audit.to_string_lossy().into_owned())
+        .execute(&mut *conn)
+        .await?;
+    let moved = async {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let there: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit.audit_log")
+            .fetch_one(&mut *tx)
+            .await?;
+        let here: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM main.audit_log")
+            .fetch_one(&mut *tx)
+            .await?;
+        if here > 0 && there > 0 {
+            return Err(Error::store(
+                "both gateway.db and audit.db hold access-log records; refusing to start",
+                false,
+            ));
+        }
+        sqlx::raw_sql(
+            "INSERT INTO audit.audit_log SELECT * FROM main.audit_log ORDER BY seq;
+             DROP TRIGGER main.audit_log_no_update;
+             DROP TRIGGER main.audit_log_no_delete;
+             DROP TABLE main.audit_log;",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+    .await;
+    sqlx::query("DETACH DATABASE audit")
+        .execute(&mut *conn)
+        .await?;
+    if moved.is_ok() {
+        tracing::info!("moved the access log from gateway.db to audit.db");
+    }
+    moved
+}
+
+async fn migrate(pool: &SqlitePool, migrations: &[&'static str]) -> Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS gateway_schema (version INTEGER NOT NULL)")
         .execute(&mut *tx)
@@ -132,7 +218,7 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
     let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM gateway_schema")
         .fetch_one(&mut *tx)
         .await?;
-    let known = MIGRATIONS.len() as i64;
+    let known = migrations.len() as i64;
     if current > known {
         return Err(Error::store(
             format!(
@@ -141,7 +227,7 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
             false,
         ));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    for (i, sql) in migrations.iter().enumerate().skip(current as usize) {
         sqlx::raw_sql(*sql).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO gateway_schema (version) VALUES (?)")
             .bind(i as i64 + 1)
@@ -226,18 +312,13 @@ impl Store for SqliteStore {
 
     async fn read(&self, permit: &Permit<Read>) -> Result<Option<Stored>> {
         let op = permit.op();
-        let row = query(&sql::read(D, &op.ty, &op.id))
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.as_ref().map(row_to_stored))
+        self.point_reads.one(&sql::read(D, &op.ty, &op.id))
     }
 
     async fn vread(&self, permit: &Permit<VRead>) -> Result<Option<Stored>> {
         let op = permit.op();
-        let row = query(&sql::vread(D, &op.ty, &op.id, op.version))
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.as_ref().map(row_to_stored))
+        self.point_reads
+            .one(&sql::vread(D, &op.ty, &op.id, op.version))
     }
 
     async fn update(&self, permit: &Permit<Update>) -> Result<Updated> {
@@ -269,43 +350,19 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        let last: String =
-            sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or_else(|| AUDIT_GENESIS.to_owned());
-        let links = chain(last, records);
-        // One multi-row INSERT per batch (at most 512 rows, 4,096 parameters): a statement per
-        // row would make the audit, which every request waits for, the server's bottleneck.
-        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
-            "INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) ",
-        );
-        q.push_values(records.iter().zip(links), |mut row, (r, (prev, hash))| {
-            row.push_bind(r.id.clone())
-                .push_bind(r.recorded_ms)
-                .push_bind(r.patient.clone())
-                .push_bind(r.agent.clone())
-                .push_bind(r.outcome.clone())
-                .push_bind(prev)
-                .push_bind(hash)
-                .push_bind(r.body.to_vec());
-        });
-        q.build().execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
+        self.audit_appender.append(records).await
     }
 
     async fn search_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
         let rows = query(&sql::audit_search(D, q))
-            .fetch_all(&self.reader)
+            .fetch_all(&self.audit_reader)
             .await?;
         Ok(rows.iter().map(audit_row).collect())
     }
 
     async fn scan_audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRow>> {
         let rows = query(&sql::audit_scan(D, after_seq, limit))
-            .fetch_all(&self.reader)
+            .fetch_all(&self.audit_reader)
             .await?;
         Ok(rows.iter().map(audit_row).collect())
     }
@@ -321,6 +378,68 @@ impl Store for SqliteStore {
                 true,
             ));
         }
+        // No request is answered without its audit record, so the access log must answer too.
+        sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(version), 0) FROM gateway_schema")
+            .fetch_one(&self.audit_reader)
+            .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AUDIT_GENESIS, AuditRecord, chain};
+
+    fn record(n: u8) -> AuditRecord {
+        AuditRecord {
+            id: format!("event-{n}"),
+            recorded_ms: 1_700_000_000_000 + i64::from(n),
+            patient: Some("Patient/p1".into()),
+            agent: "issuer|user".into(),
+            outcome: "0".into(),
+            body: bytes::Bytes::from(format!(
+                "{{\"resourceType\":\"AuditEvent\",\"id\":\"event-{n}\"}}"
+            )),
+        }
+    }
+
+    /// A data directory written by a binary that kept the access log in `gateway.db` opens with
+    /// the log moved to `audit.db`: same records, chain intact, appending continues the chain.
+    #[tokio::test]
+    async fn an_access_log_in_gateway_db_moves_to_audit_db() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (writer, _) = pools(&dir.path().join("gateway.db"), 1).await.unwrap();
+            // The layout of schema version 3 as older binaries wrote it.
+            let old = [MIGRATIONS[0], AUDIT_MIGRATIONS[0], MIGRATIONS[2]];
+            migrate(&writer, &old).await.unwrap();
+            let records: Vec<_> = (1..=3).map(record).collect();
+            let links = chain(AUDIT_GENESIS.to_owned(), &records);
+            for (r, (prev, hash)) in records.iter().zip(links) {
+                sqlx::query("INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                    .bind(&r.id).bind(r.recorded_ms).bind(&r.patient).bind(&r.agent).bind(&r.outcome)
+                    .bind(prev).bind(hash).bind(r.body.to_vec())
+                    .execute(&writer).await.unwrap();
+            }
+            writer.close().await;
+        }
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store.ping().await.unwrap();
+        let v = crate::audit::verify(&store).await.unwrap();
+        assert_eq!((v.records, v.broken.clone()), (3, vec![]));
+        store.append_audit(&[record(4)]).await.unwrap();
+        let v = crate::audit::verify(&store).await.unwrap();
+        assert_eq!((v.records, v.broken), (4, vec![]));
+        let left: Option<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = 'audit_log'")
+                .fetch_optional(&store.reader)
+                .await
+                .unwrap();
+        assert_eq!(left, None, "gateway.db no longer holds the log");
+        drop(store);
+        // Opening again is a no-op (nothing left to move).
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        assert_eq!(crate::audit::verify(&store).await.unwrap().records, 4);
     }
 }

@@ -1,0 +1,165 @@
+//! The SQLite statements every request runs, executed on rusqlite connections without sqlx's
+//! per-connection worker thread.
+//!
+//! Why: sqlx's SQLite driver sends each statement to a thread of its own and each row back through
+//! a channel; on a point read that hand-off (futex wake-ups and context switches) cost more CPU
+//! than SQLite itself. Two statements run on every request, so they go direct:
+//!
+//! - **point reads** (read, vread): a primary-key lookup answered from the page cache in
+//!   microseconds, run on the calling task's thread (inline, like a mutex held briefly) on one of a
+//!   small set of read-only connections;
+//! - **the audit append**: one transaction per batch on the access log's own connection, run on
+//!   tokio's blocking pool because its commit waits for fsync.
+//!
+//! Everything else (searches, history, writes, migrations) stays on sqlx.
+
+use super::sql::{Bind, Sql};
+use super::{AUDIT_GENESIS, AuditRecord, Stored, WriteMethod, chain, from_millis};
+use crate::error::{Error, Result};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        let busy = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        // The detail stays internal (logged by the rescue layer); the client sees the generic message.
+        Error::store(e, busy)
+    }
+}
+
+fn open(path: &Path, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// Read-only connections to `gateway.db`, checked out one per point read. At most `limit` idle
+/// ones are kept; a burst opens more and drops them afterwards.
+pub struct PointReads {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    limit: usize,
+}
+
+impl PointReads {
+    pub fn new(path: &Path, limit: usize) -> PointReads {
+        PointReads {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            limit,
+        }
+    }
+
+    /// The row of a `VERSION_COLUMNS` statement, if any.
+    pub fn one(&self, q: &Sql) -> Result<Option<Stored>> {
+        let taken = self.idle.lock().expect("pool lock").pop();
+        let conn = match taken {
+            Some(c) => c,
+            None => open(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
+        };
+        let row = run_one(&conn, q);
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < self.limit {
+            idle.push(conn);
+        }
+        row
+    }
+}
+
+fn run_one(conn: &Connection, q: &Sql) -> Result<Option<Stored>> {
+    let mut stmt = conn.prepare_cached(&q.text)?;
+    let row = stmt
+        .query_row(params_from_iter(q.binds.iter().map(value)), |r| {
+            let body: Option<Vec<u8>> = r.get(5)?;
+            let method: String = r.get(4)?;
+            Ok(Stored {
+                ty: r.get(0)?,
+                id: r.get(1)?,
+                version: r.get::<_, i64>(2)? as u64,
+                last_updated: from_millis(r.get(3)?),
+                method: WriteMethod::parse(&method),
+                body: body.map(bytes::Bytes::from),
+            })
+        })
+        .optional()?;
+    Ok(row)
+}
+
+fn value(b: &Bind) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match b {
+        Bind::Text(s) => Value::Text(s.clone()),
+        Bind::Int(i) => Value::Integer(*i),
+        Bind::Bytes(Some(v)) => Value::Blob(v.clone()),
+        Bind::Bytes(None) => Value::Null,
+    }
+}
+
+/// The access log's writer: one connection, so the chain has one writer.
+#[derive(Clone)]
+pub struct AuditAppender {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl AuditAppender {
+    pub fn open(path: &Path) -> Result<AuditAppender> {
+        let conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        // Checkpoints stay automatic, in the commit that crosses the threshold. A background
+        // PASSIVE checkpointer was tried: it never caught up with a steady stream of appends, so
+        // the WAL never restarted and grew by ~100 MB/s under load.
+        Ok(AuditAppender {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Appends the records in order in one transaction, chained to the last stored hash.
+    pub async fn append(&self, records: &[AuditRecord]) -> Result<()> {
+        let conn = self.conn.clone();
+        let records = records.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().expect("audit connection lock");
+            append(&mut conn, &records)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("audit append task: {e}")))?
+    }
+}
+
+fn append(conn: &mut Connection, records: &[AuditRecord]) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let last: String = tx
+        .query_row(
+            "SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_else(|| AUDIT_GENESIS.to_owned());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for (r, (prev, hash)) in records.iter().zip(chain(last, records)) {
+            insert.execute(rusqlite::params![
+                r.id,
+                r.recorded_ms,
+                r.patient,
+                r.agent,
+                r.outcome,
+                prev,
+                hash,
+                &r.body[..]
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
