@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod capability;
 pub mod compartment;
+pub mod fhirpath;
 pub mod json;
 pub mod operation;
 pub mod search;

@@ -11,6 +11,7 @@
 //! `resourceType` with `if`/`then`, so a resource is only ever checked against its own type.
 
 mod compartment;
+mod searchparams;
 mod structure;
 
 use clap::Parser;
@@ -54,6 +55,7 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let definitions = read_structure_definitions(&bytes)?;
     let compartment = compartment::patient_compartment(&bytes)?;
+    let search = searchparams::search_parameters(&bytes)?;
     let schema = structure::build_schema(&definitions)?;
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     let text = serde_json::to_string(&schema).map_err(|e| e.to_string())?;
@@ -62,6 +64,20 @@ fn run(args: &Args) -> Result<(), String> {
         serde_json::to_string_pretty(&compartment).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
+    std::fs::write(
+        args.out.join("search-parameters.json"),
+        serde_json::to_string_pretty(&search).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let search_count: usize = search
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(|v| v.as_object())
+                .map(|o| o.len())
+                .sum()
+        })
+        .unwrap_or(0);
     let schema_path = args.out.join("fhir-r4.schema.json");
     std::fs::write(&schema_path, &text).map_err(|e| e.to_string())?;
     let schema_sha = hex::encode(Sha256::digest(text.as_bytes()));
@@ -85,6 +101,10 @@ fn run(args: &Args) -> Result<(), String> {
          `patient-compartment.json` is generated from the same package: `CompartmentDefinition/patient` \
          and, for each of its parameters, the `SearchParameter` expression, as element paths per \
          resource type.\n\n\
+         `search-parameters.json` is generated from the package's `SearchParameter` resources: per \
+         base type, each parameter's code, type, url, targets, composite components and the \
+         terms of its FHIRPath expression that apply to that type ({search_count} (type, code) \
+         pairs).\n\n\
          Regenerate with `schemas/generate.sh` (runs `npm pack {PACKAGE}`, checks the sha256, runs \
          the generator); a test in `gateway` fails if the committed schema differs from what the \
          generator makes of the package.\n",

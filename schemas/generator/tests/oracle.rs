@@ -72,6 +72,13 @@ fn committed_schema_is_reproducible() {
         read(&committed_compartment),
         "schemas/fhir/patient-compartment.json is stale: run schemas/generate.sh"
     );
+    let committed_search =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fhir/search-parameters.json");
+    assert_eq!(
+        read(&out.path().join("search-parameters.json")),
+        read(&committed_search),
+        "schemas/fhir/search-parameters.json is stale: run schemas/generate.sh"
+    );
 }
 
 /// The generator refuses a package whose checksum is not the pinned one.
