@@ -8,7 +8,7 @@ mod common;
 use gateway::fhir::operation::{
     Create, Delete, History, HistoryScope, Read, Search, Target, Update, VRead,
 };
-use gateway::fhir::search::{Criteria, Token};
+use gateway::fhir::search::{Clause, ClauseKind, Criteria, Pred, Prefix, Token};
 use gateway::policy::{Authorizable, Permit, Policy, Principal, TokenPrincipal};
 use gateway::store::postgres::PostgresStore;
 use gateway::store::sqlite::SqliteStore;
@@ -82,6 +82,7 @@ fn by_bsn(bsn: &str) -> Criteria {
             system: Some("http://fhir.nl/fhir/NamingSystem/bsn".into()),
             value: Some(bsn.into()),
         }]],
+        ..Default::default()
     }
 }
 
@@ -376,6 +377,7 @@ async fn search_by_identifier_and_id() {
                 compartment: None,
                 ids: vec![vec![a.id.clone()]],
                 identifiers: vec![],
+                ..Default::default()
             }))
             .await
             .unwrap();
@@ -407,6 +409,91 @@ async fn search_by_identifier_and_id() {
         assert_eq!(
             s.search(&search(by_bsn("999911193"))).await.unwrap().total,
             Some(0),
+            "{}",
+            b.name
+        );
+    }
+}
+
+/// The search index follows every write: created, re-indexed on update, gone on delete; string
+/// folding and date ranges behave alike on every backend.
+#[tokio::test]
+async fn search_index_follows_writes() {
+    for b in backends().await {
+        let s = b.store.as_ref();
+        let named = |family: &str, birth: &str| json!({"resourceType": "Patient", "name": [{"family": family}], "birthDate": birth});
+        let a = create(s, named("Jänsen", "1980-05-17")).await;
+        create(s, named("Pietersen", "1990-01-01")).await;
+        let count = |param: &str, pred: Pred| {
+            let criteria = Criteria {
+                clauses: vec![Clause {
+                    param: param.into(),
+                    how: ClauseKind::Any(vec![pred]),
+                }],
+                ..Default::default()
+            };
+            let op = permit(Search {
+                ty: "Patient".into(),
+                criteria,
+                count: 10,
+                cursor: None,
+                applied: vec![],
+                audit: None,
+            });
+            async move { s.search(&op).await.unwrap().total }
+        };
+        let year_1980 = gateway::fhir::search_index::precision_range("1980").unwrap();
+        assert_eq!(
+            count("family", Pred::StartsWith("jans".into())).await,
+            Some(1),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            count(
+                "birthdate",
+                Pred::Range(Prefix::Eq, year_1980.0, year_1980.1)
+            )
+            .await,
+            Some(1),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            count(
+                "birthdate",
+                Pred::Range(Prefix::Gt, year_1980.0, year_1980.1)
+            )
+            .await,
+            Some(1),
+            "{}",
+            b.name
+        );
+        s.update(&update(&a.id, named("Pietersma", "1980-05-17"), None))
+            .await
+            .unwrap();
+        assert_eq!(
+            count("family", Pred::StartsWith("jans".into())).await,
+            Some(0),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            count("family", Pred::StartsWith("piet".into())).await,
+            Some(2),
+            "{}",
+            b.name
+        );
+        s.delete(&permit(Delete {
+            ty: "Patient".into(),
+            target: Target::Id(a.id.clone()),
+            if_match: None,
+        }))
+        .await
+        .unwrap();
+        assert_eq!(
+            count("family", Pred::StartsWith("piet".into())).await,
+            Some(1),
             "{}",
             b.name
         );

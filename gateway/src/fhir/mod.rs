@@ -8,4 +8,6 @@ pub mod fhirpath;
 pub mod json;
 pub mod operation;
 pub mod search;
+pub mod search_index;
+pub mod search_params;
 pub mod validate;

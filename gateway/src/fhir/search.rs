@@ -2,6 +2,8 @@
 //! what conditional create/update/delete rely on; the search issue adds every other parameter.
 
 use crate::error::{Error, Result};
+use crate::fhir::search_index::{fold, precision_range};
+use crate::fhir::search_params::{self, Definition, Kind};
 use crate::fhir::validate::Structure;
 use serde_json::Value;
 
@@ -15,18 +17,252 @@ pub struct Token {
 }
 
 /// AND of ORs: each inner list is one parameter occurrence with comma-separated alternatives.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Criteria {
     pub ids: Vec<Vec<String>>,
     pub identifiers: Vec<Vec<Token>>,
     /// Only resources in this patient's compartment (set by the policy for patient-context
     /// scopes, never from client input).
     pub compartment: Option<String>,
+    /// Parameters answered from `search_index` (see `search_index.rs`), ANDed.
+    pub clauses: Vec<Clause>,
+}
+
+/// One occurrence of an indexed parameter: its alternatives (comma-separated) ORed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clause {
+    pub param: String,
+    pub how: ClauseKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClauseKind {
+    /// Some index row of the parameter matches one of these.
+    Any(Vec<Pred>),
+    /// No index row of the parameter matches any of these (`:not`).
+    None(Vec<Pred>),
+    /// `:missing=true|false`.
+    Missing(bool),
+}
+
+/// A condition on one index row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pred {
+    /// Folded string starts with (the default string match).
+    StartsWith(String),
+    /// The string exactly as written (`:exact`).
+    Exact(String),
+    /// Folded string contains (`:contains`).
+    Contains(String),
+    /// `system|code`, `code`, `|code`, `system|`.
+    Token(Token),
+    /// Folded display or text contains (`:text`).
+    Text(String),
+    /// A reference as stored (`Type/id` or an absolute URL), any of these forms.
+    Reference(Vec<String>),
+    /// A reference's identifier (`:identifier`).
+    RefIdentifier(Token),
+    /// A date or number range comparison.
+    Range(Prefix, f64, f64),
+    /// A quantity: range on the value, optionally the unit's system and code.
+    Quantity(Prefix, f64, f64, Option<String>, Option<String>),
+    Uri(String),
+    /// `:below`: the uri starts with this.
+    UriBelow(String),
+    /// `:above`: this starts with the uri.
+    UriAbove(String),
+}
+
+/// Search prefixes for ordered values (R4 §3.1.1.4.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// The prefix of an ordered search value and the rest.
+fn prefix(v: &str) -> (Prefix, &str) {
+    let p = match v.get(..2) {
+        Some("eq") => Prefix::Eq,
+        Some("ne") => Prefix::Ne,
+        Some("gt") => Prefix::Gt,
+        Some("lt") => Prefix::Lt,
+        Some("ge") => Prefix::Ge,
+        Some("le") => Prefix::Le,
+        Some("sa") => Prefix::Sa,
+        Some("eb") => Prefix::Eb,
+        Some("ap") => Prefix::Ap,
+        _ => return (Prefix::Eq, v),
+    };
+    (p, &v[2..])
+}
+
+/// The range a number search compares with: its implicit precision range for `eq`, `ne` and `ap`
+/// (R4: `100` means [99.5, 100.5)), the exact value for the ordered prefixes (`gt100`: greater
+/// than 100).
+fn number_search(p: Prefix, text: &str) -> Option<(f64, f64)> {
+    match p {
+        Prefix::Eq | Prefix::Ne | Prefix::Ap => number_range(text),
+        _ => {
+            let v: f64 = text.parse().ok().filter(|v: &f64| v.is_finite())?;
+            Some((v, v))
+        }
+    }
+}
+
+/// The range a number as written stands for: `100` is [99.5, 100.5), `1.50` is [1.495, 1.505).
+fn number_range(text: &str) -> Option<(f64, f64)> {
+    let v: f64 = text.parse().ok()?;
+    if !v.is_finite() {
+        return None;
+    }
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    let decimals = mantissa.split_once('.').map_or(0, |(_, f)| f.len()) as i32;
+    let exp: i32 = text
+        .split_once(['e', 'E'])
+        .and_then(|(_, e)| e.parse().ok())
+        .unwrap_or(0);
+    let half = 0.5 * 10f64.powi(exp - decimals);
+    Some((v - half, v + half))
+}
+
+/// One search value of an indexed parameter as a row condition.
+fn pred(def: &Definition, modifier: Option<&str>, v: &str) -> Result<Pred> {
+    let name = &def.code;
+    let bad = |why: &str| Error::invalid(format!("search parameter '{name}': {why} ('{v}')"));
+    Ok(match def.kind {
+        Kind::String => match modifier {
+            None => Pred::StartsWith(fold(&unescape(v))),
+            Some("exact") => Pred::Exact(unescape(v)),
+            Some("contains") => Pred::Contains(fold(&unescape(v))),
+            Some(m) => return Err(bad(&format!("modifier :{m} does not apply to a string"))),
+        },
+        Kind::Token => match modifier {
+            None | Some("not") => Pred::Token(token(v)?),
+            Some("text") => Pred::Text(fold(&unescape(v))),
+            Some(m) => return Err(bad(&format!("modifier :{m} is not supported on a token"))),
+        },
+        Kind::Reference => match modifier {
+            Some("identifier") => Pred::RefIdentifier(token(v)?),
+            Some(m) if m.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                if !def.targets.is_empty() && !def.targets.iter().any(|t| t == m) {
+                    return Err(bad(&format!("{m} is not a target of this reference")));
+                }
+                Pred::Reference(vec![format!("{m}/{}", unescape(v))])
+            }
+            None => {
+                let v = unescape(v);
+                let forms = if v.contains('/') {
+                    // `Type/id` or an absolute URL ending in it: both as stored.
+                    let relative = v
+                        .rsplitn(3, '/')
+                        .collect::<Vec<_>>()
+                        .get(..2)
+                        .map(|p| format!("{}/{}", p[1], p[0]))
+                        .unwrap_or_else(|| v.clone());
+                    vec![v.clone(), relative]
+                } else {
+                    // A bare id: any target type.
+                    def.targets.iter().map(|t| format!("{t}/{v}")).collect()
+                };
+                Pred::Reference(forms)
+            }
+            Some(m) => {
+                return Err(bad(&format!(
+                    "modifier :{m} is not supported on a reference"
+                )));
+            }
+        },
+        Kind::Date => {
+            if modifier.is_some() {
+                return Err(bad("a date takes no modifier but :missing"));
+            }
+            let (p, rest) = prefix(v);
+            let (lo, hi) = precision_range(rest).ok_or_else(|| bad("not a date"))?;
+            Pred::Range(p, lo, hi)
+        }
+        Kind::Number => {
+            let (p, rest) = prefix(v);
+            let (lo, hi) = number_search(p, rest).ok_or_else(|| bad("not a number"))?;
+            Pred::Range(p, lo, hi)
+        }
+        Kind::Quantity => {
+            let (p, rest) = prefix(v);
+            let mut parts = rest.splitn(3, '|');
+            let number = parts.next().unwrap_or_default();
+            let (lo, hi) = number_search(p, number).ok_or_else(|| bad("not a number"))?;
+            let system = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+            let code = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+            Pred::Quantity(p, lo, hi, system, code)
+        }
+        Kind::Uri => match modifier {
+            None => Pred::Uri(unescape(v)),
+            Some("below") => Pred::UriBelow(unescape(v)),
+            Some("above") => Pred::UriAbove(unescape(v)),
+            Some(m) => return Err(bad(&format!("modifier :{m} does not apply to a uri"))),
+        },
+        Kind::Composite | Kind::Special => {
+            return Err(bad("this parameter type is not searchable yet"));
+        }
+    })
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\,", ",")
+        .replace("\\|", "|")
+        .replace("\\$", "$")
+        .replace("\\\\", "\\")
+}
+
+/// A clause for `name[:modifier]=value` when `name` is an indexed parameter of `ty`.
+fn clause(ty: &str, name: &str, value: &str) -> Result<Option<Clause>> {
+    let (code, modifier) = match name.split_once(':') {
+        Some((c, m)) => (c, Some(m)),
+        None => (name, None),
+    };
+    let Some(def) = search_params::definition(ty, code) else {
+        return Ok(None);
+    };
+    // Only what is indexed for this type can be searched (the same list the CapabilityStatement shows).
+    if !search_params::indexed(ty).any(|d| std::ptr::eq(d, def)) {
+        return Ok(None);
+    }
+    let how = if modifier == Some("missing") {
+        match value {
+            "true" => ClauseKind::Missing(true),
+            "false" => ClauseKind::Missing(false),
+            _ => return Err(Error::invalid(format!("{name} must be true or false"))),
+        }
+    } else {
+        let preds = split_or(value)
+            .iter()
+            .map(|v| pred(def, modifier, v))
+            .collect::<Result<Vec<_>>>()?;
+        if modifier == Some("not") {
+            ClauseKind::None(preds)
+        } else {
+            ClauseKind::Any(preds)
+        }
+    };
+    Ok(Some(Clause {
+        param: code.to_owned(),
+        how,
+    }))
 }
 
 impl Criteria {
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty() && self.identifiers.is_empty() && self.compartment.is_none()
+        self.ids.is_empty()
+            && self.identifiers.is_empty()
+            && self.compartment.is_none()
+            && self.clauses.is_empty()
     }
 }
 
@@ -36,7 +272,28 @@ pub fn supported_parameters(ty: &str, s: &Structure) -> Vec<(&'static str, &'sta
     if s.has_identifier(ty) {
         out.push(("identifier", "token"));
     }
+    for d in search_params::indexed(ty) {
+        if d.code != "identifier" {
+            out.push((d.code.as_str(), kind_name(d.kind)));
+        }
+    }
+    out.sort();
+    out.dedup();
     out
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Number => "number",
+        Kind::Date => "date",
+        Kind::String => "string",
+        Kind::Token => "token",
+        Kind::Reference => "reference",
+        Kind::Composite => "composite",
+        Kind::Quantity => "quantity",
+        Kind::Uri => "uri",
+        Kind::Special => "special",
+    }
 }
 
 /// Splits parameters into criteria and the names that are not understood.
@@ -66,7 +323,10 @@ pub fn parse_criteria(
                     .collect::<Result<Vec<_>>>()?;
                 c.identifiers.push(tokens);
             }
-            _ => unknown.push(name.clone()),
+            _ => match clause(ty, name, value)? {
+                Some(cl) => c.clauses.push(cl),
+                None => unknown.push(name.clone()),
+            },
         }
     }
     Ok((c, unknown))

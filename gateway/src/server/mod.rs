@@ -235,9 +235,21 @@ async fn pipeline(
                 shape,
                 &mut access,
             );
+            // The rescue: a panic anywhere in handling becomes a 500 OperationOutcome (and is
+            // audited as one) instead of a dropped connection.
+            let request = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(request));
             let resp =
                 match tokio::time::timeout(app.config.limits.request_timeout(), request).await {
-                    Ok(resp) => resp,
+                    Ok(Ok(resp)) => resp,
+                    Ok(Err(panic)) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        tracing::error!(path, panic = %what, "request handler panicked");
+                        respond::error(&Error::internal(format!("panic: {what}")), shape)
+                    }
                     Err(_) => {
                         tracing::warn!(path, "request timed out");
                         respond::error(&Error::timeout(), shape)

@@ -98,6 +98,22 @@ CREATE TABLE compartment (
 CREATE INDEX compartment_patient ON compartment (patient, type, id);
 CREATE INDEX compartment_owner ON compartment (type, id);
 "#,
+    // Search parameters (fhir/search_index.rs describes the row shape).
+    r#"
+CREATE TABLE search_index (
+    type   TEXT COLLATE "C" NOT NULL,
+    id     TEXT COLLATE "C" NOT NULL,
+    param  TEXT COLLATE "C" NOT NULL,
+    system TEXT COLLATE "C" NOT NULL,
+    value  TEXT COLLATE "C" NOT NULL,
+    raw    TEXT NOT NULL,
+    low    DOUBLE PRECISION,
+    high   DOUBLE PRECISION
+);
+CREATE INDEX search_index_value ON search_index (type, param, value, system);
+CREATE INDEX search_index_range ON search_index (type, param, low);
+CREATE INDEX search_index_owner ON search_index (type, id, param);
+"#,
 ];
 
 pub struct PostgresStore {

@@ -3,7 +3,8 @@
 //! backend binds them with its own driver (see `Bind`).
 
 use crate::fhir::operation::{History, HistoryScope, Search};
-use crate::fhir::search::Criteria;
+use crate::fhir::search::{ClauseKind, Criteria, Pred, Prefix};
+use crate::fhir::search_index::Entry;
 use crate::store::to_millis;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,11 +13,13 @@ pub enum Dialect {
     Postgres,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Bind {
     Text(String),
     Int(i64),
     Bytes(Option<Vec<u8>>),
+    Real(f64),
+    NullableReal(Option<f64>),
 }
 
 /// A statement and its parameters.
@@ -97,6 +100,143 @@ fn push_criteria(q: &mut Sql, criteria: &Criteria) {
     }
 }
 
+/// `AND [NOT] EXISTS (rows of the parameter matching any alternative)` per indexed clause.
+fn push_clauses(q: &mut Sql, criteria: &Criteria) {
+    for clause in &criteria.clauses {
+        let (negate, preds): (bool, &[Pred]) = match &clause.how {
+            ClauseKind::Any(p) => (false, p),
+            ClauseKind::None(p) => (true, p),
+            ClauseKind::Missing(missing) => (*missing, &[]),
+        };
+        q.push(if negate {
+            " AND NOT EXISTS"
+        } else {
+            " AND EXISTS"
+        });
+        q.push(
+            " (SELECT 1 FROM search_index s WHERE s.type = c.type AND s.id = c.id AND s.param = ",
+        )
+        .text(&clause.param);
+        if !preds.is_empty() {
+            q.push(" AND (");
+            for (i, p) in preds.iter().enumerate() {
+                if i > 0 {
+                    q.push(" OR ");
+                }
+                q.push("(");
+                push_pred(q, p);
+                q.push(")");
+            }
+            q.push(")");
+        }
+        q.push(")");
+    }
+}
+
+/// LIKE patterns escape their own wildcards; a backslash is the escape character in both dialects.
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// `s.value LIKE pattern ESCAPE '\'`.
+fn push_like(q: &mut Sql, column: &str, pattern: String) {
+    q.push(column)
+        .push(" LIKE ")
+        .text(&pattern)
+        .push(" ESCAPE '\\'");
+}
+
+fn push_pred(q: &mut Sql, p: &Pred) {
+    match p {
+        Pred::StartsWith(v) => push_like(q, "s.value", format!("{}%", like_escape(v))),
+        Pred::Contains(v) => push_like(q, "s.value", format!("%{}%", like_escape(v))),
+        Pred::Exact(v) => {
+            q.push("s.raw = ").text(v);
+        }
+        Pred::Token(t) | Pred::RefIdentifier(t) => {
+            let column = if matches!(p, Pred::Token(_)) {
+                "s.value"
+            } else {
+                "s.raw"
+            };
+            q.push("1=1");
+            if let Some(v) = &t.value {
+                q.push(" AND ").push(column).push(" = ").text(v);
+            }
+            if let Some(sys) = &t.system {
+                q.push(" AND s.system = ").text(sys);
+            }
+        }
+        Pred::Text(v) => push_like(q, "s.raw", format!("%{}%", like_escape(v))),
+        Pred::Reference(forms) => {
+            q.push("s.value IN (");
+            for (i, f) in forms.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.text(f);
+            }
+            q.push(")");
+        }
+        Pred::Range(prefix, lo, hi) => push_range(q, *prefix, *lo, *hi),
+        Pred::Quantity(prefix, lo, hi, system, code) => {
+            push_range(q, *prefix, *lo, *hi);
+            if let Some(sys) = system {
+                q.push(" AND s.system = ").text(sys);
+            }
+            if let Some(code) = code {
+                // The code, or the unit as written when the quantity has no code.
+                q.push(" AND (s.value = ")
+                    .text(code)
+                    .push(" OR (s.value = '' AND s.raw = ")
+                    .text(code)
+                    .push("))");
+            }
+        }
+        Pred::Uri(v) => {
+            q.push("s.value = ").text(v);
+        }
+        Pred::UriBelow(v) => push_like(q, "s.value", format!("{}%", like_escape(v))),
+        Pred::UriAbove(v) => {
+            // The stored uri is a prefix of the search value.
+            q.push("s.value <> '' AND substr(")
+                .text(v)
+                .push(", 1, length(s.value)) = s.value");
+        }
+    }
+}
+
+/// Ordered comparison of a stored range [s.low, s.high] with the search range [lo, hi]
+/// (R4 search §3.1.1.4.10): eq contains, ne does not, gt/lt/ge/le against the search bounds,
+/// sa/eb wholly after/before, ap overlaps the search range widened by 10 %.
+fn push_range(q: &mut Sql, prefix: Prefix, lo: f64, hi: f64) {
+    let (cond, a, b): (&str, f64, Option<f64>) = match prefix {
+        Prefix::Eq => ("s.low >= ? AND s.high <= ?", lo, Some(hi)),
+        Prefix::Ne => ("NOT (s.low >= ? AND s.high <= ?)", lo, Some(hi)),
+        Prefix::Gt => ("s.high > ?", hi, None),
+        Prefix::Lt => ("s.low < ?", lo, None),
+        Prefix::Ge => ("s.high >= ?", lo, None),
+        Prefix::Le => ("s.low <= ?", hi, None),
+        Prefix::Sa => ("s.low > ?", hi, None),
+        Prefix::Eb => ("s.high < ?", lo, None),
+        Prefix::Ap => {
+            let gap = ((hi - lo).abs().max(lo.abs()) * 0.1).max(hi - lo);
+            ("s.low <= ? AND s.high >= ?", hi + gap, Some(lo - gap))
+        }
+    };
+    // Placeholders in the fixed text above are rewritten per dialect by `bind`.
+    let mut parts = cond.split('?');
+    q.push(parts.next().unwrap_or_default());
+    q.bind(Bind::Real(a));
+    q.push(parts.next().unwrap_or_default());
+    if let Some(b) = b {
+        q.bind(Bind::Real(b));
+        q.push(parts.next().unwrap_or_default());
+    }
+}
+
 fn push_compartment(q: &mut Sql, criteria: &Criteria) {
     if let Some(p) = &criteria.compartment {
         q.push(" AND EXISTS (SELECT 1 FROM compartment k WHERE k.type = c.type AND k.id = c.id AND k.patient = ");
@@ -107,6 +247,7 @@ fn push_compartment(q: &mut Sql, criteria: &Criteria) {
 fn current_where(q: &mut Sql, ty: &str, criteria: &Criteria) {
     q.push(" WHERE c.deleted = 0 AND c.type = ").text(ty);
     push_criteria(q, criteria);
+    push_clauses(q, criteria);
     push_compartment(q, criteria);
 }
 
@@ -256,6 +397,7 @@ pub fn upsert_current(d: Dialect, s: &crate::store::Stored, seq: i64) -> Sql {
 pub enum Index {
     Token,
     Compartment,
+    Search,
 }
 
 /// Removes a resource's rows from an index (before the current version's are inserted).
@@ -263,6 +405,7 @@ pub fn clear_index(d: Dialect, index: Index, ty: &str, id: &str) -> Sql {
     let table = match index {
         Index::Token => "token_index",
         Index::Compartment => "compartment",
+        Index::Search => "search_index",
     };
     let mut q = Sql::new(d, "DELETE FROM ");
     q.push(table)
@@ -303,6 +446,38 @@ pub fn insert_tokens(d: Dialect, ty: &str, id: &str, tokens: &[(String, String)]
         "INSERT INTO token_index (type, id, param, system, value)",
         &rows,
     )
+}
+
+/// The search index rows of a resource, as multi-row INSERTs of at most 500 rows (8 parameters
+/// each stays under SQLite's limit of 32,766).
+pub fn insert_search_index(d: Dialect, ty: &str, id: &str, entries: &[Entry]) -> Vec<Sql> {
+    entries
+        .chunks(500)
+        .map(|chunk| {
+            let mut q = Sql::new(
+                d,
+                "INSERT INTO search_index (type, id, param, system, value, raw, low, high) VALUES ",
+            );
+            for (i, e) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" });
+                q.text(ty)
+                    .push(", ")
+                    .text(id)
+                    .push(", ")
+                    .text(&e.param)
+                    .push(", ");
+                q.text(&e.system)
+                    .push(", ")
+                    .text(&e.value)
+                    .push(", ")
+                    .text(&e.raw)
+                    .push(", ");
+                q.bind(Bind::NullableReal(e.low)).push(", ");
+                q.bind(Bind::NullableReal(e.high)).push(")");
+            }
+            q
+        })
+        .collect()
 }
 
 /// The patient compartments a resource is in, one multi-row INSERT (`None` when there are none).
@@ -373,7 +548,11 @@ macro_rules! relational_common {
             query(&sql::upsert_current($dialect, &stored, seq))
                 .execute(&mut *conn)
                 .await?;
-            for index in [sql::Index::Token, sql::Index::Compartment] {
+            for index in [
+                sql::Index::Token,
+                sql::Index::Compartment,
+                sql::Index::Search,
+            ] {
                 query(&sql::clear_index($dialect, index, ty, id))
                     .execute(&mut *conn)
                     .await?;
@@ -387,6 +566,22 @@ macro_rules! relational_common {
                 ];
                 for insert in inserts.iter().flatten() {
                     query(insert).execute(&mut *conn).await?;
+                }
+                // The index sees the resource as stored (server meta included: `_lastUpdated`).
+                let mut as_stored = r.clone();
+                if let Some(meta) = as_stored
+                    .as_object_mut()
+                    .map(|o| o.entry("meta").or_insert_with(|| serde_json::json!({})))
+                    .and_then(serde_json::Value::as_object_mut)
+                {
+                    meta.insert(
+                        "lastUpdated".into(),
+                        serde_json::Value::String($crate::store::format_instant(last_updated)),
+                    );
+                }
+                let entries = $crate::fhir::search_index::entries(ty, &as_stored);
+                for insert in sql::insert_search_index($dialect, ty, id, &entries) {
+                    query(&insert).execute(&mut *conn).await?;
                 }
             }
             Ok(stored)
@@ -430,6 +625,8 @@ macro_rules! relational_common {
                     $crate::store::sql::Bind::Text(s) => q.bind(s.clone()),
                     $crate::store::sql::Bind::Int(i) => q.bind(*i),
                     $crate::store::sql::Bind::Bytes(b) => q.bind(b.clone()),
+                    $crate::store::sql::Bind::Real(r) => q.bind(*r),
+                    $crate::store::sql::Bind::NullableReal(r) => q.bind(*r),
                 };
             }
             q
@@ -444,6 +641,8 @@ macro_rules! relational_common {
                     $crate::store::sql::Bind::Text(s) => q.bind(s.clone()),
                     $crate::store::sql::Bind::Int(i) => q.bind(*i),
                     $crate::store::sql::Bind::Bytes(b) => q.bind(b.clone()),
+                    $crate::store::sql::Bind::Real(r) => q.bind(*r),
+                    $crate::store::sql::Bind::NullableReal(r) => q.bind(*r),
                 };
             }
             q
@@ -455,7 +654,7 @@ pub(crate) use relational_common;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fhir::search::Token;
+    use crate::fhir::search::{Clause, Token};
 
     #[test]
     fn placeholders_follow_the_dialect_and_values_are_bound() {
@@ -466,18 +665,44 @@ mod tests {
                 system: Some("s".into()),
                 value: Some("v".into()),
             }]],
+            clauses: vec![
+                Clause {
+                    param: "family".into(),
+                    how: ClauseKind::Any(vec![Pred::StartsWith("o'brien%_".into())]),
+                },
+                Clause {
+                    param: "birthdate".into(),
+                    how: ClauseKind::Any(vec![Pred::Range(Prefix::Eq, 1.0, 2.0)]),
+                },
+            ],
         };
         let s = matching(Dialect::Sqlite, "Patient", &c, 2);
         let p = matching(Dialect::Postgres, "Patient", &c, 2);
+        // Range placeholders follow the dialect too; wildcards in a value are escaped, bound.
+        assert!(!p.text.contains('?'), "{}", p.text);
+        assert!(
+            p.text.contains("s.low >= $") && p.text.contains("s.high <= $"),
+            "{}",
+            p.text
+        );
+        assert!(
+            !s.text.contains("brien"),
+            "values are bound, never in the text"
+        );
+        assert!(
+            s.binds.contains(&Bind::Text("o'brien\\%\\_%".into())),
+            "{:?}",
+            s.binds
+        );
         assert!(s.text.contains("c.id IN (?, ?)"), "{}", s.text);
         assert!(p.text.contains("c.id IN ($2, $3)"), "{}", p.text);
         assert!(
-            p.text.contains("k.patient = $6") && p.text.ends_with("LIMIT $7"),
+            p.text.contains("k.patient = $11") && p.text.ends_with("LIMIT $12"),
             "{}",
             p.text
         );
         assert!(!s.text.contains("DROP"));
-        assert_eq!(s.binds.len(), 7);
+        assert_eq!(s.binds.len(), 12);
         assert_eq!(s.binds, p.binds);
     }
 

@@ -77,6 +77,23 @@ CREATE TABLE compartment (
 CREATE INDEX compartment_patient ON compartment (patient, type, id);
 CREATE INDEX compartment_owner ON compartment (type, id);
 "#,
+    // Search parameters (fhir/search_index.rs describes the row shape). Resources written before
+    // this version have no rows until they are written again or reindexed.
+    r#"
+CREATE TABLE search_index (
+    type   TEXT NOT NULL,
+    id     TEXT NOT NULL,
+    param  TEXT NOT NULL,
+    system TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    raw    TEXT NOT NULL,
+    low    REAL,
+    high   REAL
+);
+CREATE INDEX search_index_value ON search_index (type, param, value, system);
+CREATE INDEX search_index_range ON search_index (type, param, low);
+CREATE INDEX search_index_owner ON search_index (type, id, param);
+"#,
 ];
 
 /// Schema versions of `audit.db`.

@@ -99,6 +99,8 @@ fn value(b: &Bind) -> rusqlite::types::Value {
         Bind::Int(i) => Value::Integer(*i),
         Bind::Bytes(Some(v)) => Value::Blob(v.clone()),
         Bind::Bytes(None) => Value::Null,
+        Bind::Real(r) => Value::Real(*r),
+        Bind::NullableReal(r) => r.map_or(Value::Null, Value::Real),
     }
 }
 

@@ -30,6 +30,11 @@ pub fn search_parameters(tgz: &[u8]) -> Result<Value, String> {
             .read_to_string(&mut text)
             .map_err(|e| format!("{path}: {e}"))?;
         let sp: Value = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+        // The package also carries example SearchParameters (experimental, ids `example*`) that
+        // would shadow the base definitions (`Condition.subject` targeting Organization).
+        if sp["experimental"] == true {
+            continue;
+        }
         let code = sp["code"].as_str().ok_or(format!("{path}: no code"))?;
         let ty = sp["type"].as_str().ok_or(format!("{path}: no type"))?;
         let expression = sp["expression"].as_str().unwrap_or_default();

@@ -270,8 +270,10 @@ fn navigate(base: &Collection, name: &str, root: bool) -> Collection {
     for item in base {
         let Item::Node(v, ty) = item else { continue };
         if root && name.starts_with(|c: char| c.is_ascii_uppercase()) {
+            let resource_type = v.get("resourceType").and_then(Value::as_str);
             let matches = ty.as_deref() == Some(name)
-                || v.get("resourceType").and_then(Value::as_str) == Some(name);
+                || resource_type == Some(name)
+                || (resource_type.is_some() && matches!(name, "Resource" | "DomainResource"));
             if matches {
                 out.push(item.clone());
                 continue;
@@ -522,6 +524,10 @@ pub fn equal(a: &Item, b: &Item) -> Option<bool> {
                 return Some(x == y);
             }
             if is_temporal(a) || is_temporal(b) {
+                // A date against something that is not a date or a string is simply unequal.
+                if a.as_str().is_none() || b.as_str().is_none() {
+                    return Some(false);
+                }
                 return compare(a, b).ok().flatten().map(|o| o == Ordering::Equal);
             }
             match (a.as_str(), b.as_str()) {

@@ -1,0 +1,445 @@
+//! What a resource is found by: each indexed search parameter's FHIRPath expression evaluated on
+//! the resource, and the values it yields turned into index rows by the parameter's type.
+//!
+//! One row shape serves every type (`search_index` in the stores):
+//!
+//! | type | system | value | raw | low..high |
+//! |---|---|---|---|---|
+//! | string | | folded (lower case, no accents) | as written | |
+//! | token | system | code / identifier value | folded display or text (`:text`) | |
+//! | reference | | `Type/id` or absolute URL | | |
+//! | reference (`:identifier`) | identifier system | | identifier value | |
+//! | date | | | | instants in ms, the whole precision of the value |
+//! | number | | | | the value |
+//! | quantity | system | code | unit | the value |
+//! | uri | | the uri | | |
+
+use crate::fhir::fhirpath::Item;
+use crate::fhir::search_params::{self, Kind};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub param: String,
+    pub system: String,
+    pub value: String,
+    pub raw: String,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+}
+
+impl Entry {
+    fn new(param: &str) -> Entry {
+        Entry {
+            param: param.to_owned(),
+            system: String::new(),
+            value: String::new(),
+            raw: String::new(),
+            low: None,
+            high: None,
+        }
+    }
+}
+
+/// The index rows of a resource of type `ty`.
+pub fn entries(ty: &str, resource: &Value) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for def in search_params::indexed(ty) {
+        let Some(expr) = &def.expression else {
+            continue;
+        };
+        // An expression that fails on this resource indexes nothing for it, never fails the write.
+        let Ok(items) = expr.evaluate(resource) else {
+            continue;
+        };
+        for item in items {
+            rows(&def.code, def.kind, &item, &mut out);
+        }
+    }
+    out.dedup();
+    out
+}
+
+fn rows(param: &str, kind: Kind, item: &Item, out: &mut Vec<Entry>) {
+    let v = item.to_json();
+    match kind {
+        Kind::String => strings(&v, &mut |s| {
+            out.push(Entry {
+                value: fold(s),
+                raw: s.to_owned(),
+                ..Entry::new(param)
+            })
+        }),
+        Kind::Token => tokens(param, &v, out),
+        Kind::Reference => {
+            if let Some(r) = v.as_str().or_else(|| v.get("reference")?.as_str()) {
+                out.push(Entry {
+                    value: r.to_owned(),
+                    ..Entry::new(param)
+                });
+            }
+            if let Some(id) = v.get("identifier") {
+                out.push(Entry {
+                    system: text(&id["system"]),
+                    raw: text(&id["value"]),
+                    ..Entry::new(param)
+                });
+            }
+        }
+        Kind::Date => {
+            if let Some((low, high)) = date_range(&v) {
+                out.push(Entry {
+                    low: Some(low),
+                    high: Some(high),
+                    ..Entry::new(param)
+                });
+            }
+        }
+        Kind::Number => {
+            if let Some(n) = number(&v) {
+                out.push(Entry {
+                    low: Some(n),
+                    high: Some(n),
+                    ..Entry::new(param)
+                });
+            }
+        }
+        Kind::Quantity => {
+            if let Some(n) = number(&v["value"]) {
+                out.push(Entry {
+                    system: text(&v["system"]),
+                    value: text(&v["code"]),
+                    raw: text(&v["unit"]),
+                    low: Some(n),
+                    high: Some(n),
+                    ..Entry::new(param)
+                });
+            }
+        }
+        Kind::Uri => {
+            if let Some(s) = v.as_str() {
+                out.push(Entry {
+                    value: s.to_owned(),
+                    ..Entry::new(param)
+                });
+            }
+        }
+        Kind::Composite | Kind::Special => {}
+    }
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+fn number(v: &Value) -> Option<f64> {
+    v.as_f64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// The strings a string parameter matches in a value: the string itself, or the parts of a
+/// HumanName or Address.
+fn strings(v: &Value, f: &mut dyn FnMut(&str)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, f)),
+        Value::Object(m) => {
+            for k in [
+                "family",
+                "given",
+                "prefix",
+                "suffix",
+                "text",
+                "line",
+                "city",
+                "district",
+                "state",
+                "postalCode",
+                "country",
+            ] {
+                if let Some(x) = m.get(k) {
+                    strings(x, f);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn tokens(param: &str, v: &Value, out: &mut Vec<Entry>) {
+    let row = |system: &Value, code: &Value, display: &str| Entry {
+        system: text(system),
+        value: match code {
+            Value::Bool(b) => b.to_string(),
+            other => text(other),
+        },
+        raw: fold(display),
+        ..Entry::new(param)
+    };
+    match v {
+        Value::String(_) | Value::Bool(_) => out.push(row(&Value::Null, v, "")),
+        Value::Object(m) => {
+            if let Some(codings) = m.get("coding").and_then(Value::as_array) {
+                // CodeableConcept: each coding, with the concept's text for `:text`.
+                let concept_text = m.get("text").and_then(Value::as_str).unwrap_or_default();
+                for c in codings {
+                    let display = c["display"].as_str().unwrap_or(concept_text);
+                    out.push(row(&c["system"], &c["code"], display));
+                }
+                if codings.is_empty() && !concept_text.is_empty() {
+                    out.push(row(&Value::Null, &Value::Null, concept_text));
+                }
+            } else if m.contains_key("code")
+                || (m.contains_key("system") && !m.contains_key("value"))
+            {
+                // Coding
+                out.push(row(
+                    &v["system"],
+                    &v["code"],
+                    v["display"].as_str().unwrap_or_default(),
+                ));
+            } else if m.contains_key("value") {
+                // Identifier or ContactPoint
+                let label = m
+                    .get("type")
+                    .and_then(|t| t.get("text"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                out.push(row(&v["system"], &v["value"], label));
+            } else if let Some(t) = m.get("text").and_then(Value::as_str) {
+                out.push(row(&Value::Null, &Value::Null, t));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Lower case without diacritics: what string search compares (`Müller` is found by `muller`).
+pub fn fold(s: &str) -> String {
+    s.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| match c {
+            'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ă' | 'ą' => 'a',
+            'ç' | 'ć' | 'č' => 'c',
+            'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ė' | 'ę' | 'ě' => 'e',
+            'ì' | 'í' | 'î' | 'ï' | 'ī' | 'į' | 'ı' => 'i',
+            'ñ' | 'ń' | 'ň' => 'n',
+            'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' | 'ō' | 'ő' => 'o',
+            'ù' | 'ú' | 'û' | 'ü' | 'ū' | 'ů' | 'ű' | 'ų' => 'u',
+            'ý' | 'ÿ' => 'y',
+            'ś' | 'š' | 'ş' => 's',
+            'ź' | 'ż' | 'ž' => 'z',
+            'ł' => 'l',
+            'ř' => 'r',
+            'ť' => 't',
+            'ď' => 'd',
+            other => other,
+        })
+        .collect()
+}
+
+/// The instants (ms since the epoch, UTC) a date value covers, to its precision: `2020` is the
+/// whole year, a Period from its start to its end (open ends unbounded). A value without a zone
+/// is taken as UTC.
+pub fn date_range(v: &Value) -> Option<(f64, f64)> {
+    match v {
+        Value::String(s) => precision_range(s),
+        Value::Object(m) if m.contains_key("start") || m.contains_key("end") => {
+            let low = m
+                .get("start")
+                .and_then(Value::as_str)
+                .and_then(precision_range)
+                .map_or(f64::MIN, |r| r.0);
+            let high = m
+                .get("end")
+                .and_then(Value::as_str)
+                .and_then(precision_range)
+                .map_or(f64::MAX, |r| r.1);
+            Some((low, high))
+        }
+        // Timing: its events.
+        Value::Object(m) => {
+            let events: Vec<(f64, f64)> = m
+                .get("event")?
+                .as_array()?
+                .iter()
+                .filter_map(|e| precision_range(e.as_str()?))
+                .collect();
+            Some((
+                events.iter().map(|e| e.0).reduce(f64::min)?,
+                events.iter().map(|e| e.1).reduce(f64::max)?,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// `[start, end]` in ms of a FHIR date, dateTime or instant at its precision.
+pub fn precision_range(s: &str) -> Option<(f64, f64)> {
+    use time::{Date, Duration, Month, PrimitiveDateTime, Time, UtcOffset};
+    let (date, rest) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let parts: Vec<&str> = date.split('-').collect();
+    let year: i32 = parts.first()?.parse().ok()?;
+    let month: u8 = parts.get(1).map_or(Some(1), |m| m.parse().ok())?;
+    let day: u8 = parts.get(2).map_or(Some(1), |d| d.parse().ok())?;
+    let start_date = Date::from_calendar_date(year, Month::try_from(month).ok()?, day).ok()?;
+    let ms = |t: PrimitiveDateTime, off: UtcOffset| {
+        (t.assume_offset(off).unix_timestamp_nanos() / 1_000_000) as f64
+    };
+    let Some(rest) = rest else {
+        let start = start_date.with_time(Time::MIDNIGHT);
+        let end = match parts.len() {
+            1 => Date::from_calendar_date(year + 1, Month::January, 1).ok()?,
+            2 => {
+                let next = Month::try_from(month).ok()?.next();
+                let y = if month == 12 { year + 1 } else { year };
+                Date::from_calendar_date(y, next, 1).ok()?
+            }
+            _ => start_date.next_day()?,
+        }
+        .with_time(Time::MIDNIGHT);
+        return Some((ms(start, UtcOffset::UTC), ms(end, UtcOffset::UTC) - 1.0));
+    };
+    let (clock, offset) = if let Some(c) = rest.strip_suffix('Z') {
+        (c, UtcOffset::UTC)
+    } else if let Some(i) = rest.rfind(['+', '-']) {
+        let (c, o) = rest.split_at(i);
+        let sign: i8 = if o.starts_with('-') { -1 } else { 1 };
+        let (h, m) = o[1..].split_once(':')?;
+        let off = UtcOffset::from_hms(
+            sign * h.parse::<i8>().ok()?,
+            sign * m.parse::<i8>().ok()?,
+            0,
+        )
+        .ok()?;
+        (c, off)
+    } else {
+        (rest, UtcOffset::UTC)
+    };
+    let fields: Vec<&str> = clock.split(':').collect();
+    let hour: u8 = fields.first()?.parse().ok()?;
+    let minute: u8 = fields.get(1).map_or(Some(0), |m| m.parse().ok())?;
+    let (second, frac, unit) = match fields.get(2) {
+        Some(sec) => {
+            let (whole, frac) = sec.split_once('.').unwrap_or((sec, ""));
+            let digits = frac.len().min(9) as u32;
+            let nanos: u32 = if digits == 0 {
+                0
+            } else {
+                frac[..digits as usize].parse::<u32>().ok()? * 10u32.pow(9 - digits)
+            };
+            let unit = if digits == 0 {
+                Duration::seconds(1)
+            } else {
+                Duration::nanoseconds(10i64.pow(9 - digits))
+            };
+            (whole.parse::<u8>().ok()?, nanos, unit)
+        }
+        None if fields.len() == 2 => (0, 0, Duration::minutes(1)),
+        None => (0, 0, Duration::hours(1)),
+    };
+    let start = start_date.with_time(Time::from_hms_nano(hour, minute, second, frac).ok()?);
+    let end = start + unit;
+    Some((
+        ms(start, offset),
+        (ms(end, offset) - 1.0).max(ms(start, offset)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn of<'a>(e: &'a [Entry], p: &str) -> Vec<&'a Entry> {
+        e.iter().filter(|x| x.param == p).collect()
+    }
+
+    #[test]
+    fn a_patient_is_indexed_by_its_parameters() {
+        let p = json!({
+            "resourceType": "Patient", "id": "p1",
+            "identifier": [{ "system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "999911120" }],
+            "name": [{ "family": "Müller", "given": ["Anna", "Ëlse"] }],
+            "gender": "female", "birthDate": "1974-12",
+            "active": true,
+            "generalPractitioner": [{ "reference": "Practitioner/d1" }],
+            "address": [{ "city": "Utrecht", "postalCode": "3511 AA" }]
+        });
+        let e = entries("Patient", &p);
+        assert_eq!(of(&e, "family")[0].value, "muller");
+        assert_eq!(of(&e, "family")[0].raw, "Müller");
+        assert!(of(&e, "name").iter().any(|x| x.value == "else"));
+        assert_eq!(
+            of(&e, "identifier")[0].system,
+            "http://fhir.nl/fhir/NamingSystem/bsn"
+        );
+        assert_eq!(of(&e, "gender")[0].value, "female");
+        assert_eq!(of(&e, "active")[0].value, "true");
+        assert_eq!(of(&e, "general-practitioner")[0].value, "Practitioner/d1");
+        assert_eq!(of(&e, "address-city")[0].value, "utrecht");
+        let b = of(&e, "birthdate")[0];
+        assert_eq!(
+            (b.low, b.high),
+            (
+                precision_range("1974-12-01T00:00:00Z").map(|r| r.0),
+                precision_range("1974-12-31").map(|r| r.1)
+            )
+        );
+    }
+
+    #[test]
+    fn an_observation_is_indexed_by_code_value_date_and_subject() {
+        let o = json!({
+            "resourceType": "Observation", "status": "final",
+            "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory" }] }],
+            "code": { "coding": [{ "system": "http://loinc.org", "code": "718-7", "display": "Hemoglobin" }] },
+            "subject": { "reference": "Patient/p1" },
+            "effectiveDateTime": "2024-03-01T10:00:00+01:00",
+            "valueQuantity": { "value": 8.5, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L" }
+        });
+        let e = entries("Observation", &o);
+        assert_eq!(of(&e, "code")[0].raw, "hemoglobin");
+        assert_eq!(of(&e, "category")[0].value, "laboratory");
+        assert_eq!(of(&e, "patient")[0].value, "Patient/p1");
+        assert_eq!(of(&e, "subject")[0].value, "Patient/p1");
+        let q = of(&e, "value-quantity")[0];
+        assert_eq!((q.low, q.value.as_str()), (Some(8.5), "mmol/L"));
+        let d = of(&e, "date")[0];
+        assert_eq!(d.low, precision_range("2024-03-01T09:00:00Z").map(|r| r.0));
+        assert_eq!(d.high, Some(d.low.unwrap() + 999.0), "to the second");
+    }
+
+    /// Codings and identifiers with parts missing index what they have (this once panicked).
+    #[test]
+    fn partial_codings_and_identifiers() {
+        let p = json!({
+            "resourceType": "Patient",
+            "meta": { "tag": [{ "code": "kept" }], "security": [{ "system": "urn:s" }] },
+            "identifier": [{ "value": "1" }, { "system": "urn:only-system" }],
+            "telecom": [{ "value": "0612345678" }]
+        });
+        let e = entries("Patient", &p);
+        assert_eq!(of(&e, "_tag")[0].value, "kept");
+        assert_eq!(of(&e, "_security")[0].system, "urn:s");
+        assert!(
+            of(&e, "identifier")
+                .iter()
+                .any(|x| x.value == "1" && x.system.is_empty())
+        );
+        assert_eq!(of(&e, "telecom")[0].value, "0612345678");
+    }
+
+    #[test]
+    fn date_precision() {
+        let (lo, hi) = precision_range("2020").unwrap();
+        assert_eq!(lo, precision_range("2020-01-01T00:00:00Z").unwrap().0);
+        assert_eq!(hi, precision_range("2020-12-31T23:59:59.999Z").unwrap().0);
+        let (lo, hi) = precision_range("2020-02").unwrap();
+        assert_eq!(hi - lo + 1.0, 29.0 * 86_400_000.0, "a leap February");
+        assert!(precision_range("2020-13").is_none());
+        assert!(precision_range("not a date").is_none());
+    }
+}

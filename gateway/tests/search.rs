@@ -1,0 +1,524 @@
+//! Search on the gateway's index against an independent oracle: the Synthea population in
+//! `../shared/synthea/10-patients` (Patients, Conditions, Immunizations) plus lab Observations
+//! made here, loaded through the REST API; each query's result set is compared with the set the
+//! test computes itself from the same JSON (plain Rust over the resources, not the gateway's
+//! FHIRPath or index). Both stores.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+fn shared(p: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared")
+        .join(p)
+}
+
+fn ndjson(ty: &str) -> Vec<Value> {
+    std::fs::read_to_string(shared(&format!("synthea/10-patients/{ty}.000.ndjson")))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Lab results made here: numbers with and without units, codes, dates with offsets.
+const LOINC: [&str; 4] = ["718-7", "2345-7", "4548-4", "8867-4"];
+const DISPLAY: [&str; 4] = ["Hemoglobin", "Glucose", "Hemoglobin A1c", "Heart rate"];
+
+fn observations(patients: &[Value]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (i, p) in patients.iter().enumerate() {
+        for j in 0..4 {
+            let n = i * 4 + j;
+            out.push(json!({
+                "resourceType": "Observation",
+                "id": format!("lab-{n}"),
+                "status": if n % 5 == 0 { "amended" } else { "final" },
+                "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": if j == 3 { "vital-signs" } else { "laboratory" } }] }],
+                "code": { "coding": [{ "system": "http://loinc.org", "code": LOINC[j], "display": DISPLAY[j] }] },
+                "subject": { "reference": format!("Patient/{}", p["id"].as_str().unwrap()) },
+                "effectiveDateTime": format!("20{:02}-0{}-1{}T1{}:30:00+0{}:00", 10 + n % 12, 1 + n % 9, n % 10, n % 10, n % 3),
+                "valueQuantity": { "value": 3.0 + (n as f64) * 0.25, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L" }
+            }));
+        }
+    }
+    out
+}
+
+struct Data {
+    by_type: HashMap<String, Vec<Value>>,
+}
+
+async fn load(gw: &Gateway) -> Data {
+    let c = client();
+    let patients = ndjson("Patient");
+    let mut by_type: HashMap<String, Vec<Value>> = HashMap::new();
+    by_type.insert("Observation".into(), observations(&patients));
+    by_type.insert("Patient".into(), patients);
+    by_type.insert("Condition".into(), ndjson("Condition"));
+    by_type.insert("Immunization".into(), ndjson("Immunization"));
+    for (ty, list) in &by_type {
+        for r in list {
+            let id = r["id"].as_str().unwrap();
+            let resp = c
+                .put(format!("{}/{ty}/{id}", gw.base))
+                .header("content-type", FHIR_JSON)
+                .body(r.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                resp.status().is_success(),
+                "{ty}/{id}: {}",
+                resp.text().await.unwrap()
+            );
+        }
+    }
+    Data { by_type }
+}
+
+/// Every id a search returns, following `next` links.
+async fn search_ids(gw: &Gateway, ty: &str, query: &str) -> Result<BTreeSet<String>, String> {
+    let c = client();
+    let mut url = format!("{}/{ty}?{query}&_count=200", gw.base);
+    let mut ids = BTreeSet::new();
+    loop {
+        let resp = c.get(&url).send().await.unwrap();
+        let status = resp.status();
+        let bundle: Value = resp.json().await.unwrap();
+        if !status.is_success() {
+            return Err(format!("{status}: {bundle}"));
+        }
+        for e in bundle["entry"].as_array().into_iter().flatten() {
+            if e["search"]["mode"] == "match" {
+                ids.insert(e["resource"]["id"].as_str().unwrap().to_owned());
+            }
+        }
+        match bundle["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+        {
+            Some(next) => url = next["url"].as_str().unwrap().to_owned(),
+            None => return Ok(ids),
+        }
+    }
+}
+
+// The oracle's own readings of the JSON.
+
+fn strs<'a>(v: &'a Value, path: &[&str]) -> Vec<&'a str> {
+    let mut cur = vec![v];
+    for k in path {
+        cur = cur
+            .into_iter()
+            .flat_map(|x| match &x[*k] {
+                Value::Array(a) => a.iter().collect::<Vec<_>>(),
+                Value::Null => vec![],
+                other => vec![other],
+            })
+            .collect();
+    }
+    cur.into_iter().filter_map(Value::as_str).collect()
+}
+
+fn lower_plain(s: &str) -> String {
+    s.to_lowercase()
+        .replace(['é', 'è', 'ë', 'ê'], "e")
+        .replace(['ü', 'ú'], "u")
+        .replace(['ö', 'ó'], "o")
+        .replace(['ï', 'í'], "i")
+        .replace(['á', 'ä', 'à'], "a")
+}
+
+fn instant(s: &str) -> OffsetDateTime {
+    OffsetDateTime::parse(s, &Rfc3339).unwrap()
+}
+
+fn codes<'a>(r: &'a Value, field: &str) -> Vec<(&'a str, &'a str)> {
+    let concepts: Vec<&Value> = match &r[field] {
+        Value::Array(a) => a.iter().collect(),
+        Value::Null => vec![],
+        v => vec![v],
+    };
+    concepts
+        .into_iter()
+        .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+        .map(|c| {
+            (
+                c["system"].as_str().unwrap_or(""),
+                c["code"].as_str().unwrap_or(""),
+            )
+        })
+        .collect()
+}
+
+type Oracle = Box<dyn Fn(&Value) -> bool>;
+
+fn queries(d: &Data) -> Vec<(&'static str, String, Oracle)> {
+    let patients = &d.by_type["Patient"];
+    let p0 = patients[0]["id"].as_str().unwrap().to_owned();
+    let family0 = strs(&patients[0], &["name", "family"])[0].to_owned();
+    let prefix0 = family0[..3].to_lowercase();
+    let city0 = strs(&patients[0], &["address", "city"])[0].to_owned();
+    let cond_code = codes(&d.by_type["Condition"][0], "code")[0].1.to_owned();
+    let mut q: Vec<(&'static str, String, Oracle)> = Vec::new();
+    // string: default starts-with, case- and accent-insensitive; :exact; :contains
+    let pre = prefix0.clone();
+    q.push((
+        "Patient",
+        format!("family={}", prefix0.to_uppercase()),
+        Box::new(move |r| {
+            strs(r, &["name", "family"])
+                .iter()
+                .any(|f| lower_plain(f).starts_with(&pre))
+        }),
+    ));
+    let fam = family0.clone();
+    q.push((
+        "Patient",
+        format!("family:exact={family0}"),
+        Box::new(move |r| strs(r, &["name", "family"]).contains(&fam.as_str())),
+    ));
+    q.push((
+        "Patient",
+        format!("family:exact={}", family0.to_lowercase()),
+        Box::new(|_| false),
+    ));
+    let mid = family0[1..4].to_lowercase();
+    let mid2 = mid.clone();
+    q.push((
+        "Patient",
+        format!("name:contains={mid}"),
+        Box::new(move |r| {
+            ["family", "given", "prefix", "suffix", "text"]
+                .iter()
+                .any(|k| {
+                    strs(r, &["name", k])
+                        .iter()
+                        .any(|s| lower_plain(s).contains(&mid2))
+                })
+        }),
+    ));
+    let city = city0.clone();
+    q.push((
+        "Patient",
+        format!("address-city={city0}"),
+        Box::new(move |r| {
+            strs(r, &["address", "city"])
+                .iter()
+                .any(|c| lower_plain(c).starts_with(&lower_plain(&city)))
+        }),
+    ));
+    // token on code, with OR and :not
+    q.push((
+        "Patient",
+        "gender=female".into(),
+        Box::new(|r| r["gender"] == "female"),
+    ));
+    q.push((
+        "Patient",
+        "gender=female,male".into(),
+        Box::new(|r| r["gender"] == "female" || r["gender"] == "male"),
+    ));
+    q.push((
+        "Patient",
+        "gender:not=female".into(),
+        Box::new(|r| r["gender"] != "female"),
+    ));
+    // date: birthDate (date), prefixes and AND
+    q.push((
+        "Patient",
+        "birthdate=ge1970-01-01".into(),
+        Box::new(|r| r["birthDate"].as_str().unwrap() >= "1970-01-01"),
+    ));
+    q.push((
+        "Patient",
+        "birthdate=lt1960".into(),
+        Box::new(|r| r["birthDate"].as_str().unwrap() < "1960"),
+    ));
+    q.push((
+        "Patient",
+        "birthdate=ge1950&birthdate=lt1990-06".into(),
+        Box::new(|r| {
+            let b = r["birthDate"].as_str().unwrap();
+            ("1950".."1990-06").contains(&b)
+        }),
+    ));
+    let by0 = patients[0]["birthDate"].as_str().unwrap()[..4].to_owned();
+    let by = by0.clone();
+    q.push((
+        "Patient",
+        format!("birthdate={by0}"),
+        Box::new(move |r| r["birthDate"].as_str().unwrap().starts_with(&by)),
+    ));
+    q.push((
+        "Patient",
+        "_profile=http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient".into(),
+        Box::new(|r| {
+            strs(r, &["meta", "profile"])
+                .contains(&"http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient")
+        }),
+    ));
+    q.push((
+        "Patient",
+        "_profile:below=http://hl7.org/fhir/us/core/".into(),
+        Box::new(|r| {
+            strs(r, &["meta", "profile"])
+                .iter()
+                .any(|p| p.starts_with("http://hl7.org/fhir/us/core/"))
+        }),
+    ));
+    q.push((
+        "Patient",
+        "deceased=true".into(),
+        Box::new(|r| r.get("deceasedDateTime").is_some() || r["deceasedBoolean"] == true),
+    ));
+    q.push((
+        "Patient",
+        "address-postalcode:missing=true".into(),
+        Box::new(|r| strs(r, &["address", "postalCode"]).is_empty()),
+    ));
+    q.push((
+        "Patient",
+        "address-postalcode:missing=false".into(),
+        Box::new(|r| !strs(r, &["address", "postalCode"]).is_empty()),
+    ));
+    // token with system, :text
+    let cc = cond_code.clone();
+    q.push((
+        "Condition",
+        format!("code=http://snomed.info/sct|{cond_code}"),
+        Box::new(move |r| codes(r, "code").contains(&("http://snomed.info/sct", cc.as_str()))),
+    ));
+    let cc = cond_code.clone();
+    q.push((
+        "Condition",
+        format!("code={cond_code}"),
+        Box::new(move |r| codes(r, "code").iter().any(|(_, c)| *c == cc)),
+    ));
+    q.push((
+        "Condition",
+        "code=http://loinc.org|".into(),
+        Box::new(|r| {
+            codes(r, "code")
+                .iter()
+                .any(|(s, _)| *s == "http://loinc.org")
+        }),
+    ));
+    q.push((
+        "Condition",
+        "code:text=sepsis".into(),
+        Box::new(|r| {
+            let c = &r["code"];
+            c["coding"].as_array().into_iter().flatten().any(|x| {
+                x["display"]
+                    .as_str()
+                    .or(c["text"].as_str())
+                    .is_some_and(|d| d.to_lowercase().contains("sepsis"))
+            })
+        }),
+    ));
+    q.push((
+        "Condition",
+        "clinical-status=active,resolved".into(),
+        Box::new(|r| {
+            codes(r, "clinicalStatus")
+                .iter()
+                .any(|(_, c)| *c == "active" || *c == "resolved")
+        }),
+    ));
+    // reference: Type/id, bare id, type modifier
+    let pr = format!("Patient/{p0}");
+    let pr2 = pr.clone();
+    q.push((
+        "Condition",
+        format!("subject={pr}"),
+        Box::new(move |r| r["subject"]["reference"] == pr2.as_str()),
+    ));
+    let pr2 = pr.clone();
+    q.push((
+        "Condition",
+        format!("patient={p0}"),
+        Box::new(move |r| r["subject"]["reference"] == pr2.as_str()),
+    ));
+    let pr2 = pr.clone();
+    q.push((
+        "Condition",
+        format!("subject:Patient={p0}"),
+        Box::new(move |r| r["subject"]["reference"] == pr2.as_str()),
+    ));
+    // dateTime with offsets against date ranges
+    q.push((
+        "Condition",
+        "onset-date=ge2000-01-01T00:00:00Z&onset-date=lt2010-01-01T00:00:00Z".into(),
+        Box::new(|r| {
+            r["onsetDateTime"].as_str().is_some_and(|s| {
+                let t = instant(s);
+                t >= instant("2000-01-01T00:00:00Z") && t < instant("2010-01-01T00:00:00Z")
+            })
+        }),
+    ));
+    q.push((
+        "Condition",
+        "abatement-date:missing=true".into(),
+        Box::new(|r| {
+            r.get("abatementDateTime").is_none()
+                && r.get("abatementPeriod").is_none()
+                && r.get("abatementAge").is_none()
+                && r.get("abatementRange").is_none()
+                && r.get("abatementString").is_none()
+        }),
+    ));
+    q.push((
+        "Immunization",
+        "date=sa2015-12-31".into(),
+        Box::new(|r| {
+            r["occurrenceDateTime"].as_str().is_some_and(|s| {
+                instant(s) > instant("2016-01-01T00:00:00Z") - time::Duration::milliseconds(1)
+            })
+        }),
+    ));
+    q.push((
+        "Immunization",
+        "vaccine-code=http://hl7.org/fhir/sid/cvx|140".into(),
+        Box::new(|r| codes(r, "vaccineCode").contains(&("http://hl7.org/fhir/sid/cvx", "140"))),
+    ));
+    // quantity and number-like comparisons on values, with and without units
+    let value = |r: &Value| r["valueQuantity"]["value"].as_f64().unwrap();
+    q.push((
+        "Observation",
+        "value-quantity=gt10".into(),
+        Box::new(move |r| value(r) > 10.0),
+    ));
+    q.push((
+        "Observation",
+        "value-quantity=le5.5|http://unitsofmeasure.org|mmol/L".into(),
+        Box::new(move |r| value(r) <= 5.5),
+    ));
+    q.push((
+        "Observation",
+        "value-quantity=5.5".into(),
+        Box::new(move |r| (5.45..5.55).contains(&value(r))),
+    ));
+    q.push((
+        "Observation",
+        "value-quantity=5.5||mg".into(),
+        Box::new(|_| false),
+    ));
+    q.push((
+        "Observation",
+        "category=laboratory&code=http://loinc.org|718-7,http://loinc.org|2345-7".into(),
+        Box::new(|r| {
+            codes(r, "category").iter().any(|(_, c)| *c == "laboratory")
+                && codes(r, "code")
+                    .iter()
+                    .any(|(_, c)| *c == "718-7" || *c == "2345-7")
+        }),
+    ));
+    let pr2 = pr.clone();
+    q.push((
+        "Observation",
+        format!("patient={p0}&category=laboratory"),
+        Box::new(move |r| {
+            r["subject"]["reference"] == pr2.as_str()
+                && codes(r, "category").iter().any(|(_, c)| *c == "laboratory")
+        }),
+    ));
+    q.push((
+        "Observation",
+        "date=2015".into(),
+        Box::new(|r| {
+            let t = instant(r["effectiveDateTime"].as_str().unwrap());
+            t >= instant("2015-01-01T00:00:00Z") && t < instant("2016-01-01T00:00:00Z")
+        }),
+    ));
+    q.push((
+        "Observation",
+        "status=amended".into(),
+        Box::new(|r| r["status"] == "amended"),
+    ));
+    q
+}
+
+async fn run(gw: &Gateway) {
+    let data = load(gw).await;
+    let mut checked = 0;
+    let mut nonempty = 0;
+    for (ty, query, oracle) in queries(&data) {
+        let expected: BTreeSet<String> = data.by_type[ty]
+            .iter()
+            .filter(|r| oracle(r))
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        let got = search_ids(gw, ty, &query)
+            .await
+            .unwrap_or_else(|e| panic!("{ty}?{query}: {e}"));
+        assert_eq!(got, expected, "{ty}?{query}");
+        checked += 1;
+        if !expected.is_empty() {
+            nonempty += 1;
+        }
+    }
+    println!("search oracle: {checked} queries agree ({nonempty} with matches)");
+    assert!(
+        nonempty * 4 >= checked * 3,
+        "most queries must match something to prove anything"
+    );
+}
+
+#[tokio::test]
+async fn search_agrees_with_the_oracle_on_sqlite() {
+    let gw = Gateway::start();
+    run(&gw).await;
+}
+
+#[tokio::test]
+async fn search_agrees_with_the_oracle_on_postgres() {
+    let gw = Gateway::start_with(&postgres_toml(&fresh_schema(), ""));
+    run(&gw).await;
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_parameters() {
+    let gw = Gateway::start();
+    let c = client();
+    for (q, why) in [
+        ("birthdate=ge19x0", "not a date"),
+        ("gender:exact=female", "modifier"),
+        ("address-postalcode:missing=maybe", "true or false"),
+    ] {
+        let r = c
+            .get(format!("{}/Patient?{q}", gw.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("OperationOutcome") && body.contains(why),
+            "{q}: {body}"
+        );
+    }
+    let strict = c
+        .get(format!("{}/Patient?nonsense=1", gw.base))
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(strict.status(), 400);
+    assert!(strict.text().await.unwrap().contains("nonsense"));
+    let lenient = c
+        .get(format!("{}/Patient?nonsense=1", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lenient.status(), 200);
+}
