@@ -445,6 +445,80 @@ fn queries(d: &Data) -> Vec<(&'static str, String, Oracle)> {
         "status=amended".into(),
         Box::new(|r| r["status"] == "amended"),
     ));
+    // chains (one and two links, with a type qualifier) and reverse chains
+    let by_ref: HashMap<String, Value> = patients
+        .iter()
+        .map(|p| (format!("Patient/{}", p["id"].as_str().unwrap()), p.clone()))
+        .collect();
+    let subject_of = {
+        let by_ref = by_ref.clone();
+        move |r: &Value| {
+            r["subject"]["reference"]
+                .as_str()
+                .and_then(|s| by_ref.get(s))
+                .cloned()
+        }
+    };
+    let (pre, sub) = (prefix0.clone(), subject_of.clone());
+    q.push((
+        "Condition",
+        format!("subject:Patient.family={prefix0}"),
+        Box::new(move |r| {
+            sub(r).is_some_and(|p| {
+                strs(&p, &["name", "family"])
+                    .iter()
+                    .any(|f| lower_plain(f).starts_with(&pre))
+            })
+        }),
+    ));
+    let sub = subject_of.clone();
+    q.push((
+        "Condition",
+        "patient.birthdate=lt1960".into(),
+        Box::new(move |r| sub(r).is_some_and(|p| p["birthDate"].as_str().unwrap() < "1960")),
+    ));
+    let (city, sub) = (city0.clone(), subject_of.clone());
+    q.push((
+        "Observation",
+        format!("subject:Patient.address-city={city0}"),
+        Box::new(move |r| {
+            sub(r).is_some_and(|p| {
+                strs(&p, &["address", "city"])
+                    .iter()
+                    .any(|c| lower_plain(c).starts_with(&lower_plain(&city)))
+            })
+        }),
+    ));
+    let with_code: BTreeSet<String> = d.by_type["Condition"]
+        .iter()
+        .filter(|c| codes(c, "code").iter().any(|(_, x)| *x == cond_code))
+        .filter_map(|c| c["subject"]["reference"].as_str().map(str::to_owned))
+        .collect();
+    q.push((
+        "Patient",
+        format!("_has:Condition:patient:code={cond_code}"),
+        Box::new(move |r| with_code.contains(&format!("Patient/{}", r["id"].as_str().unwrap()))),
+    ));
+    let high: BTreeSet<String> = d.by_type["Observation"]
+        .iter()
+        .filter(|o| o["valueQuantity"]["value"].as_f64().unwrap() > 12.0)
+        .map(|o| o["subject"]["reference"].as_str().unwrap().to_owned())
+        .collect();
+    q.push((
+        "Patient",
+        "_has:Observation:subject:value-quantity=gt12".into(),
+        Box::new(move |r| high.contains(&format!("Patient/{}", r["id"].as_str().unwrap()))),
+    ));
+    let vaccinated: BTreeSet<String> = d.by_type["Immunization"]
+        .iter()
+        .filter(|i| codes(i, "vaccineCode").contains(&("http://hl7.org/fhir/sid/cvx", "140")))
+        .filter_map(|i| i["patient"]["reference"].as_str().map(str::to_owned))
+        .collect();
+    q.push((
+        "Observation",
+        "patient._has:Immunization:patient:vaccine-code=http://hl7.org/fhir/sid/cvx|140".into(),
+        Box::new(move |r| vaccinated.contains(r["subject"]["reference"].as_str().unwrap())),
+    ));
     q
 }
 
@@ -458,10 +532,14 @@ async fn run(gw: &Gateway) {
             .filter(|r| oracle(r))
             .map(|r| r["id"].as_str().unwrap().to_owned())
             .collect();
+        let started = std::time::Instant::now();
         let got = search_ids(gw, ty, &query)
             .await
             .unwrap_or_else(|e| panic!("{ty}?{query}: {e}"));
         assert_eq!(got, expected, "{ty}?{query}");
+        if started.elapsed() > std::time::Duration::from_millis(500) {
+            println!("slow: {ty}?{query} took {:?}", started.elapsed());
+        }
         checked += 1;
         if !expected.is_empty() {
             nonempty += 1;
@@ -494,6 +572,8 @@ async fn malformed_and_unknown_parameters() {
         ("birthdate=ge19x0", "not a date"),
         ("gender:exact=female", "modifier"),
         ("address-postalcode:missing=maybe", "true or false"),
+        ("_has:Condition:code:code=x", "not a reference parameter"),
+        ("general-practitioner.nonsense=x", "no target"),
     ] {
         let r = c
             .get(format!("{}/Patient?{q}", gw.base))

@@ -43,6 +43,15 @@ pub enum ClauseKind {
     None(Vec<Pred>),
     /// `:missing=true|false`.
     Missing(bool),
+    /// `param[:Type].rest=value`: the parameter references a resource of one of `targets` that
+    /// matches `inner`.
+    Chain {
+        targets: Vec<String>,
+        inner: Box<Clause>,
+    },
+    /// `_has:Type:param:rest=value`: some `Type` whose `param` references this resource matches
+    /// `inner`.
+    Has { ty: String, inner: Box<Clause> },
 }
 
 /// A condition on one index row.
@@ -221,8 +230,98 @@ fn unescape(s: &str) -> String {
         .replace("\\\\", "\\")
 }
 
-/// A clause for `name[:modifier]=value` when `name` is an indexed parameter of `ty`.
+/// How deep chains and `_has` may nest (each level is a subquery).
+const MAX_CHAIN: usize = 3;
+
+/// A clause for `name[:modifier]=value` when `name` is an indexed parameter of `ty`, a chain
+/// (`subject:Patient.name=...`) or a reverse chain (`_has:Observation:patient:code=...`).
 fn clause(ty: &str, name: &str, value: &str) -> Result<Option<Clause>> {
+    chained(ty, name, value, 0)
+}
+
+fn chained(ty: &str, name: &str, value: &str, depth: usize) -> Result<Option<Clause>> {
+    if depth > MAX_CHAIN {
+        return Err(Error::invalid(format!(
+            "'{name}': chains and _has nest at most {MAX_CHAIN} deep"
+        )));
+    }
+    if let Some(rest) = name.strip_prefix("_has:") {
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source), Some(param), Some(inner)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Error::invalid(format!(
+                "'{name}': _has needs _has:Type:parameter:parameter"
+            )));
+        };
+        let def = search_params::definition(source, param)
+            .filter(|d| d.kind == Kind::Reference)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "'{name}': {source}.{param} is not a reference parameter"
+                ))
+            })?;
+        let inner = chained(source, inner, value, depth + 1)?.ok_or_else(|| {
+            Error::invalid(format!(
+                "'{name}': {source} has no search parameter '{inner}'"
+            ))
+        })?;
+        return Ok(Some(Clause {
+            param: def.code.clone(),
+            how: ClauseKind::Has {
+                ty: source.to_owned(),
+                inner: Box::new(inner),
+            },
+        }));
+    }
+    if let Some((link, rest)) = name.split_once('.') {
+        let (code, target) = match link.split_once(':') {
+            Some((c, t)) => (c, Some(t)),
+            None => (link, None),
+        };
+        let Some(def) = search_params::definition(ty, code).filter(|d| d.kind == Kind::Reference)
+        else {
+            return Ok(None);
+        };
+        // The link's targets on which the rest of the chain is a parameter (or a `_has`).
+        let mut targets = Vec::new();
+        let mut inner = None;
+        for t in def
+            .targets
+            .iter()
+            .filter(|t| target.is_none_or(|want| want == t.as_str()))
+        {
+            if let Ok(Some(c)) = chained(t, rest, value, depth + 1) {
+                targets.push(t.clone());
+                inner.get_or_insert(c);
+            }
+        }
+        let Some(inner) = inner else {
+            // Re-run on the first target for the reason (a bad value, a depth limit), if any.
+            if let Some(t) = def
+                .targets
+                .iter()
+                .find(|t| target.is_none_or(|w| w == t.as_str()))
+            {
+                chained(t, rest, value, depth + 1)?;
+            }
+            let first = rest.split(['.', ':']).next().unwrap_or(rest);
+            return Err(Error::invalid(format!(
+                "'{name}': no target of {code} has a search parameter '{first}'"
+            )));
+        };
+        return Ok(Some(Clause {
+            param: def.code.clone(),
+            how: ClauseKind::Chain {
+                targets,
+                inner: Box::new(inner),
+            },
+        }));
+    }
+    simple(ty, name, value)
+}
+
+/// `name[:modifier]=value` on an indexed parameter of `ty`.
+fn simple(ty: &str, name: &str, value: &str) -> Result<Option<Clause>> {
     let (code, modifier) = match name.split_once(':') {
         Some((c, m)) => (c, Some(m)),
         None => (name, None),

@@ -3,7 +3,7 @@
 //! backend binds them with its own driver (see `Bind`).
 
 use crate::fhir::operation::{History, HistoryScope, Search};
-use crate::fhir::search::{ClauseKind, Criteria, Pred, Prefix};
+use crate::fhir::search::{Clause, ClauseKind, Criteria, Pred, Prefix};
 use crate::fhir::search_index::Entry;
 use crate::store::to_millis;
 
@@ -103,34 +103,98 @@ fn push_criteria(q: &mut Sql, criteria: &Criteria) {
 /// `AND [NOT] EXISTS (rows of the parameter matching any alternative)` per indexed clause.
 fn push_clauses(q: &mut Sql, criteria: &Criteria) {
     for clause in &criteria.clauses {
-        let (negate, preds): (bool, &[Pred]) = match &clause.how {
-            ClauseKind::Any(p) => (false, p),
-            ClauseKind::None(p) => (true, p),
-            ClauseKind::Missing(missing) => (*missing, &[]),
-        };
-        q.push(if negate {
-            " AND NOT EXISTS"
-        } else {
-            " AND EXISTS"
-        });
-        q.push(
-            " (SELECT 1 FROM search_index s WHERE s.type = c.type AND s.id = c.id AND s.param = ",
-        )
-        .text(&clause.param);
-        if !preds.is_empty() {
-            q.push(" AND (");
-            for (i, p) in preds.iter().enumerate() {
+        push_clause(q, clause, "c", 1);
+    }
+}
+
+/// One clause on the resource aliased `c` (`resource_current`). Chains and `_has` nest a
+/// subquery over another `resource_current` alias (`c1`, `c2`, ...); each EXISTS has its own
+/// `search_index s`, so predicates always mean the innermost one.
+fn push_clause(q: &mut Sql, clause: &Clause, c: &str, depth: usize) {
+    let inner_alias = format!("c{depth}");
+    let index_rows = |q: &mut Sql| {
+        q.push(" (SELECT 1 FROM search_index s WHERE s.type = ")
+            .push(c)
+            .push(".type AND s.id = ")
+            .push(c)
+            .push(".id AND s.param = ")
+            .text(&clause.param);
+    };
+    let (negate, preds): (bool, &[Pred]) = match &clause.how {
+        ClauseKind::Any(p) => (false, p),
+        ClauseKind::None(p) => (true, p),
+        ClauseKind::Missing(missing) => (*missing, &[]),
+        ClauseKind::Chain { targets, inner } => {
+            q.push(" AND EXISTS");
+            index_rows(q);
+            let n = inner_alias.as_str();
+            q.push(" AND s.value IN (SELECT ")
+                .push(n)
+                .push(".type || '/' || ")
+                .push(n)
+                .push(".id FROM resource_current ")
+                .push(n)
+                .push(" WHERE ")
+                .push(n)
+                .push(".deleted = 0 AND ")
+                .push(n)
+                .push(".type IN (");
+            for (i, t) in targets.iter().enumerate() {
                 if i > 0 {
-                    q.push(" OR ");
+                    q.push(", ");
                 }
-                q.push("(");
-                push_pred(q, p);
-                q.push(")");
+                q.text(t);
             }
+            q.push(")");
+            push_clause(q, inner, n, depth + 1);
+            q.push("))");
+            return;
+        }
+        ClauseKind::Has { ty, inner } => {
+            let n = inner_alias.as_str();
+            q.push(" AND EXISTS (SELECT 1 FROM resource_current ")
+                .push(n)
+                .push(" JOIN search_index s ON s.type = ")
+                .push(n)
+                .push(".type AND s.id = ")
+                .push(n)
+                .push(".id WHERE ")
+                .push(n)
+                .push(".deleted = 0 AND ")
+                .push(n)
+                .push(".type = ")
+                .text(ty)
+                .push(" AND s.param = ")
+                .text(&clause.param)
+                .push(" AND s.value = ")
+                .push(c)
+                .push(".type || '/' || ")
+                .push(c)
+                .push(".id");
+            push_clause(q, inner, n, depth + 1);
+            q.push(")");
+            return;
+        }
+    };
+    q.push(if negate {
+        " AND NOT EXISTS"
+    } else {
+        " AND EXISTS"
+    });
+    index_rows(q);
+    if !preds.is_empty() {
+        q.push(" AND (");
+        for (i, p) in preds.iter().enumerate() {
+            if i > 0 {
+                q.push(" OR ");
+            }
+            q.push("(");
+            push_pred(q, p);
             q.push(")");
         }
         q.push(")");
     }
+    q.push(")");
 }
 
 /// LIKE patterns escape their own wildcards; a backslash is the escape character in both dialects.
@@ -654,7 +718,7 @@ pub(crate) use relational_common;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fhir::search::{Clause, Token};
+    use crate::fhir::search::Token;
 
     #[test]
     fn placeholders_follow_the_dialect_and_values_are_bound() {
