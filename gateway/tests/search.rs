@@ -602,3 +602,138 @@ async fn malformed_and_unknown_parameters() {
         .unwrap();
     assert_eq!(lenient.status(), 200);
 }
+
+/// (matches, included) ids of a search, by `search.mode`.
+async fn modes(c: &reqwest::Client, url: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let r = c.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    let b: Value = r.json().await.unwrap();
+    let mut out = (BTreeSet::new(), BTreeSet::new());
+    for e in b["entry"].as_array().into_iter().flatten() {
+        let id = format!(
+            "{}/{}",
+            e["resource"]["resourceType"].as_str().unwrap(),
+            e["resource"]["id"].as_str().unwrap()
+        );
+        match e["search"]["mode"].as_str() {
+            Some("match") => out.0.insert(id),
+            Some("include") => out.1.insert(id),
+            other => panic!("search mode {other:?}"),
+        };
+    }
+    out
+}
+
+#[tokio::test]
+async fn include_and_revinclude_pass_the_chokepoint() {
+    let gw = Gateway::start();
+    let data = load(&gw).await;
+    let patients = &data.by_type["Patient"];
+    let (p0, p1) = (
+        patients[0]["id"].as_str().unwrap(),
+        patients[1]["id"].as_str().unwrap(),
+    );
+    let conditions_of = |p: &str| -> BTreeSet<String> {
+        data.by_type["Condition"]
+            .iter()
+            .filter(|c| c["subject"]["reference"] == format!("Patient/{p}").as_str())
+            .map(|c| format!("Condition/{}", c["id"].as_str().unwrap()))
+            .collect()
+    };
+    let obs_of = |p: &str| -> BTreeSet<String> {
+        data.by_type["Observation"]
+            .iter()
+            .filter(|o| o["subject"]["reference"] == format!("Patient/{p}").as_str())
+            .map(|o| format!("Observation/{}", o["id"].as_str().unwrap()))
+            .collect()
+    };
+    assert!(!conditions_of(p0).is_empty() && !conditions_of(p1).is_empty());
+    let b = &gw.base;
+    let c = client();
+    let one = |s: &str| BTreeSet::from([s.to_owned()]);
+
+    // Forward, with a target type, and `*`.
+    let (m, i) = modes(
+        &c,
+        &format!("{b}/Condition?patient={p0}&_include=Condition:subject:Patient&_count=1000"),
+    )
+    .await;
+    assert_eq!(m, conditions_of(p0));
+    assert_eq!(i, one(&format!("Patient/{p0}")));
+    let (_, i) = modes(
+        &c,
+        &format!("{b}/Condition?patient={p0}&_include=Condition:*&_count=1000"),
+    )
+    .await;
+    assert!(i.contains(&format!("Patient/{p0}")), "{i:?}");
+    let (_, i) = modes(
+        &c,
+        &format!("{b}/Condition?patient={p0}&_include=Condition:subject:Group"),
+    )
+    .await;
+    assert!(i.is_empty(), "target type Group: nothing");
+
+    // Reverse, and iterate: Observation -> its Patient -> that Patient's Conditions.
+    let (m, i) = modes(
+        &c,
+        &format!("{b}/Patient?_id={p0}&_revinclude=Condition:patient"),
+    )
+    .await;
+    assert_eq!(m, one(&format!("Patient/{p0}")));
+    assert_eq!(i, conditions_of(p0));
+    let (m, i) = modes(
+        &c,
+        &format!("{b}/Observation?patient={p0}&_include=Observation:subject&_revinclude:iterate=Condition:subject"),
+    )
+    .await;
+    assert_eq!(m, obs_of(p0));
+    let mut expected = conditions_of(p0);
+    expected.insert(format!("Patient/{p0}"));
+    assert_eq!(i, expected);
+
+    // The chokepoint: no Patient scope, no included Patients; a patient-context token sees
+    // its own compartment only, matches and inclusions alike.
+    let conditions_only = client_with(&token("system/Condition.rs", "umcu", None));
+    let (m, i) = modes(
+        &conditions_only,
+        &format!("{b}/Condition?patient={p0}&_include=Condition:subject&_count=1000"),
+    )
+    .await;
+    assert_eq!(m, conditions_of(p0));
+    assert!(i.is_empty(), "no read scope on Patient: {i:?}");
+    let own = client_with(&token("patient/*.rs", "umcu", Some(p1)));
+    let (m, i) = modes(
+        &own,
+        &format!("{b}/Patient?_id={p0}&_revinclude=Condition:patient"),
+    )
+    .await;
+    assert!(
+        m.is_empty() && i.is_empty(),
+        "another patient's record: {m:?} {i:?}"
+    );
+    let (m, i) = modes(
+        &own,
+        &format!("{b}/Condition?_include=Condition:subject&_count=1000"),
+    )
+    .await;
+    assert_eq!(m, conditions_of(p1));
+    assert_eq!(i, one(&format!("Patient/{p1}")));
+    let (m, i) = modes(
+        &own,
+        &format!("{b}/Patient?_revinclude=Observation:subject&_count=1000"),
+    )
+    .await;
+    assert_eq!(m, one(&format!("Patient/{p1}")));
+    assert_eq!(i, obs_of(p1));
+
+    // Malformed includes are refused, naming the parameter.
+    for bad in [
+        "_include=Condition",
+        "_include=Nope:subject",
+        "_include=Condition:code",
+        "_revinclude=Condition:subject:Device",
+    ] {
+        let r = c.get(format!("{b}/Condition?{bad}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+}

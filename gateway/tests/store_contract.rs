@@ -264,6 +264,7 @@ async fn conditional_create_is_atomic() {
                 cursor: None,
                 applied: vec![],
                 audit: None,
+                includes: vec![],
             }))
             .await
             .unwrap();
@@ -367,6 +368,7 @@ async fn search_by_identifier_and_id() {
                 cursor: None,
                 applied: vec![],
                 audit: None,
+                includes: vec![],
             })
         };
         let page = s.search(&search(by_bsn("999911168"))).await.unwrap();
@@ -439,6 +441,7 @@ async fn search_index_follows_writes() {
                 cursor: None,
                 applied: vec![],
                 audit: None,
+                includes: vec![],
             });
             async move { s.search(&op).await.unwrap().total }
         };

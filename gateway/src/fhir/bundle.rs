@@ -56,17 +56,25 @@ pub struct PageInfo<'a> {
     pub total: Option<u64>,
 }
 
-pub fn searchset(base: &str, page: PageInfo<'_>, entries: &[Disclosed<Stored>]) -> Value {
-    let entries: Vec<Value> = entries
-        .iter()
-        .map(|d| {
-            let s = d.get();
-            json!({
-                "fullUrl": format!("{base}/{}/{}", s.ty, s.id),
-                "resource": resource_json(s),
-                "search": { "mode": "match" }
-            })
+/// A searchset: the matches, then what `_include`/`_revinclude` added (search mode `include`).
+pub fn searchset(
+    base: &str,
+    page: PageInfo<'_>,
+    matches: &[Disclosed<Stored>],
+    included: &[Disclosed<Stored>],
+) -> Value {
+    let entry = |d: &Disclosed<Stored>, mode: &str| {
+        let s = d.get();
+        json!({
+            "fullUrl": format!("{base}/{}/{}", s.ty, s.id),
+            "resource": resource_json(s),
+            "search": { "mode": mode }
         })
+    };
+    let entries: Vec<Value> = matches
+        .iter()
+        .map(|d| entry(d, "match"))
+        .chain(included.iter().map(|d| entry(d, "include")))
         .collect();
     bundle("searchset", page, entries)
 }

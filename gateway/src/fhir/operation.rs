@@ -97,6 +97,56 @@ pub struct Search {
     pub applied: Vec<(String, String)>,
     /// AuditEvent searches go to the audit log, with its own parameters.
     pub audit: Option<crate::store::AuditQuery>,
+    /// `_include` and `_revinclude`, in the order given.
+    pub includes: Vec<Include>,
+}
+
+/// `_include=Source:param[:Target]` (resources the matches reference) or
+/// `_revinclude=Source:param[:Target]` (resources that reference the matches); `param` `*` is
+/// every reference parameter of Source; `:iterate` applies it to included resources too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    pub reverse: bool,
+    pub source: String,
+    pub param: String,
+    pub target: Option<String>,
+    pub iterate: bool,
+}
+
+fn include(key: &str, value: &str, s: &Structure) -> Result<Include> {
+    let reverse = key.starts_with("_revinclude");
+    let iterate = key.ends_with(":iterate") || key.ends_with(":recurse");
+    let bad = |why: &str| Error::invalid(format!("{key}={value}: {why}"));
+    let mut parts = value.split(':');
+    let source = parts.next().unwrap_or_default().to_owned();
+    let param = parts
+        .next()
+        .ok_or_else(|| bad("expected Type:parameter[:Target]"))?
+        .to_owned();
+    let target = parts.next().map(str::to_owned);
+    if parts.next().is_some() {
+        return Err(bad("expected Type:parameter[:Target]"));
+    }
+    if !s.is_resource_type(&source) {
+        return Err(bad("unknown resource type"));
+    }
+    if param != "*" {
+        let def = crate::fhir::search_params::definition(&source, &param)
+            .filter(|d| d.kind == crate::fhir::search_params::Kind::Reference)
+            .ok_or_else(|| bad("not a reference search parameter of that type"))?;
+        if let Some(t) = &target {
+            if !def.targets.iter().any(|x| x == t) {
+                return Err(bad("not a target of that parameter"));
+            }
+        }
+    }
+    Ok(Include {
+        reverse,
+        source,
+        param,
+        target,
+        iterate,
+    })
 }
 
 /// `Prefer: return=...`.
@@ -458,6 +508,7 @@ fn search(
 ) -> Result<Search> {
     let mut count = config.rest.default_page_size;
     let mut cursor = None;
+    let mut includes = Vec::new();
     let mut rest = Vec::new();
     let mut applied = Vec::new();
     for (k, v) in params {
@@ -468,6 +519,15 @@ fn search(
             }
             "_cursor" => cursor = Some(v.clone()),
             "_format" | "_pretty" => {}
+            "_include"
+            | "_revinclude"
+            | "_include:iterate"
+            | "_revinclude:iterate"
+            | "_include:recurse"
+            | "_revinclude:recurse" => {
+                includes.push(include(k, v, s)?);
+                applied.push((k.clone(), v.clone()));
+            }
             // Always accurate here: the count is cheap for the parameters this store indexes.
             "_total" if matches!(v.as_str(), "none" | "estimate" | "accurate") => {}
             _ => rest.push((k.clone(), v.clone())),
@@ -489,6 +549,7 @@ fn search(
             cursor,
             applied,
             audit: Some(query),
+            includes: Vec::new(),
         });
     }
     let (criteria, unknown) = parse_criteria(&ty, &rest, s)?;
@@ -510,6 +571,7 @@ fn search(
         cursor,
         applied,
         audit: None,
+        includes,
     })
 }
 

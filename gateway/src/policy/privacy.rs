@@ -287,6 +287,7 @@ impl Privacy {
                         cursor: cursor.take(),
                         applied: vec![],
                         audit: None,
+                        includes: Vec::new(),
                     });
                     let page = self.store.search(&permit).await?;
                     for s in &page.entries {

@@ -2,6 +2,8 @@
 //! and hands what leaves back through the policy's disclosure. The only way to build a [`Reply`]
 //! that carries a resource is from a [`Disclosed`] value.
 
+mod include;
+
 use crate::app::App;
 use crate::error::{Error, Result, information};
 use crate::fhir::bundle::{self, PageInfo};
@@ -171,6 +173,7 @@ async fn interaction(
                 cursor: cursor.as_deref(),
                 how: Permission::Search,
                 kind: Kind::Searchset,
+                includes: Vec::new(),
             };
             page_reply(app, permit.principal(), asked, listing, page).await
         }
@@ -300,6 +303,7 @@ async fn interaction(
                 cursor: cursor.as_deref(),
                 how,
                 kind: Kind::History,
+                includes: Vec::new(),
             };
             page_reply(app, permit.principal(), asked, listing, page).await
         }
@@ -308,6 +312,7 @@ async fn interaction(
             let url = format!("{}/{}", req.base, op.ty);
             let params = op.applied.clone();
             let cursor = op.cursor.clone();
+            let includes = op.includes.clone();
             let permit = policy.authorize(principal, op)?;
             let page = app.store.search(&permit).await?;
             let listing = Listing {
@@ -317,6 +322,7 @@ async fn interaction(
                 cursor: cursor.as_deref(),
                 how: Permission::Search,
                 kind: Kind::Searchset,
+                includes,
             };
             page_reply(app, permit.principal(), asked, listing, page).await
         }
@@ -378,6 +384,8 @@ struct Listing<'a> {
     /// Read for an instance's history, search otherwise.
     how: Permission,
     kind: Kind,
+    /// `_include`/`_revinclude` of a search (empty otherwise).
+    includes: Vec<crate::fhir::operation::Include>,
 }
 
 enum Kind {
@@ -412,15 +420,23 @@ async fn page_reply(
         next: page.next.as_deref(),
         total,
     };
+    let included = if listing.includes.is_empty() {
+        Vec::new()
+    } else {
+        let limit = app.config.rest.max_page_size as usize;
+        include::gather(app, principal, asked, &entries, &listing.includes, limit).await?
+    };
     let b = match listing.kind {
-        Kind::Searchset => bundle::searchset(listing.base, info, &entries),
+        Kind::Searchset => bundle::searchset(listing.base, info, &entries, &included),
         Kind::History => bundle::history(listing.base, info, &entries),
     };
+    let mut all = entries;
+    all.extend(included);
     let mut reply = with_refs(
-        Reply::json(StatusCode::OK, app.policy.release_document(&entries, b)),
-        &entries,
+        Reply::json(StatusCode::OK, app.policy.release_document(&all, b)),
+        &all,
     );
-    reply.emergency_releases = entries.iter().filter(|d| d.by_emergency()).count();
+    reply.emergency_releases = all.iter().filter(|d| d.by_emergency()).count();
     Ok(reply)
 }
 
