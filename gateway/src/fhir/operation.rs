@@ -134,10 +134,10 @@ fn include(key: &str, value: &str, s: &Structure) -> Result<Include> {
         let def = crate::fhir::search_params::definition(&source, &param)
             .filter(|d| d.kind == crate::fhir::search_params::Kind::Reference)
             .ok_or_else(|| bad("not a reference search parameter of that type"))?;
-        if let Some(t) = &target {
-            if !def.targets.iter().any(|x| x == t) {
-                return Err(bad("not a target of that parameter"));
-            }
+        if let Some(t) = &target
+            && !def.targets.iter().any(|x| x == t)
+        {
+            return Err(bad("not a target of that parameter"));
         }
     }
     Ok(Include {

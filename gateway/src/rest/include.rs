@@ -69,7 +69,7 @@ pub async fn gather(
 }
 
 /// Reference parameters of `source` that the include names (`*`: all of them).
-fn params<'a>(inc: &'a Include) -> Vec<&'a str> {
+fn params(inc: &Include) -> Vec<&str> {
     if inc.param != "*" {
         return vec![inc.param.as_str()];
     }
@@ -118,10 +118,10 @@ async fn referenced(
             let Ok(permit) = app.policy.authorize(principal, Read { ty, id }) else {
                 continue;
             };
-            if let Some(found) = app.store.read(&permit).await? {
-                if !found.is_deleted() {
-                    out.push(found);
-                }
+            if let Some(found) = app.store.read(&permit).await?
+                && !found.is_deleted()
+            {
+                out.push(found);
             }
         }
     }
