@@ -737,3 +737,87 @@ async fn include_and_revinclude_pass_the_chokepoint() {
         assert_eq!(r.status(), 400, "{bad}");
     }
 }
+
+#[tokio::test]
+async fn total_summary_and_elements() {
+    let gw = Gateway::start();
+    let c = client();
+    let b = &gw.base;
+    for i in 0..5 {
+        let p = json!({"resourceType": "Patient", "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+            "name": [{"family": format!("Sum{i}")}], "gender": "female", "photo": [{"contentType": "image/png", "data": "AAAA"}]});
+        let r = c
+            .post(format!("{b}/Patient"))
+            .header("content-type", FHIR_JSON)
+            .body(p.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let get = |q: &str| {
+        let c = c.clone();
+        let url = format!("{b}/Patient?family=sum&{q}");
+        async move {
+            let r = c.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{url}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let subsetted = |r: &Value| {
+        r["meta"]["tag"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["code"] == "SUBSETTED")
+    };
+    let all = get("").await;
+    assert_eq!(all["total"], 5);
+    assert!(!subsetted(&all["entry"][0]["resource"]));
+    assert!(
+        get("_total=none").await.get("total").is_none(),
+        "no count asked, none given"
+    );
+    assert_eq!(get("_total=accurate").await["total"], 5);
+    let count = get("_summary=count").await;
+    assert_eq!(count["total"], 5);
+    assert!(
+        count
+            .get("entry")
+            .is_none_or(|e| e.as_array().unwrap().is_empty())
+    );
+    let summary = get("_summary=true").await;
+    let r = &summary["entry"][0]["resource"];
+    assert!(
+        subsetted(r)
+            && r.get("name").is_some()
+            && r.get("photo").is_none()
+            && r.get("text").is_none(),
+        "{r}"
+    );
+    let text = get("_summary=text").await;
+    let r = &text["entry"][0]["resource"];
+    assert!(
+        subsetted(r) && r.get("text").is_some() && r.get("name").is_none(),
+        "{r}"
+    );
+    let data = get("_summary=data").await;
+    let r = &data["entry"][0]["resource"];
+    assert!(
+        subsetted(r) && r.get("text").is_none() && r.get("photo").is_some(),
+        "{r}"
+    );
+    let elements = get("_elements=gender").await;
+    let r = &elements["entry"][0]["resource"];
+    assert!(
+        subsetted(r)
+            && r.get("gender").is_some()
+            && r.get("name").is_none()
+            && r.get("id").is_some(),
+        "{r}"
+    );
+    for bad in ["_summary=maybe", "_total=some", "_elements=name.family"] {
+        let r = c.get(format!("{b}/Patient?{bad}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+}

@@ -265,6 +265,8 @@ async fn conditional_create_is_atomic() {
                 applied: vec![],
                 audit: None,
                 includes: vec![],
+                total: true,
+                subset: None,
             }))
             .await
             .unwrap();
@@ -369,6 +371,8 @@ async fn search_by_identifier_and_id() {
                 applied: vec![],
                 audit: None,
                 includes: vec![],
+                total: true,
+                subset: None,
             })
         };
         let page = s.search(&search(by_bsn("999911168"))).await.unwrap();
@@ -442,6 +446,8 @@ async fn search_index_follows_writes() {
                 applied: vec![],
                 audit: None,
                 includes: vec![],
+                total: true,
+                subset: None,
             });
             async move { s.search(&op).await.unwrap().total }
         };

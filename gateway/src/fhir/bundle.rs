@@ -62,12 +62,20 @@ pub fn searchset(
     page: PageInfo<'_>,
     matches: &[Disclosed<Stored>],
     included: &[Disclosed<Stored>],
+    subset: Option<&crate::fhir::subset::Subset>,
 ) -> Value {
     let entry = |d: &Disclosed<Stored>, mode: &str| {
         let s = d.get();
+        // `_summary`/`_elements` shape the matches; included resources come whole.
+        let resource = match (subset, mode) {
+            (Some(subset), "match") => {
+                resource_json(s).map(|r| crate::fhir::subset::apply(subset, r))
+            }
+            _ => resource_json(s),
+        };
         json!({
             "fullUrl": format!("{base}/{}/{}", s.ty, s.id),
-            "resource": resource_json(s),
+            "resource": resource,
             "search": { "mode": mode }
         })
     };

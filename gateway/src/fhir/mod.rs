@@ -10,4 +10,5 @@ pub mod operation;
 pub mod search;
 pub mod search_index;
 pub mod search_params;
+pub mod subset;
 pub mod validate;

@@ -99,6 +99,10 @@ pub struct Search {
     pub audit: Option<crate::store::AuditQuery>,
     /// `_include` and `_revinclude`, in the order given.
     pub includes: Vec<Include>,
+    /// Whether the bundle carries `total` (`_total=none` spares the count).
+    pub total: bool,
+    /// `_summary` or `_elements`: what of each resource is returned.
+    pub subset: Option<crate::fhir::subset::Subset>,
 }
 
 /// `_include=Source:param[:Target]` (resources the matches reference) or
@@ -509,6 +513,8 @@ fn search(
     let mut count = config.rest.default_page_size;
     let mut cursor = None;
     let mut includes = Vec::new();
+    let mut total = true;
+    let mut subset = None;
     let mut rest = Vec::new();
     let mut applied = Vec::new();
     for (k, v) in params {
@@ -528,8 +534,50 @@ fn search(
                 includes.push(include(k, v, s)?);
                 applied.push((k.clone(), v.clone()));
             }
-            // Always accurate here: the count is cheap for the parameters this store indexes.
-            "_total" if matches!(v.as_str(), "none" | "estimate" | "accurate") => {}
+            // `estimate` is answered accurately: the count runs on the same indexes.
+            "_total" => {
+                total = match v.as_str() {
+                    "none" => false,
+                    "estimate" | "accurate" => true,
+                    _ => return Err(Error::invalid("_total must be none, estimate or accurate")),
+                };
+                applied.push((k.clone(), v.clone()));
+            }
+            "_summary" => {
+                use crate::fhir::subset::Subset;
+                subset = match v.as_str() {
+                    "true" => Some(Subset::Summary),
+                    "text" => Some(Subset::Text),
+                    "data" => Some(Subset::Data),
+                    "false" => None,
+                    "count" => {
+                        count = 0;
+                        None
+                    }
+                    _ => {
+                        return Err(Error::invalid(
+                            "_summary must be true, text, data, count or false",
+                        ));
+                    }
+                };
+                applied.push((k.clone(), v.clone()));
+            }
+            "_elements" => {
+                let names: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if names
+                    .iter()
+                    .any(|n| !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                {
+                    return Err(Error::invalid("_elements takes top-level element names"));
+                }
+                subset = Some(crate::fhir::subset::Subset::Elements(names));
+                applied.push((k.clone(), v.clone()));
+            }
             _ => rest.push((k.clone(), v.clone())),
         }
     }
@@ -550,6 +598,8 @@ fn search(
             applied,
             audit: Some(query),
             includes: Vec::new(),
+            total,
+            subset,
         });
     }
     let (criteria, unknown) = parse_criteria(&ty, &rest, s)?;
@@ -572,6 +622,8 @@ fn search(
         applied,
         audit: None,
         includes,
+        total,
+        subset,
     })
 }
 

@@ -288,6 +288,8 @@ impl Privacy {
                         applied: vec![],
                         audit: None,
                         includes: Vec::new(),
+                        total: false,
+                        subset: None,
                     });
                     let page = self.store.search(&permit).await?;
                     for s in &page.entries {

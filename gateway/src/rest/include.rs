@@ -160,6 +160,8 @@ async fn referencing(
             applied: Vec::new(),
             audit: None,
             includes: Vec::new(),
+            total: false,
+            subset: None,
         };
         let Ok(permit) = app.policy.authorize(principal, op) else {
             return Ok(Vec::new());

@@ -174,6 +174,7 @@ async fn interaction(
                 how: Permission::Search,
                 kind: Kind::Searchset,
                 includes: Vec::new(),
+                subset: None,
             };
             page_reply(app, permit.principal(), asked, listing, page).await
         }
@@ -304,6 +305,7 @@ async fn interaction(
                 how,
                 kind: Kind::History,
                 includes: Vec::new(),
+                subset: None,
             };
             page_reply(app, permit.principal(), asked, listing, page).await
         }
@@ -313,6 +315,7 @@ async fn interaction(
             let params = op.applied.clone();
             let cursor = op.cursor.clone();
             let includes = op.includes.clone();
+            let subset = op.subset.clone();
             let permit = policy.authorize(principal, op)?;
             let page = app.store.search(&permit).await?;
             let listing = Listing {
@@ -323,6 +326,7 @@ async fn interaction(
                 how: Permission::Search,
                 kind: Kind::Searchset,
                 includes,
+                subset,
             };
             page_reply(app, permit.principal(), asked, listing, page).await
         }
@@ -386,6 +390,8 @@ struct Listing<'a> {
     kind: Kind,
     /// `_include`/`_revinclude` of a search (empty otherwise).
     includes: Vec<crate::fhir::operation::Include>,
+    /// `_summary`/`_elements` of a search.
+    subset: Option<crate::fhir::subset::Subset>,
 }
 
 enum Kind {
@@ -427,7 +433,13 @@ async fn page_reply(
         include::gather(app, principal, asked, &entries, &listing.includes, limit).await?
     };
     let b = match listing.kind {
-        Kind::Searchset => bundle::searchset(listing.base, info, &entries, &included),
+        Kind::Searchset => bundle::searchset(
+            listing.base,
+            info,
+            &entries,
+            &included,
+            listing.subset.as_ref(),
+        ),
         Kind::History => bundle::history(listing.base, info, &entries),
     };
     let mut all = entries;

@@ -150,7 +150,7 @@ pub const AUDIT_GENESIS: &str = "00000000000000000000000000000000000000000000000
 /// A page from the rows a backend fetched (at most `size + 1`: one more says there is a next
 /// page) and the total; `next` is the cursor of the last row shown.
 pub fn page_of<R>(
-    total: i64,
+    total: Option<i64>,
     rows: &[R],
     size: u32,
     to_stored: impl Fn(&R) -> Stored,
@@ -164,7 +164,7 @@ pub fn page_of<R>(
     };
     Page {
         entries: shown.iter().map(to_stored).collect(),
-        total: Some(total as u64),
+        total: total.map(|t| t as u64),
         next,
     }
 }

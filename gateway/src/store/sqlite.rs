@@ -302,12 +302,16 @@ impl SqliteStore {
     /// A page from (count, page) statements; `next` from the last row shown.
     async fn page(
         &self,
-        count: &Sql,
+        count: Option<&Sql>,
         page: &Sql,
         size: u32,
         next_of: fn(&SqliteRow) -> String,
     ) -> Result<Page> {
-        let total: i64 = scalar(count).fetch_one(&self.reader).await?;
+        // `_total=none`: no count query at all.
+        let total: Option<i64> = match count {
+            Some(c) => Some(scalar(c).fetch_one(&self.reader).await?),
+            None => None,
+        };
         // `_count=0` asks for the total only.
         let rows = if size == 0 {
             Vec::new()
@@ -355,14 +359,17 @@ impl Store for SqliteStore {
     async fn history(&self, permit: &Permit<History>) -> Result<Page> {
         let op = permit.op();
         let (count, page) = sql::history(D, op);
-        self.page(&count, &page, op.count, |r| r.get::<i64, _>(6).to_string())
-            .await
+        self.page(Some(&count), &page, op.count, |r| {
+            r.get::<i64, _>(6).to_string()
+        })
+        .await
     }
 
     async fn search(&self, permit: &Permit<Search>) -> Result<Page> {
         let op = permit.op();
         let (count, page) = sql::search(D, op);
-        self.page(&count, &page, op.count, |r| r.get::<String, _>(1))
+        let count = op.total.then_some(&count);
+        self.page(count, &page, op.count, |r| r.get::<String, _>(1))
             .await
     }
 

@@ -56,6 +56,7 @@ fn run(args: &Args) -> Result<(), String> {
     let definitions = read_structure_definitions(&bytes)?;
     let compartment = compartment::patient_compartment(&bytes)?;
     let search = searchparams::search_parameters(&bytes)?;
+    let summary = summary_elements(&definitions);
     let schema = structure::build_schema(&definitions)?;
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     let text = serde_json::to_string(&schema).map_err(|e| e.to_string())?;
@@ -67,6 +68,11 @@ fn run(args: &Args) -> Result<(), String> {
     std::fs::write(
         args.out.join("search-parameters.json"),
         serde_json::to_string_pretty(&search).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(
+        args.out.join("summary-elements.json"),
+        serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let search_count: usize = search
@@ -105,6 +111,9 @@ fn run(args: &Args) -> Result<(), String> {
          base type, each parameter's code, type, url, targets, composite components and the \
          terms of its FHIRPath expression that apply to that type ({search_count} (type, code) \
          pairs).\n\n\
+         `summary-elements.json` lists, per resource type, the top-level elements its \
+         StructureDefinition marks `isSummary` (a choice element as its name without `[x]`): what \
+         `_summary=true` keeps.\n\n\
          Regenerate with `schemas/generate.sh` (runs `npm pack {PACKAGE}`, checks the sha256, runs \
          the generator); a test in `gateway` fails if the committed schema differs from what the \
          generator makes of the package.\n",
@@ -120,6 +129,40 @@ fn run(args: &Args) -> Result<(), String> {
         schema_path.display()
     );
     Ok(())
+}
+
+/// Per resource type, the top-level elements marked `isSummary`.
+fn summary_elements(
+    definitions: &BTreeMap<String, serde_json::Value>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for sd in definitions.values() {
+        if sd["kind"] != "resource"
+            || sd["derivation"] != "specialization"
+            || sd["abstract"] == true
+        {
+            continue;
+        }
+        let Some(ty) = sd["type"].as_str() else {
+            continue;
+        };
+        let names: Vec<String> = sd["snapshot"]["element"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["isSummary"] == true)
+            .filter_map(|e| {
+                e["path"]
+                    .as_str()?
+                    .strip_prefix(&format!("{ty}."))
+                    .map(str::to_owned)
+            })
+            .filter(|p| !p.contains('.'))
+            .map(|p| p.trim_end_matches("[x]").to_owned())
+            .collect();
+        out.insert(ty.to_owned(), names);
+    }
+    out
 }
 
 /// Every StructureDefinition in the package, by id.

@@ -79,6 +79,13 @@ fn committed_schema_is_reproducible() {
         read(&committed_search),
         "schemas/fhir/search-parameters.json is stale: run schemas/generate.sh"
     );
+    let committed_summary =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fhir/summary-elements.json");
+    assert_eq!(
+        read(&out.path().join("summary-elements.json")),
+        read(&committed_summary),
+        "schemas/fhir/summary-elements.json is stale: run schemas/generate.sh"
+    );
 }
 
 /// The generator refuses a package whose checksum is not the pinned one.
