@@ -5,6 +5,7 @@ mod bad_input;
 mod capabilities;
 mod conditional;
 mod crud;
+mod search;
 mod security;
 mod versioning;
 
@@ -48,6 +49,10 @@ pub fn groups() -> Vec<Group> {
         Group {
             name: "security",
             cases: security::cases(),
+        },
+        Group {
+            name: "search",
+            cases: search::cases(),
         },
     ]
 }
