@@ -726,6 +726,20 @@ async fn include_and_revinclude_pass_the_chokepoint() {
     assert_eq!(m, one(&format!("Patient/{p1}")));
     assert_eq!(i, obs_of(p1));
 
+    // Compartment search, alone and with parameters, and under a patient-context token.
+    let (m, _) = modes(&c, &format!("{b}/Patient/{p0}/Condition?_count=1000")).await;
+    assert_eq!(m, conditions_of(p0));
+    let (m, _) = modes(
+        &c,
+        &format!("{b}/Patient/{p0}/Observation?category=vital-signs"),
+    )
+    .await;
+    assert_eq!(m.len(), 1, "{m:?}");
+    let (m, _) = modes(&own, &format!("{b}/Patient/{p0}/Condition")).await;
+    assert!(m.is_empty(), "another patient's compartment: {m:?}");
+    let (m, _) = modes(&own, &format!("{b}/Patient/{p1}/Condition?_count=1000")).await;
+    assert_eq!(m, conditions_of(p1));
+
     // Malformed includes are refused, naming the parameter.
     for bad in [
         "_include=Condition",

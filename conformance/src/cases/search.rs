@@ -114,7 +114,12 @@ async fn tokens_and_dates(c: Fhir) -> Outcome {
         &tag,
     )
     .await?;
-    create(&c, json!({ "resourceType": "Patient", "gender": "male", "birthDate": "1990-01-01" }), &tag).await?;
+    create(
+        &c,
+        json!({ "resourceType": "Patient", "gender": "male", "birthDate": "1990-01-01" }),
+        &tag,
+    )
+    .await?;
     for (query, hits) in [
         ("gender=female", 1),
         ("gender=female,male", 2),

@@ -247,6 +247,15 @@ pub fn parse(
             let ty = type_of(ty)?;
             Operation::Search(search(ty, &params, strict, config, structure)?)
         }
+        // Compartment search: the resources of a type in one patient's compartment.
+        (&Method::GET, ["Patient", id, ty])
+            if !id.starts_with(['_', '$']) && !ty.starts_with(['_', '$']) =>
+        {
+            let ty = type_of(ty)?;
+            let mut op = search(ty, &params, strict, config, structure)?;
+            op.criteria.within = Some((*id).to_owned());
+            Operation::Search(op)
+        }
         (&Method::POST, [ty, "_search"]) => {
             let ty = type_of(ty)?;
             let mut all = params.clone();
@@ -646,7 +655,7 @@ fn conditional_from_params(
     let (criteria, unknown) = parse_criteria(ty, &params, s)?;
     if !unknown.is_empty() {
         return Err(Error::invalid(format!(
-            "conditional operations support _id and identifier only; not: {}",
+            "conditional operations take only parameters the server indexes; not: {}",
             unknown
                 .iter()
                 .map(|u| clip(u))

@@ -26,6 +26,9 @@ pub struct Criteria {
     pub compartment: Option<String>,
     /// Parameters answered from `search_index` (see `search_index.rs`), ANDed.
     pub clauses: Vec<Clause>,
+    /// A compartment search (`Patient/123/Observation`): the patient the client asked for,
+    /// ANDed with any compartment the policy imposes.
+    pub within: Option<String>,
 }
 
 /// One occurrence of an indexed parameter: its alternatives (comma-separated) ORed.
@@ -362,6 +365,7 @@ impl Criteria {
             && self.identifiers.is_empty()
             && self.compartment.is_none()
             && self.clauses.is_empty()
+            && self.within.is_none()
     }
 }
 

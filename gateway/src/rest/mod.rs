@@ -311,7 +311,10 @@ async fn interaction(
         }
         Operation::Search(mut op) => {
             op.criteria.compartment = policy.search_compartment(principal, &op.ty);
-            let url = format!("{}/{}", req.base, op.ty);
+            let url = match &op.criteria.within {
+                Some(patient) => format!("{}/Patient/{patient}/{}", req.base, op.ty),
+                None => format!("{}/{}", req.base, op.ty),
+            };
             let params = op.applied.clone();
             let cursor = op.cursor.clone();
             let includes = op.includes.clone();

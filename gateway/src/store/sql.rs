@@ -302,7 +302,7 @@ fn push_range(q: &mut Sql, prefix: Prefix, lo: f64, hi: f64) {
 }
 
 fn push_compartment(q: &mut Sql, criteria: &Criteria) {
-    if let Some(p) = &criteria.compartment {
+    for p in criteria.compartment.iter().chain(&criteria.within) {
         q.push(" AND EXISTS (SELECT 1 FROM compartment k WHERE k.type = c.type AND k.id = c.id AND k.patient = ");
         q.text(p).push(")");
     }
@@ -724,6 +724,7 @@ mod tests {
     fn placeholders_follow_the_dialect_and_values_are_bound() {
         let c = Criteria {
             compartment: Some("p1".into()),
+            within: None,
             ids: vec![vec!["a".into(), "b'; DROP TABLE x;--".into()]],
             identifiers: vec![vec![Token {
                 system: Some("s".into()),
