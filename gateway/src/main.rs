@@ -64,6 +64,15 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Rebuild the search index of every stored resource (after search parameters changed).
+    Reindex {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, env = "GATEWAY_STORE", hide_env_values = true)]
+        store: Option<String>,
+    },
     /// Check a config file against schemas/config.schema.json and exit (0 when valid).
     CheckConfig {
         /// The TOML config file.
@@ -108,6 +117,30 @@ fn main() {
                 "{}",
                 gateway::policy::demo::mint(&request).unwrap_or_else(|e| fail(&e))
             );
+        }
+        Command::Reindex {
+            config,
+            data,
+            store,
+        } => {
+            let mut cfg = match config {
+                Some(p) => Config::load(&p).unwrap_or_else(|e| fail(&e)),
+                None => Config::default(),
+            };
+            if let Some(d) = data {
+                cfg.data_dir = d;
+            }
+            if let Some(s) = store {
+                cfg.store = s;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| fail(&e.to_string()));
+            let n = runtime
+                .block_on(async { gateway::app::open_store(&cfg).await?.reindex().await })
+                .unwrap_or_else(|e| fail(&e.log_detail()));
+            println!("reindexed {n} resources");
         }
         Command::Audit {
             command:

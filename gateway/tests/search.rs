@@ -835,3 +835,54 @@ async fn total_summary_and_elements() {
         assert_eq!(r.status(), 400, "{bad}");
     }
 }
+
+/// Data without index rows (written before the index existed, or an index lost) is indexed
+/// again: automatically at start when the index is empty, and by `gateway reindex`.
+#[tokio::test]
+async fn a_missing_index_is_rebuilt() {
+    use sqlx::Connection;
+    let gw = Gateway::start();
+    let c = client();
+    for family in ["Reindexa", "Reindexb"] {
+        let p = json!({"resourceType": "Patient", "name": [{"family": family}]});
+        let r = c
+            .post(format!("{}/Patient", gw.base))
+            .header("content-type", FHIR_JSON)
+            .body(p.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let dir = gw.stop_keep_data();
+    let data = dir.path().join("data");
+    let wipe = || async {
+        let url = format!("sqlite://{}", data.join("gateway.db").display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("DELETE FROM search_index")
+            .execute(&mut db)
+            .await
+            .unwrap();
+    };
+    wipe().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["reindex", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reindexed 2 resources"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wipe().await;
+    // The next start finds resources without an index and rebuilds it before serving.
+    let gw = Gateway::start_in(dir, "");
+    let ids = search_ids(&gw, "Patient", "family=reindex").await.unwrap();
+    assert_eq!(ids.len(), 2);
+}

@@ -506,6 +506,14 @@ async fn search_index_follows_writes() {
             "{}",
             b.name
         );
+        // A reindex rebuilds the same rows: every current resource, same answers.
+        assert!(s.reindex().await.unwrap() >= 1, "{}", b.name);
+        assert_eq!(
+            count("family", Pred::StartsWith("piet".into())).await,
+            Some(1),
+            "{}",
+            b.name
+        );
     }
 }
 

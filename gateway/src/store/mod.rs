@@ -98,6 +98,10 @@ pub trait Store: Send + Sync {
     async fn search(&self, permit: &Permit<Search>) -> Result<Page>;
     /// Whether the store answers and its schema is the one this binary knows (for readiness).
     async fn ping(&self) -> Result<()>;
+    /// Rebuilds the search index of every current resource (after the search parameters
+    /// changed, or for data written before the index existed); returns how many. Maintenance:
+    /// it discloses nothing, so it takes no permit.
+    async fn reindex(&self) -> Result<u64>;
 
     /// Appends audit records in order, chaining each to the last with [`chain_hash`]. All or none.
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()>;

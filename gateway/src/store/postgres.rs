@@ -143,7 +143,17 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         migrate(&pool, &cfg.schema).await?;
-        Ok(PostgresStore { pool })
+        let store = PostgresStore { pool };
+        // Data written before the search index existed is indexed once (see the SQLite store).
+        let missing: i64 = scalar(&sql::index_missing(D))
+            .fetch_one(&store.pool)
+            .await?;
+        if missing == 1 {
+            tracing::warn!("the search index is empty but resources exist: reindexing");
+            let n = store.reindex().await?;
+            tracing::warn!(resources = n, "reindexed");
+        }
+        Ok(store)
     }
 }
 
@@ -389,6 +399,26 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(audit_row).collect())
+    }
+
+    async fn reindex(&self) -> Result<u64> {
+        let (mut ty, mut id) = (String::new(), String::new());
+        let mut done = 0u64;
+        loop {
+            let rows = query(&sql::current_after(D, &ty, &id, 500))
+                .fetch_all(&self.pool)
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(done);
+            };
+            let stored: Vec<Stored> = rows.iter().map(row_to_stored).collect();
+            (ty, id) = (last.get(0), last.get(1));
+            // One transaction per batch: a reindex interrupted part-way leaves whole resources.
+            let mut tx = self.pool.begin().await?;
+            reindex_rows(&mut tx, &stored).await?;
+            tx.commit().await?;
+            done += stored.len() as u64;
+        }
     }
 
     async fn ping(&self) -> Result<()> {

@@ -544,6 +544,31 @@ pub fn insert_search_index(d: Dialect, ty: &str, id: &str, entries: &[Entry]) ->
         .collect()
 }
 
+/// Whether there are current resources but no search index rows at all: data written before
+/// the index existed, to be reindexed once.
+pub fn index_missing(d: Dialect) -> Sql {
+    Sql::new(
+        d,
+        "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM resource_current WHERE deleted = 0) \
+         AND NOT EXISTS (SELECT 1 FROM search_index) THEN 1 ELSE 0 END AS BIGINT)",
+    )
+}
+
+/// Current resources after (`type`, `id`) in key order, `limit` at a time (for a reindex).
+pub fn current_after(d: Dialect, ty: &str, id: &str, limit: i64) -> Sql {
+    let mut q = Sql::new(d, VERSION_COLUMNS);
+    q.push(CURRENT_FROM)
+        .push(" WHERE c.deleted = 0 AND (c.type > ")
+        .text(ty)
+        .push(" OR (c.type = ")
+        .text(ty)
+        .push(" AND c.id > ")
+        .text(id)
+        .push(")) ORDER BY c.type, c.id LIMIT ")
+        .int(limit);
+    q
+}
+
 /// The patient compartments a resource is in, one multi-row INSERT (`None` when there are none).
 pub fn insert_compartment(d: Dialect, ty: &str, id: &str, patients: &[String]) -> Option<Sql> {
     let rows: Vec<Vec<&str>> = patients.iter().map(|p| vec![ty, id, p.as_str()]).collect();
@@ -649,6 +674,40 @@ macro_rules! relational_common {
                 }
             }
             Ok(stored)
+        }
+
+        /// Rewrites the search index rows of stored resources, inside the caller's transaction.
+        async fn reindex_rows(
+            conn: &mut $conn,
+            rows: &[$crate::store::Stored],
+        ) -> $crate::error::Result<()> {
+            use $crate::store::sql;
+            for s in rows {
+                // A write since the batch was read has indexed its own version: leave it.
+                let now: Option<i64> = scalar(&sql::current_version($dialect, &s.ty, &s.id))
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if now != Some(s.version as i64) {
+                    continue;
+                }
+                query(&sql::clear_index(
+                    $dialect,
+                    sql::Index::Search,
+                    &s.ty,
+                    &s.id,
+                ))
+                .execute(&mut *conn)
+                .await?;
+                let Some(body) = &s.body else { continue };
+                let Ok(resource) = serde_json::from_slice::<serde_json::Value>(body) else {
+                    continue;
+                };
+                let entries = $crate::fhir::search_index::entries(&s.ty, &resource);
+                for insert in sql::insert_search_index($dialect, &s.ty, &s.id, &entries) {
+                    query(&insert).execute(&mut *conn).await?;
+                }
+            }
+            Ok(())
         }
 
         fn row_to_stored(row: &$row) -> $crate::store::Stored {

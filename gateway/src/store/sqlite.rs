@@ -143,14 +143,28 @@ impl SqliteStore {
         let (writer, reader) = pools(&main, 8).await?;
         migrate(&writer, MIGRATIONS).await?;
         move_audit_log(&writer, &audit).await?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             writer,
             reader,
             point_reads: PointReads::new(&main, 8),
             audit_appender: AuditAppender::open(&audit)?,
             audit_reader,
-        })
+        };
+        reindex_if_missing(&store, &store.reader).await?;
+        Ok(store)
     }
+}
+
+/// Data written before the search index existed is indexed once, at the first start after the
+/// upgrade (logged); afterwards every write keeps the index.
+async fn reindex_if_missing(store: &SqliteStore, pool: &SqlitePool) -> Result<()> {
+    let missing: i64 = scalar(&sql::index_missing(D)).fetch_one(pool).await?;
+    if missing == 1 {
+        tracing::warn!("the search index is empty but resources exist: reindexing");
+        let n = store.reindex().await?;
+        tracing::warn!(resources = n, "reindexed");
+    }
+    Ok(())
 }
 
 /// A one-connection writer pool and a read-only pool of `readers` on the database at `path`.
@@ -389,6 +403,26 @@ impl Store for SqliteStore {
             .fetch_all(&self.audit_reader)
             .await?;
         Ok(rows.iter().map(audit_row).collect())
+    }
+
+    async fn reindex(&self) -> Result<u64> {
+        let (mut ty, mut id) = (String::new(), String::new());
+        let mut done = 0u64;
+        loop {
+            let rows = query(&sql::current_after(D, &ty, &id, 500))
+                .fetch_all(&self.reader)
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(done);
+            };
+            let stored: Vec<Stored> = rows.iter().map(row_to_stored).collect();
+            (ty, id) = (last.get(0), last.get(1));
+            // One transaction per batch: a reindex interrupted part-way leaves whole resources.
+            let mut tx = self.writer.begin().await?;
+            reindex_rows(&mut tx, &stored).await?;
+            tx.commit().await?;
+            done += stored.len() as u64;
+        }
     }
 
     async fn ping(&self) -> Result<()> {
