@@ -123,20 +123,7 @@ fn main() {
             data,
             store,
         } => {
-            let mut cfg = match config {
-                Some(p) => Config::load(&p).unwrap_or_else(|e| fail(&e)),
-                None => Config::default(),
-            };
-            if let Some(d) = data {
-                cfg.data_dir = d;
-            }
-            if let Some(s) = store {
-                cfg.store = s;
-            }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| fail(&e.to_string()));
+            let (cfg, runtime) = offline(config, data, store);
             let n = runtime
                 .block_on(async { gateway::app::open_store(&cfg).await?.reindex().await })
                 .unwrap_or_else(|e| fail(&e.log_detail()));
@@ -150,20 +137,7 @@ fn main() {
                     store,
                 },
         } => {
-            let mut cfg = match config {
-                Some(p) => Config::load(&p).unwrap_or_else(|e| fail(&e)),
-                None => Config::default(),
-            };
-            if let Some(d) = data {
-                cfg.data_dir = d;
-            }
-            if let Some(s) = store {
-                cfg.store = s;
-            }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| fail(&e.to_string()));
+            let (cfg, runtime) = offline(config, data, store);
             let result = runtime.block_on(async {
                 let store = gateway::app::open_store(&cfg).await?;
                 gateway::audit::verify(store.as_ref()).await
@@ -269,6 +243,30 @@ fn init_logging(format: &str) {
     } else {
         builder.init();
     }
+}
+
+/// The config and a runtime for a command that works on the store without serving
+/// (`reindex`, `audit verify`): `--config`, then `--data` and `--store` over it.
+fn offline(
+    config: Option<PathBuf>,
+    data: Option<PathBuf>,
+    store: Option<String>,
+) -> (Config, tokio::runtime::Runtime) {
+    let mut cfg = match config {
+        Some(p) => Config::load(&p).unwrap_or_else(|e| fail(&e)),
+        None => Config::default(),
+    };
+    if let Some(d) = data {
+        cfg.data_dir = d;
+    }
+    if let Some(s) = store {
+        cfg.store = s;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    (cfg, runtime)
 }
 
 fn fail(msg: &str) -> ! {

@@ -1042,26 +1042,7 @@ fn call(
                         unit.strip_prefix('\'').and_then(|u| u.strip_suffix('\''))
                     {
                         u.to_owned()
-                    } else if [
-                        "year",
-                        "years",
-                        "month",
-                        "months",
-                        "week",
-                        "weeks",
-                        "day",
-                        "days",
-                        "hour",
-                        "hours",
-                        "minute",
-                        "minutes",
-                        "second",
-                        "seconds",
-                        "millisecond",
-                        "milliseconds",
-                    ]
-                    .contains(&unit)
-                    {
+                    } else if super::parse::UNITS.contains(&unit) {
                         unit.to_owned()
                     } else {
                         return None;

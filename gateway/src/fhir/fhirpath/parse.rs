@@ -200,7 +200,8 @@ const LEVELS: &[&[&str]] = &[
     &["*", "/", "div", "mod"],
 ];
 
-const UNITS: &[&str] = &[
+/// The calendar duration words a quantity literal may use as its unit (`4 days`).
+pub const UNITS: &[&str] = &[
     "year",
     "years",
     "month",
