@@ -4,29 +4,17 @@
 
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::io::Read;
 
 pub fn patient_compartment(tgz: &[u8]) -> Result<Value, String> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tgz));
     let mut definition = None;
     // (base type, code) -> expression
     let mut expressions: BTreeMap<(String, String), String> = BTreeMap::new();
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        let path = entry
-            .path()
-            .map_err(|e| e.to_string())?
-            .to_string_lossy()
-            .into_owned();
+    let files = crate::package::json_files(tgz, |p| {
+        p == "package/CompartmentDefinition-patient.json"
+            || p.starts_with("package/SearchParameter-")
+    })?;
+    for (path, v) in files {
         let is_cd = path == "package/CompartmentDefinition-patient.json";
-        if !is_cd && !path.starts_with("package/SearchParameter-") {
-            continue;
-        }
-        let mut text = String::new();
-        entry
-            .read_to_string(&mut text)
-            .map_err(|e| format!("{path}: {e}"))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
         if is_cd {
             definition = Some(v);
             continue;

@@ -11,13 +11,13 @@
 //! `resourceType` with `if`/`then`, so a resource is only ever checked against its own type.
 
 mod compartment;
+mod package;
 mod searchparams;
 mod structure;
 
 use clap::Parser;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
 
 /// The pinned package, by name, version and sha256 of the tarball as the npm registry serves it.
@@ -167,27 +167,11 @@ fn summary_elements(
 
 /// Every StructureDefinition in the package, by id.
 fn read_structure_definitions(tgz: &[u8]) -> Result<BTreeMap<String, serde_json::Value>, String> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tgz));
+    let files = package::json_files(tgz, |p| {
+        p.starts_with("package/StructureDefinition-") && p.ends_with(".json")
+    })?;
     let mut out = BTreeMap::new();
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        let path = entry
-            .path()
-            .map_err(|e| e.to_string())?
-            .to_string_lossy()
-            .into_owned();
-        let Some(name) = path.strip_prefix("package/StructureDefinition-") else {
-            continue;
-        };
-        if !name.ends_with(".json") {
-            continue;
-        }
-        let mut text = String::new();
-        entry
-            .read_to_string(&mut text)
-            .map_err(|e| format!("{path}: {e}"))?;
-        let sd: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+    for (_, sd) in files {
         if let Some(id) = sd["id"].as_str() {
             out.insert(id.to_owned(), sd);
         }

@@ -9,27 +9,14 @@
 
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
-use std::io::Read;
 
 pub fn search_parameters(tgz: &[u8]) -> Result<Value, String> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tgz));
     // base type -> code -> definition
     let mut by_type: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        let path = entry
-            .path()
-            .map_err(|e| e.to_string())?
-            .to_string_lossy()
-            .into_owned();
-        if !path.starts_with("package/SearchParameter-") || !path.ends_with(".json") {
-            continue;
-        }
-        let mut text = String::new();
-        entry
-            .read_to_string(&mut text)
-            .map_err(|e| format!("{path}: {e}"))?;
-        let sp: Value = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+    let files = crate::package::json_files(tgz, |p| {
+        p.starts_with("package/SearchParameter-") && p.ends_with(".json")
+    })?;
+    for (path, sp) in files {
         // The package also carries example SearchParameters (experimental, ids `example*`) that
         // would shadow the base definitions (`Condition.subject` targeting Organization).
         if sp["experimental"] == true {
