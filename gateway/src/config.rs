@@ -31,6 +31,10 @@ pub struct Rest {
     pub default_page_size: u32,
     pub max_page_size: u32,
     pub default_handling: String,
+    /// A sorted search keeps the order of at most this many matches for its pages.
+    pub max_sorted_results: u32,
+    /// How long the pages of a sorted search stay available.
+    pub search_snapshot_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +208,8 @@ impl Default for Rest {
             default_page_size: 20,
             max_page_size: 1000,
             default_handling: "lenient".into(),
+            max_sorted_results: 100_000,
+            search_snapshot_ttl_secs: 3600,
         }
     }
 }

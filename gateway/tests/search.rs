@@ -522,8 +522,164 @@ fn queries(d: &Data) -> Vec<(&'static str, String, Oracle)> {
     q
 }
 
+/// Every id a search returns in order, following `next` links (`_count` small, so that the
+/// pages of a sorted search come from its snapshot).
+async fn search_ordered(gw: &Gateway, ty: &str, query: &str, count: u32) -> Vec<String> {
+    let c = client();
+    let mut url = format!("{}/{ty}?{query}&_count={count}", gw.base);
+    let mut ids = Vec::new();
+    loop {
+        let resp = c.get(&url).send().await.unwrap();
+        let status = resp.status();
+        let bundle: Value = resp.json().await.unwrap();
+        assert!(status.is_success(), "{ty}?{query}: {status}: {bundle}");
+        for e in bundle["entry"].as_array().into_iter().flatten() {
+            ids.push(e["resource"]["id"].as_str().unwrap().to_owned());
+        }
+        match bundle["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+        {
+            Some(next) => url = next["url"].as_str().unwrap().to_owned(),
+            None => return ids,
+        }
+    }
+}
+
+/// A sort key as the oracle computes it: resources without one last, then by the key.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum Key {
+    Text(String),
+    Num(f64),
+}
+
+/// Per `_sort` key: the value (if any) and whether descending.
+type Keys = Vec<(Option<Key>, bool)>;
+type SortOracle = Box<dyn Fn(&Value) -> Keys>;
+
+/// Sorted searches and the order the oracle expects (key, descending) per `_sort` key; the id
+/// breaks ties, ascending.
+fn sorted_queries() -> Vec<(&'static str, &'static str, SortOracle)> {
+    let birth = |r: &Value| r["birthDate"].as_str().map(|b| Key::Text(b.to_owned()));
+    let family = |r: &Value, desc: bool| {
+        let all = strs(r, &["name", "family"]).into_iter().map(lower_plain);
+        if desc { all.max() } else { all.min() }.map(Key::Text)
+    };
+    let effective = |r: &Value| {
+        r["effectiveDateTime"]
+            .as_str()
+            .map(|d| Key::Num(instant(d).unix_timestamp() as f64))
+    };
+    let code = |r: &Value| {
+        codes(r, "code")
+            .into_iter()
+            .map(|(_, c)| c.to_owned())
+            .min()
+            .map(Key::Text)
+    };
+    let value = |r: &Value| r["valueQuantity"]["value"].as_f64().map(Key::Num);
+    vec![
+        (
+            "Patient",
+            "_sort=birthdate",
+            Box::new(move |r| vec![(birth(r), false)]),
+        ),
+        (
+            "Patient",
+            "_sort=-birthdate",
+            Box::new(move |r| vec![(birth(r), true)]),
+        ),
+        (
+            "Patient",
+            "_sort=family",
+            Box::new(move |r| vec![(family(r, false), false)]),
+        ),
+        (
+            "Patient",
+            "_sort=-family",
+            Box::new(move |r| vec![(family(r, true), true)]),
+        ),
+        (
+            "Patient",
+            "_sort=gender,-birthdate",
+            Box::new(move |r| {
+                vec![
+                    (r["gender"].as_str().map(|g| Key::Text(g.to_owned())), false),
+                    (birth(r), true),
+                ]
+            }),
+        ),
+        (
+            "Observation",
+            "_sort=-date",
+            Box::new(move |r| vec![(effective(r), true)]),
+        ),
+        (
+            "Observation",
+            "_sort=code,-value-quantity",
+            Box::new(move |r| vec![(code(r), false), (value(r), true)]),
+        ),
+        (
+            "Observation",
+            "code=718-7,2345-7&_sort=value-quantity",
+            Box::new(move |r| vec![(value(r), false)]),
+        ),
+        (
+            "Observation",
+            "_sort=-_id",
+            Box::new(|r| vec![(r["id"].as_str().map(|i| Key::Text(i.to_owned())), true)]),
+        ),
+    ]
+}
+
+/// The oracle's order: per key, present values first, ascending or descending; then the id.
+fn oracle_order(list: &[&Value], keys: &SortOracle) -> Vec<String> {
+    let mut rows: Vec<(Keys, String)> = list
+        .iter()
+        .map(|r| (keys(r), r["id"].as_str().unwrap().to_owned()))
+        .collect();
+    rows.sort_by(|(a, ia), (b, ib)| {
+        for ((ka, desc), (kb, _)) in a.iter().zip(b) {
+            let o = match (ka, kb) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (Some(x), Some(y)) => {
+                    let o = x.partial_cmp(y).unwrap();
+                    if *desc { o.reverse() } else { o }
+                }
+            };
+            if o != std::cmp::Ordering::Equal {
+                return o;
+            }
+        }
+        ia.cmp(ib)
+    });
+    rows.into_iter().map(|(_, id)| id).collect()
+}
+
 async fn run(gw: &Gateway) {
     let data = load(gw).await;
+    for (ty, query, keys) in sorted_queries() {
+        let matching: Vec<&Value> = data.by_type[ty]
+            .iter()
+            .filter(|r| {
+                // The one filtered sort query: the codes it names.
+                !query.starts_with("code=")
+                    || codes(r, "code")
+                        .iter()
+                        .any(|(_, c)| *c == "718-7" || *c == "2345-7")
+            })
+            .collect();
+        let expected = oracle_order(&matching, &keys);
+        assert!(expected.len() > 4, "{ty}?{query} must page");
+        for count in [3, 200] {
+            let got = search_ordered(gw, ty, query, count).await;
+            assert_eq!(got, expected, "{ty}?{query}&_count={count}");
+        }
+    }
     let mut checked = 0;
     let mut nonempty = 0;
     for (ty, query, oracle) in queries(&data) {

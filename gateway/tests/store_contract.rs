@@ -267,6 +267,7 @@ async fn conditional_create_is_atomic() {
                 includes: vec![],
                 total: true,
                 subset: None,
+                ..Default::default()
             }))
             .await
             .unwrap();
@@ -373,6 +374,7 @@ async fn search_by_identifier_and_id() {
                 includes: vec![],
                 total: true,
                 subset: None,
+                ..Default::default()
             })
         };
         let page = s.search(&search(by_bsn("999911168"))).await.unwrap();
@@ -448,6 +450,7 @@ async fn search_index_follows_writes() {
                 includes: vec![],
                 total: true,
                 subset: None,
+                ..Default::default()
             });
             async move { s.search(&op).await.unwrap().total }
         };
@@ -519,6 +522,76 @@ async fn search_index_follows_writes() {
 
 /// A database migrated by a newer binary is refused: an older binary must not write to a schema
 /// it does not understand.
+/// A sorted search pages from its snapshot: the order holds when a sort value changes between
+/// pages, and the cursor names the kept search.
+#[tokio::test]
+async fn sorted_search_pages_from_its_snapshot() {
+    use gateway::fhir::operation::SnapshotLimits;
+    use gateway::fhir::search::{SortBy, SortKey};
+    for b in backends().await {
+        let s = b.store.as_ref();
+        let mut ids = Vec::new();
+        for year in [1950, 1960, 1970, 1980, 1990] {
+            let r = json!({"resourceType": "Patient", "name": [{"family": "Sorted"}], "birthDate": format!("{year}-01-01")});
+            ids.push(create(s, r).await.id);
+        }
+        let op = |cursor: Option<String>| {
+            permit(Search {
+                ty: "Patient".into(),
+                criteria: Criteria {
+                    clauses: vec![Clause {
+                        param: "family".into(),
+                        how: ClauseKind::Any(vec![Pred::StartsWith("sorted".into())]),
+                    }],
+                    ..Default::default()
+                },
+                count: 2,
+                cursor,
+                total: true,
+                sort: vec![SortKey {
+                    by: SortBy::Param {
+                        code: "birthdate".into(),
+                        ordered: true,
+                    },
+                    descending: true,
+                }],
+                snapshot: SnapshotLimits {
+                    max_results: 100,
+                    ttl_ms: 60_000,
+                },
+                ..Default::default()
+            })
+        };
+        let first = s.search(&op(None)).await.unwrap();
+        let got: Vec<&str> = first.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(got, [ids[4].as_str(), ids[3].as_str()], "{}", b.name);
+        assert_eq!(first.total, Some(5), "{}", b.name);
+        // The oldest becomes the youngest: it stays where it was in this search's order.
+        let moved = json!({"resourceType": "Patient", "name": [{"family": "Sorted"}], "birthDate": "2000-01-01"});
+        s.update(&update(&ids[0], moved, None)).await.unwrap();
+        let second = s.search(&op(first.next.clone())).await.unwrap();
+        let third = s.search(&op(second.next.clone())).await.unwrap();
+        let rest: Vec<&str> = second
+            .entries
+            .iter()
+            .chain(&third.entries)
+            .map(|e| e.id.as_str())
+            .collect();
+        assert_eq!(
+            rest,
+            [ids[2].as_str(), ids[1].as_str(), ids[0].as_str()],
+            "{}",
+            b.name
+        );
+        assert!(third.next.is_none(), "{}", b.name);
+        assert_eq!(
+            third.entries[0].version, 2,
+            "{}: shown as it is now",
+            b.name
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -87,7 +87,7 @@ pub struct History {
     pub cursor: Option<i64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Search {
     pub ty: String,
     pub criteria: Criteria,
@@ -103,6 +103,17 @@ pub struct Search {
     pub total: bool,
     /// `_summary` or `_elements`: what of each resource is returned.
     pub subset: Option<crate::fhir::subset::Subset>,
+    /// `_sort` keys, in order; empty: by id.
+    pub sort: Vec<crate::fhir::search::SortKey>,
+    /// How many matches a sorted search keeps in its snapshot, and for how long (config `rest`).
+    pub snapshot: SnapshotLimits,
+}
+
+/// A sorted search with more than one page keeps its order in a snapshot (see `store::sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnapshotLimits {
+    pub max_results: u32,
+    pub ttl_ms: i64,
 }
 
 /// `_include=Source:param[:Target]` (resources the matches reference) or
@@ -524,6 +535,8 @@ fn search(
     let mut includes = Vec::new();
     let mut total = true;
     let mut subset = None;
+    let mut sort = Vec::new();
+    let mut unknown_sort = Vec::new();
     let mut rest = Vec::new();
     let mut applied = Vec::new();
     for (k, v) in params {
@@ -533,6 +546,12 @@ fn search(
                 applied.push((k.clone(), count.to_string()));
             }
             "_cursor" => cursor = Some(v.clone()),
+            "_sort" => {
+                let (keys, unknown) = crate::fhir::search::parse_sort(&ty, v);
+                sort.extend(keys);
+                unknown_sort.extend(unknown);
+                applied.push((k.clone(), v.clone()));
+            }
             "_format" | "_pretty" => {}
             "_include"
             | "_revinclude"
@@ -609,9 +628,12 @@ fn search(
             includes: Vec::new(),
             total,
             subset,
+            sort: Vec::new(),
+            snapshot: SnapshotLimits::default(),
         });
     }
-    let (criteria, unknown) = parse_criteria(&ty, &rest, s)?;
+    let (criteria, mut unknown) = parse_criteria(&ty, &rest, s)?;
+    unknown.extend(unknown_sort);
     if strict && !unknown.is_empty() {
         return Err(Error::invalid(format!(
             "unknown or unsupported search parameter(s): {}",
@@ -633,6 +655,11 @@ fn search(
         includes,
         total,
         subset,
+        sort,
+        snapshot: SnapshotLimits {
+            max_results: config.rest.max_sorted_results,
+            ttl_ms: config.rest.search_snapshot_ttl_secs as i64 * 1000,
+        },
     })
 }
 

@@ -399,6 +399,56 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
+/// One `_sort` key: what to order by and in which direction (`-` is descending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    pub by: SortBy,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortBy {
+    Id,
+    LastUpdated,
+    /// An indexed parameter: strings, tokens, references and uris order by their (folded)
+    /// value, dates, numbers and quantities by their range (low ascending, high descending).
+    Param {
+        code: String,
+        ordered: bool,
+    },
+}
+
+/// `_sort=a,-b`: the keys in order. A name that is not a sortable parameter of `ty` is returned
+/// in the error position so that `Prefer: handling` decides (strict: 400, lenient: ignored).
+pub fn parse_sort(ty: &str, value: &str) -> (Vec<SortKey>, Vec<String>) {
+    let mut keys = Vec::new();
+    let mut unknown = Vec::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (descending, name) = match part.strip_prefix('-') {
+            Some(n) => (true, n),
+            None => (false, part),
+        };
+        let by = match name {
+            "_id" => Some(SortBy::Id),
+            "_lastUpdated" => Some(SortBy::LastUpdated),
+            _ => search_params::indexed(ty)
+                .find(|d| d.code == name)
+                .map(|d| SortBy::Param {
+                    code: d.code.clone(),
+                    ordered: matches!(d.kind, Kind::Date | Kind::Number | Kind::Quantity),
+                }),
+        };
+        match by {
+            Some(by) if !keys.iter().any(|k: &SortKey| k.by == by) => {
+                keys.push(SortKey { by, descending })
+            }
+            Some(_) => {}
+            None => unknown.push(format!("_sort={name}")),
+        }
+    }
+    (keys, unknown)
+}
+
 /// Splits parameters into criteria and the names that are not understood.
 pub fn parse_criteria(
     ty: &str,

@@ -290,6 +290,7 @@ impl Privacy {
                         includes: Vec::new(),
                         total: false,
                         subset: None,
+                        ..Default::default()
                     });
                     let page = self.store.search(&permit).await?;
                     for s in &page.entries {

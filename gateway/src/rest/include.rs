@@ -162,6 +162,7 @@ async fn referencing(
             includes: Vec::new(),
             total: false,
             subset: None,
+            ..Default::default()
         };
         let Ok(permit) = app.policy.authorize(principal, op) else {
             return Ok(Vec::new());

@@ -3,7 +3,7 @@
 //! backend binds them with its own driver (see `Bind`).
 
 use crate::fhir::operation::{History, HistoryScope, Search};
-use crate::fhir::search::{Clause, ClauseKind, Criteria, Pred, Prefix};
+use crate::fhir::search::{Clause, ClauseKind, Criteria, Pred, Prefix, SortBy, SortKey};
 use crate::fhir::search_index::Entry;
 use crate::store::to_millis;
 
@@ -338,6 +338,124 @@ pub fn search(d: Dialect, op: &Search) -> (Sql, Sql) {
     }
     page.push(" ORDER BY c.id LIMIT ").int(op.count as i64 + 1);
     (count, page)
+}
+
+/// The matches of a sorted search as `t` with their sort keys as columns `k0, k1, ...`:
+/// `(SELECT <cols>, k0, ... FROM current WHERE ...) t`.
+fn push_sorted_matches(q: &mut Sql, op: &Search, cols: &str) {
+    q.push("(SELECT ").push(cols);
+    for (i, k) in op.sort.iter().enumerate() {
+        q.push(", ");
+        match &k.by {
+            SortBy::Id => {
+                q.push("c.id");
+            }
+            SortBy::LastUpdated => {
+                q.push("v.last_updated");
+            }
+            SortBy::Param { code, ordered } => {
+                // A resource with several values sorts by the one that comes first in the
+                // direction asked (R4 search §3.1.1.4.12: the lowest ascending, highest descending).
+                let (agg, col) = match (ordered, k.descending) {
+                    (true, false) => ("MIN", "s.low"),
+                    (true, true) => ("MAX", "s.high"),
+                    (false, false) => ("MIN", "s.value"),
+                    (false, true) => ("MAX", "s.value"),
+                };
+                q.push("(SELECT ")
+                    .push(agg)
+                    .push("(")
+                    .push(col)
+                    .push(") FROM search_index s WHERE s.type = c.type AND s.id = c.id AND s.param = ")
+                    .text(code)
+                    .push(")");
+            }
+        }
+        q.push(&format!(" AS k{i}"));
+    }
+    q.push(" FROM ").push(CURRENT_FROM);
+    current_where(q, &op.ty, &op.criteria);
+    q.push(") t");
+}
+
+/// `k0 IS NULL, k0 ASC, ..., t.id`: resources without a value last in either direction, the id
+/// breaking ties so that the order is total.
+fn sort_order(keys: &[SortKey]) -> String {
+    let mut out = String::new();
+    for (i, k) in keys.iter().enumerate() {
+        let dir = if k.descending { "DESC" } else { "ASC" };
+        out.push_str(&format!("t.k{i} IS NULL, t.k{i} {dir}, "));
+    }
+    out.push_str("t.id");
+    out
+}
+
+/// The first `limit` matches of a sorted search, in order.
+pub fn sorted_page(d: Dialect, op: &Search, limit: i64) -> Sql {
+    let cols = "v.type, v.id, v.version, v.last_updated, v.method, v.body, v.seq";
+    let mut q = Sql::new(
+        d,
+        "SELECT t.type, t.id, t.version, t.last_updated, t.method, t.body, t.seq FROM ",
+    );
+    push_sorted_matches(&mut q, op, cols);
+    q.push(" ORDER BY ").push(&sort_order(&op.sort));
+    q.push(" LIMIT ").int(limit);
+    q
+}
+
+/// Keeps the order of a sorted search's matches (at most `max_results`) under `search_id`, so
+/// that its pages stay what they were when it began, whatever is written meanwhile: a resource
+/// whose sort value changes does not move between pages, appear twice or go missing.
+pub fn snapshot_insert(d: Dialect, op: &Search, search_id: &str, now_ms: i64) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "INSERT INTO search_snapshot (search_id, pos, type, id, created) SELECT ",
+    );
+    let order = sort_order(&op.sort);
+    q.text(search_id)
+        .push(", ROW_NUMBER() OVER (ORDER BY ")
+        .push(&order)
+        .push("), t.type, t.id, ")
+        .int(now_ms)
+        .push(" FROM ");
+    push_sorted_matches(&mut q, op, "c.type, c.id");
+    q.push(" ORDER BY ").push(&order);
+    q.push(" LIMIT ").int(op.snapshot.max_results as i64);
+    q
+}
+
+/// A page of a kept search after position `after`, each resource as it is now. The search's
+/// criteria apply again, so a resource that no longer matches (or that the policy's compartment
+/// excludes: a cursor is not a capability) is left out. The position is the last column.
+pub fn snapshot_page(d: Dialect, op: &Search, search_id: &str, after: i64, limit: i64) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body, v.seq, r.pos FROM search_snapshot r JOIN resource_current c ON c.type = r.type AND c.id = r.id JOIN resource_version v ON v.seq = c.seq",
+    );
+    current_where(&mut q, &op.ty, &op.criteria);
+    q.push(" AND r.search_id = ")
+        .text(search_id)
+        .push(" AND r.pos > ")
+        .int(after)
+        .push(" ORDER BY r.pos LIMIT ")
+        .int(limit);
+    q
+}
+
+/// Whether a kept search exists and has not expired (1 or 0).
+pub fn snapshot_alive(d: Dialect, search_id: &str, since_ms: i64) -> Sql {
+    let mut q = Sql::new(d, "SELECT COUNT(*) FROM search_snapshot WHERE search_id = ");
+    q.text(search_id)
+        .push(" AND pos = 1 AND created >= ")
+        .int(since_ms);
+    q
+}
+
+/// Forgets kept searches created before `before_ms`.
+pub fn snapshot_expire(d: Dialect, before_ms: i64) -> Sql {
+    let mut q = Sql::new(d, "DELETE FROM search_snapshot WHERE created < ");
+    q.int(before_ms);
+    q
 }
 
 /// (count, page) of a history: newest first by the global write sequence.
@@ -708,6 +826,71 @@ macro_rules! relational_common {
                 }
             }
             Ok(())
+        }
+
+        /// A search with `_sort`. The first page runs the ordered query; when there is more than
+        /// one page, the order is kept (`sql::snapshot_insert`) and every page, the first too,
+        /// is read from it. The cursor is `search_id.position`.
+        async fn sorted_search(
+            reader: &sqlx::Pool<$db>,
+            writer: &sqlx::Pool<$db>,
+            op: &$crate::fhir::operation::Search,
+            total: Option<i64>,
+        ) -> $crate::error::Result<$crate::store::Page> {
+            use sqlx::Row;
+            use $crate::store::{page_of, sql};
+            let size = op.count as i64;
+            let now = $crate::store::to_millis($crate::store::now_ms());
+            let (search_id, after) = match &op.cursor {
+                None => {
+                    let rows = query(&sql::sorted_page($dialect, op, size + 1))
+                        .fetch_all(reader)
+                        .await?;
+                    if rows.len() as i64 <= size {
+                        return Ok(page_of(total, &rows, op.count, row_to_stored, |_| {
+                            String::new()
+                        }));
+                    }
+                    let search_id = uuid::Uuid::new_v4().simple().to_string();
+                    let mut tx = writer.begin().await?;
+                    query(&sql::snapshot_expire($dialect, now - op.snapshot.ttl_ms))
+                        .execute(&mut *tx)
+                        .await?;
+                    query(&sql::snapshot_insert($dialect, op, &search_id, now))
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    (search_id, 0)
+                }
+                Some(cursor) => {
+                    let bad =
+                        || $crate::error::Error::invalid("_cursor is not one this server gave out");
+                    let (id, pos) = cursor.rsplit_once('.').ok_or_else(bad)?;
+                    let pos: i64 = pos.parse().map_err(|_| bad())?;
+                    let alive: i64 =
+                        scalar(&sql::snapshot_alive($dialect, id, now - op.snapshot.ttl_ms))
+                            .fetch_one(reader)
+                            .await?;
+                    if alive == 0 {
+                        return Err($crate::error::Error::gone(
+                            "these search results have expired; run the search again",
+                        ));
+                    }
+                    (id.to_owned(), pos)
+                }
+            };
+            let rows = query(&sql::snapshot_page(
+                $dialect,
+                op,
+                &search_id,
+                after,
+                size + 1,
+            ))
+            .fetch_all(reader)
+            .await?;
+            Ok(page_of(total, &rows, op.count, row_to_stored, |r| {
+                format!("{search_id}.{}", r.get::<i64, _>(7))
+            }))
         }
 
         fn row_to_stored(row: &$row) -> $crate::store::Stored {

@@ -94,6 +94,18 @@ CREATE INDEX search_index_value ON search_index (type, param, value, system);
 CREATE INDEX search_index_range ON search_index (type, param, low);
 CREATE INDEX search_index_owner ON search_index (type, id, param);
 "#,
+    // The order of a sorted search's matches, kept for its pages (sql::snapshot_insert).
+    r#"
+CREATE TABLE search_snapshot (
+    search_id TEXT    NOT NULL,
+    pos       INTEGER NOT NULL,
+    type      TEXT    NOT NULL,
+    id        TEXT    NOT NULL,
+    created   INTEGER NOT NULL,
+    PRIMARY KEY (search_id, pos)
+) WITHOUT ROWID;
+CREATE INDEX search_snapshot_created ON search_snapshot (created);
+"#,
 ];
 
 /// Schema versions of `audit.db`.
@@ -383,8 +395,16 @@ impl Store for SqliteStore {
         let op = permit.op();
         let (count, page) = sql::search(D, op);
         let count = op.total.then_some(&count);
-        self.page(count, &page, op.count, |r| r.get::<String, _>(1))
-            .await
+        if op.sort.is_empty() || op.count == 0 {
+            return self
+                .page(count, &page, op.count, |r| r.get::<String, _>(1))
+                .await;
+        }
+        let total = match count {
+            Some(c) => Some(scalar(c).fetch_one(&self.reader).await?),
+            None => None,
+        };
+        sorted_search(&self.reader, &self.writer, op, total).await
     }
 
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
