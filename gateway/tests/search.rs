@@ -896,6 +896,58 @@ async fn include_and_revinclude_pass_the_chokepoint() {
     let (m, _) = modes(&own, &format!("{b}/Patient/{p1}/Condition?_count=1000")).await;
     assert_eq!(m, conditions_of(p1));
 
+    // `Patient/[id]/*`: every type in the compartment, the patient too, paged over (type, id).
+    let mut everything: BTreeSet<String> = conditions_of(p0);
+    everything.extend(obs_of(p0));
+    everything.insert(format!("Patient/{p0}"));
+    everything.extend(
+        data.by_type["Immunization"]
+            .iter()
+            .filter(|i| i["patient"]["reference"] == format!("Patient/{p0}").as_str())
+            .map(|i| format!("Immunization/{}", i["id"].as_str().unwrap())),
+    );
+    let mut url = format!("{b}/Patient/{p0}/*?_count=7");
+    let mut paged = Vec::new();
+    loop {
+        let page: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+        for e in page["entry"].as_array().into_iter().flatten() {
+            let r = &e["resource"];
+            paged.push(format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            ));
+        }
+        match page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+        {
+            Some(n) => url = n["url"].as_str().unwrap().to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(paged.len(), everything.len(), "no duplicates: {paged:?}");
+    assert_eq!(paged.into_iter().collect::<BTreeSet<_>>(), everything);
+    let (m, _) = modes(
+        &c,
+        &format!("{b}/Patient/{p0}/*?_lastUpdated=gt2000-01-01&_count=1000"),
+    )
+    .await;
+    assert_eq!(m, everything, "parameters every resource has apply");
+    let (m, _) = modes(&own, &format!("{b}/Patient/{p0}/*")).await;
+    assert!(m.is_empty(), "another patient's compartment: {m:?}");
+    let (m, _) = modes(&own, &format!("{b}/Patient/{p1}/*?_count=1000")).await;
+    assert!(m.contains(&format!("Patient/{p1}")) && m.is_superset(&conditions_of(p1)));
+    // `*` needs a scope on every type.
+    let r = conditions_only
+        .get(format!("{b}/Patient/{p0}/*"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
     // Malformed includes are refused, naming the parameter.
     for bad in [
         "_include=Condition",

@@ -87,6 +87,10 @@ pub struct History {
     pub cursor: Option<i64>,
 }
 
+/// The type of a search over every type (`Patient/[id]/*`): only the parameters every resource
+/// has apply, paging runs over (type, id), and the policy asks for a scope on every type.
+pub const ALL_TYPES: &str = "*";
+
 #[derive(Debug, Clone, Default)]
 pub struct Search {
     pub ty: String,
@@ -257,6 +261,12 @@ pub fn parse(
         (&Method::GET, [ty]) => {
             let ty = type_of(ty)?;
             Operation::Search(search(ty, &params, strict, config, structure)?)
+        }
+        // Every resource in one patient's compartment, of any type (`ty` is `*`).
+        (&Method::GET, ["Patient", id, "*"]) if !id.starts_with(['_', '$']) => {
+            let mut op = search(ALL_TYPES.into(), &params, strict, config, structure)?;
+            op.criteria.within = Some((*id).to_owned());
+            Operation::Search(op)
         }
         // Compartment search: the resources of a type in one patient's compartment.
         (&Method::GET, ["Patient", id, ty])

@@ -218,7 +218,11 @@ impl Authorizable for Delete {
 }
 impl Authorizable for Search {
     fn requirement(&self) -> Requirement {
-        Requirement::Type(self.ty.clone(), Permission::Search)
+        if self.ty == crate::fhir::operation::ALL_TYPES {
+            Requirement::AnyType(Permission::Search)
+        } else {
+            Requirement::Type(self.ty.clone(), Permission::Search)
+        }
     }
 }
 impl Authorizable for History {

@@ -22,7 +22,9 @@ use super::{
 };
 use crate::config;
 use crate::error::{Error, Result};
-use crate::fhir::operation::{Create, Delete, History, Read, Search, Target, Update, VRead};
+use crate::fhir::operation::{
+    ALL_TYPES, Create, Delete, History, Read, Search, Target, Update, VRead,
+};
 use crate::fhir::search::Criteria;
 use crate::policy::Permit;
 use serde_json::Value;
@@ -361,9 +363,12 @@ impl Store for PostgresStore {
         let (count, page) = sql::search(D, op);
         let count = op.total.then_some(&count);
         if op.sort.is_empty() || op.count == 0 {
-            return self
-                .page(count, &page, op.count, |r| r.get::<String, _>(1))
-                .await;
+            let next_of: fn(&PgRow) -> String = if op.ty == ALL_TYPES {
+                |r: &_| format!("{}/{}", r.get::<String, _>(0), r.get::<String, _>(1))
+            } else {
+                |r: &_| r.get::<String, _>(1)
+            };
+            return self.page(count, &page, op.count, next_of).await;
         }
         let total = match count {
             Some(c) => Some(scalar(c).fetch_one(&self.pool).await?),

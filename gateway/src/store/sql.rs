@@ -2,7 +2,7 @@
 //! placeholders only; every value a client sent travels as a bound parameter, in order. Each
 //! backend binds them with its own driver (see `Bind`).
 
-use crate::fhir::operation::{History, HistoryScope, Search};
+use crate::fhir::operation::{ALL_TYPES, History, HistoryScope, Search};
 use crate::fhir::search::{Clause, ClauseKind, Criteria, Pred, Prefix, SortBy, SortKey};
 use crate::fhir::search_index::Entry;
 use crate::store::to_millis;
@@ -309,7 +309,10 @@ fn push_compartment(q: &mut Sql, criteria: &Criteria) {
 }
 
 fn current_where(q: &mut Sql, ty: &str, criteria: &Criteria) {
-    q.push(" WHERE c.deleted = 0 AND c.type = ").text(ty);
+    q.push(" WHERE c.deleted = 0");
+    if ty != ALL_TYPES {
+        q.push(" AND c.type = ").text(ty);
+    }
     push_criteria(q, criteria);
     push_clauses(q, criteria);
     push_compartment(q, criteria);
@@ -333,10 +336,25 @@ pub fn search(d: Dialect, op: &Search) -> (Sql, Sql) {
     let mut page = Sql::new(d, VERSION_COLUMNS);
     page.push(CURRENT_FROM);
     current_where(&mut page, &op.ty, &op.criteria);
-    if let Some(after) = &op.cursor {
-        page.push(" AND c.id > ").text(after);
+    if op.ty == ALL_TYPES {
+        // Ids are unique per type: page on (type, id), the cursor `Type/id`.
+        if let Some((ty, id)) = op.cursor.as_deref().and_then(|c| c.split_once('/')) {
+            page.push(" AND (c.type > ")
+                .text(ty)
+                .push(" OR (c.type = ")
+                .text(ty)
+                .push(" AND c.id > ")
+                .text(id)
+                .push("))");
+        }
+        page.push(" ORDER BY c.type, c.id LIMIT ");
+    } else {
+        if let Some(after) = &op.cursor {
+            page.push(" AND c.id > ").text(after);
+        }
+        page.push(" ORDER BY c.id LIMIT ");
     }
-    page.push(" ORDER BY c.id LIMIT ").int(op.count as i64 + 1);
+    page.int(op.count as i64 + 1);
     (count, page)
 }
 
