@@ -6,11 +6,10 @@
 
 mod common;
 
+use common::oracle::*;
 use common::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 fn shared(p: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -83,85 +82,6 @@ async fn load(gw: &Gateway) -> Data {
     Data { by_type }
 }
 
-/// Every id a search returns, following `next` links.
-async fn search_ids(gw: &Gateway, ty: &str, query: &str) -> Result<BTreeSet<String>, String> {
-    let c = client();
-    let mut url = format!("{}/{ty}?{query}&_count=200", gw.base);
-    let mut ids = BTreeSet::new();
-    loop {
-        let resp = c.get(&url).send().await.unwrap();
-        let status = resp.status();
-        let bundle: Value = resp.json().await.unwrap();
-        if !status.is_success() {
-            return Err(format!("{status}: {bundle}"));
-        }
-        for e in bundle["entry"].as_array().into_iter().flatten() {
-            if e["search"]["mode"] == "match" {
-                ids.insert(e["resource"]["id"].as_str().unwrap().to_owned());
-            }
-        }
-        match bundle["link"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["relation"] == "next")
-        {
-            Some(next) => url = next["url"].as_str().unwrap().to_owned(),
-            None => return Ok(ids),
-        }
-    }
-}
-
-// The oracle's own readings of the JSON.
-
-fn strs<'a>(v: &'a Value, path: &[&str]) -> Vec<&'a str> {
-    let mut cur = vec![v];
-    for k in path {
-        cur = cur
-            .into_iter()
-            .flat_map(|x| match &x[*k] {
-                Value::Array(a) => a.iter().collect::<Vec<_>>(),
-                Value::Null => vec![],
-                other => vec![other],
-            })
-            .collect();
-    }
-    cur.into_iter().filter_map(Value::as_str).collect()
-}
-
-fn lower_plain(s: &str) -> String {
-    s.to_lowercase()
-        .replace(['é', 'è', 'ë', 'ê'], "e")
-        .replace(['ü', 'ú'], "u")
-        .replace(['ö', 'ó'], "o")
-        .replace(['ï', 'í'], "i")
-        .replace(['á', 'ä', 'à'], "a")
-}
-
-fn instant(s: &str) -> OffsetDateTime {
-    OffsetDateTime::parse(s, &Rfc3339).unwrap()
-}
-
-fn codes<'a>(r: &'a Value, field: &str) -> Vec<(&'a str, &'a str)> {
-    let concepts: Vec<&Value> = match &r[field] {
-        Value::Array(a) => a.iter().collect(),
-        Value::Null => vec![],
-        v => vec![v],
-    };
-    concepts
-        .into_iter()
-        .flat_map(|c| c["coding"].as_array().into_iter().flatten())
-        .map(|c| {
-            (
-                c["system"].as_str().unwrap_or(""),
-                c["code"].as_str().unwrap_or(""),
-            )
-        })
-        .collect()
-}
-
-type Oracle = Box<dyn Fn(&Value) -> bool>;
-
 fn queries(d: &Data) -> Vec<(&'static str, String, Oracle)> {
     let patients = &d.by_type["Patient"];
     let p0 = patients[0]["id"].as_str().unwrap().to_owned();
@@ -216,6 +136,38 @@ fn queries(d: &Data) -> Vec<(&'static str, String, Oracle)> {
                 .iter()
                 .any(|c| lower_plain(c).starts_with(&lower_plain(&city)))
         }),
+    ));
+    // identifier:of-type: the identifier's type and value together (SS of patient 0; its value
+    // as an MR matches nobody).
+    let ssn = patients[0]["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"]["coding"][0]["code"] == "SS")
+        .map(|i| i["value"].as_str().unwrap().to_owned())
+        .unwrap();
+    let v2 = "http://terminology.hl7.org/CodeSystem/v2-0203";
+    let of_type = |code: &'static str, value: String| -> Oracle {
+        Box::new(move |r: &Value| {
+            r["identifier"].as_array().into_iter().flatten().any(|i| {
+                i["value"] == value.as_str()
+                    && i["type"]["coding"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["system"] == v2 && c["code"] == code)
+            })
+        })
+    };
+    q.push((
+        "Patient",
+        format!("identifier:of-type={v2}|SS|{ssn}"),
+        of_type("SS", ssn.clone()),
+    ));
+    q.push((
+        "Patient",
+        format!("identifier:of-type={v2}|MR|{ssn}"),
+        of_type("MR", ssn.clone()),
     ));
     // token on code, with OR and :not
     q.push((
@@ -522,32 +474,6 @@ fn queries(d: &Data) -> Vec<(&'static str, String, Oracle)> {
     q
 }
 
-/// Every id a search returns in order, following `next` links (`_count` small, so that the
-/// pages of a sorted search come from its snapshot).
-async fn search_ordered(gw: &Gateway, ty: &str, query: &str, count: u32) -> Vec<String> {
-    let c = client();
-    let mut url = format!("{}/{ty}?{query}&_count={count}", gw.base);
-    let mut ids = Vec::new();
-    loop {
-        let resp = c.get(&url).send().await.unwrap();
-        let status = resp.status();
-        let bundle: Value = resp.json().await.unwrap();
-        assert!(status.is_success(), "{ty}?{query}: {status}: {bundle}");
-        for e in bundle["entry"].as_array().into_iter().flatten() {
-            ids.push(e["resource"]["id"].as_str().unwrap().to_owned());
-        }
-        match bundle["link"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["relation"] == "next")
-        {
-            Some(next) => url = next["url"].as_str().unwrap().to_owned(),
-            None => return ids,
-        }
-    }
-}
-
 /// A sort key as the oracle computes it: resources without one last, then by the key.
 #[derive(Debug, Clone, PartialEq, PartialOrd)]
 enum Key {
@@ -730,6 +656,16 @@ async fn malformed_and_unknown_parameters() {
         ("address-postalcode:missing=maybe", "true or false"),
         ("_has:Condition:code:code=x", "not a reference parameter"),
         ("general-practitioner.nonsense=x", "no target"),
+        ("identifier:of-type=MR|123", ":of-type takes"),
+        ("identifier:of-type=sys||123", "needs a type code"),
+        (
+            "_has:Observation:patient:code-value-quantity=718-7",
+            "two parts joined by '$'",
+        ),
+        (
+            "_has:Observation:patient:code-value-quantity=718-7$gtx",
+            "not a quantity",
+        ),
     ] {
         let r = c
             .get(format!("{}/Patient?{q}", gw.base))

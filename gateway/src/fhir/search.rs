@@ -83,6 +83,20 @@ pub enum Pred {
     UriBelow(String),
     /// `:above`: this starts with the uri.
     UriAbove(String),
+    /// A composite (`code-value-quantity=loinc|718-7$gt10`): its first part as a token or a
+    /// reference on `system`/`value`, its second on `raw`/`low`/`high` (see `search_index`).
+    Composite(Box<Pred>, Second),
+    /// `identifier:of-type=type-system|type-code|value`.
+    OfType(Token),
+}
+
+/// The second part of a composite search value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Second {
+    Token(Token),
+    Range(Prefix, f64, f64),
+    Quantity(Prefix, f64, f64, Option<String>, Option<String>),
+    String(String),
 }
 
 /// Search prefixes for ordered values (R4 §3.1.1.4.10).
@@ -158,6 +172,19 @@ fn pred(def: &Definition, modifier: Option<&str>, v: &str) -> Result<Pred> {
         },
         Kind::Token => match modifier {
             None | Some("not") => Pred::Token(token(v)?),
+            Some("of-type") => {
+                let parts = split_unescaped(v, '|');
+                let [system, code, value] = parts.as_slice() else {
+                    return Err(bad(":of-type takes type-system|type-code|value"));
+                };
+                if code.is_empty() || value.is_empty() {
+                    return Err(bad(":of-type needs a type code and a value"));
+                }
+                Pred::OfType(Token {
+                    system: Some(unescape(system)),
+                    value: Some(format!("{}|{}", unescape(code), unescape(value))),
+                })
+            }
             Some("text") => Pred::Text(fold(&unescape(v))),
             Some(m) => return Err(bad(&format!("modifier :{m} is not supported on a token"))),
         },
@@ -207,11 +234,7 @@ fn pred(def: &Definition, modifier: Option<&str>, v: &str) -> Result<Pred> {
         }
         Kind::Quantity => {
             let (p, rest) = prefix(v);
-            let mut parts = rest.splitn(3, '|');
-            let number = parts.next().unwrap_or_default();
-            let (lo, hi) = number_search(p, number).ok_or_else(|| bad("not a number"))?;
-            let system = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
-            let code = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+            let (lo, hi, system, code) = quantity(p, rest).ok_or_else(|| bad("not a number"))?;
             Pred::Quantity(p, lo, hi, system, code)
         }
         Kind::Uri => match modifier {
@@ -220,10 +243,72 @@ fn pred(def: &Definition, modifier: Option<&str>, v: &str) -> Result<Pred> {
             Some("above") => Pred::UriAbove(unescape(v)),
             Some(m) => return Err(bad(&format!("modifier :{m} does not apply to a uri"))),
         },
-        Kind::Composite | Kind::Special => {
-            return Err(bad("this parameter type is not searchable yet"));
+        Kind::Composite => {
+            if modifier.is_some() {
+                return Err(bad("a composite takes no modifier but :missing"));
+            }
+            let Some([(first, _), (second, _)]) = search_params::composite_pair(def) else {
+                return Err(bad("this composite is not searchable"));
+            };
+            let parts = split_unescaped(v, '$');
+            let [a, b] = parts.as_slice() else {
+                return Err(bad("a composite value is two parts joined by '$'"));
+            };
+            let a = match first {
+                Kind::Reference => Pred::Reference(vec![unescape(a)]),
+                _ => Pred::Token(token(a)?),
+            };
+            let (p, rest) = prefix(b);
+            let b = match second {
+                Kind::Token => Second::Token(token(b)?),
+                Kind::String => Second::String(fold(&unescape(b))),
+                Kind::Date => {
+                    let (lo, hi) = precision_range(rest).ok_or_else(|| bad("not a date"))?;
+                    Second::Range(p, lo, hi)
+                }
+                Kind::Number => {
+                    let (lo, hi) = number_search(p, rest).ok_or_else(|| bad("not a number"))?;
+                    Second::Range(p, lo, hi)
+                }
+                _ => {
+                    let (lo, hi, system, code) =
+                        quantity(p, rest).ok_or_else(|| bad("not a quantity"))?;
+                    Second::Quantity(p, lo, hi, system, code)
+                }
+            };
+            Pred::Composite(Box::new(a), b)
+        }
+        Kind::Special => {
+            return Err(bad("this parameter type is not searchable"));
         }
     })
+}
+
+/// `number[|system[|code]]` of a quantity search.
+fn quantity(p: Prefix, rest: &str) -> Option<(f64, f64, Option<String>, Option<String>)> {
+    let mut parts = rest.splitn(3, '|');
+    let (lo, hi) = number_search(p, parts.next().unwrap_or_default())?;
+    let system = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+    let code = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+    Some((lo, hi, system, code))
+}
+
+/// Splits at each `sep` that is not escaped with a backslash (escapes kept for the parts).
+fn split_unescaped(v: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut escaped) = (0, false);
+    for (i, c) in v.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            c if c == sep && !escaped => {
+                out.push(&v[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => escaped = false,
+        }
+    }
+    out.push(&v[start..]);
+    out
 }
 
 fn unescape(s: &str) -> String {
@@ -353,10 +438,13 @@ fn simple(ty: &str, name: &str, value: &str) -> Result<Option<Clause>> {
             ClauseKind::Any(preds)
         }
     };
-    Ok(Some(Clause {
-        param: code.to_owned(),
-        how,
-    }))
+    // `:of-type` rows are kept under their own name (see `search_index`).
+    let param = if modifier == Some("of-type") {
+        format!("{code}:of-type")
+    } else {
+        code.to_owned()
+    };
+    Ok(Some(Clause { param, how }))
 }
 
 impl Criteria {

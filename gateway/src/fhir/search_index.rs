@@ -7,6 +7,8 @@
 //! |---|---|---|---|---|
 //! | string | | folded (lower case, no accents) | as written | |
 //! | token | system | code / identifier value | folded display or text (`:text`) | |
+//! | token `:of-type` (param `identifier:of-type`) | type system | `type-code|value` | | |
+//! | composite | first part's system | first part's code or reference | second part's `system|code` or folded string | second part's range |
 //! | reference | | `Type/id` or absolute URL | | |
 //! | reference (`:identifier`) | identifier system | | identifier value | |
 //! | date | | | | instants in ms, the whole precision of the value |
@@ -49,11 +51,15 @@ pub fn entries(ty: &str, resource: &Value) -> Vec<Entry> {
             continue;
         };
         // An expression that fails on this resource indexes nothing for it, never fails the write.
-        let Ok(items) = expr.evaluate(resource) else {
+        let Ok(items) = expr.evaluate_for_search(resource) else {
             continue;
         };
         for item in items {
-            rows(&def.code, def.kind, &item, &mut out);
+            if def.kind == Kind::Composite {
+                composite(def, &item, &mut out);
+            } else {
+                rows(&def.code, def.kind, &item, &mut out);
+            }
         }
     }
     out.dedup();
@@ -125,6 +131,46 @@ fn rows(param: &str, kind: Kind, item: &Item, out: &mut Vec<Entry>) {
             }
         }
         Kind::Composite | Kind::Special => {}
+    }
+}
+
+/// A composite's rows: every pair of its two components' values within one item (the same
+/// Observation, or the same component of it). The first component fills `system`/`value` as a
+/// token (or `value` as a reference) would; the second `raw` (`system|code` of a token or a
+/// quantity's unit, a folded string) and `low`/`high` (a date, number or quantity).
+fn composite(def: &search_params::Definition, item: &Item, out: &mut Vec<Entry>) {
+    let Some([(ka, ea), (kb, eb)]) = search_params::composite_pair(def) else {
+        return;
+    };
+    let within = item.to_json();
+    let part = |kind: Kind, e: &crate::fhir::fhirpath::FhirPath| {
+        let mut rows_of = Vec::new();
+        for v in e.evaluate_for_search(&within).unwrap_or_default() {
+            rows("", kind, &v, &mut rows_of);
+        }
+        rows_of
+    };
+    let (firsts, seconds) = (part(*ka, ea), part(*kb, eb));
+    for a in &firsts {
+        for b in &seconds {
+            let raw = match kb {
+                Kind::Token => format!("{}|{}", b.system, b.value),
+                Kind::Quantity => {
+                    let code = if b.value.is_empty() { &b.raw } else { &b.value };
+                    format!("{}|{code}", b.system)
+                }
+                Kind::String => b.value.clone(),
+                _ => String::new(),
+            };
+            out.push(Entry {
+                system: a.system.clone(),
+                value: a.value.clone(),
+                raw,
+                low: b.low,
+                high: b.high,
+                ..Entry::new(&def.code)
+            });
+        }
     }
 }
 
@@ -205,6 +251,22 @@ fn tokens(param: &str, v: &Value, out: &mut Vec<Entry>) {
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 out.push(row(&v["system"], &v["value"], label));
+                // `:of-type`: the identifier's type codings with its value, under their own name.
+                for t in m
+                    .get("type")
+                    .and_then(|t| t.get("coding"))
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let (Some(code), Some(value)) = (t["code"].as_str(), v["value"].as_str()) {
+                        out.push(Entry {
+                            system: text(&t["system"]),
+                            value: format!("{code}|{value}"),
+                            ..Entry::new(&format!("{param}:of-type"))
+                        });
+                    }
+                }
             } else if let Some(t) = m.get("text").and_then(Value::as_str) {
                 out.push(row(&Value::Null, &Value::Null, t));
             }
@@ -410,6 +472,51 @@ mod tests {
         let d = of(&e, "date")[0];
         assert_eq!(d.low, precision_range("2024-03-01T09:00:00Z").map(|r| r.0));
         assert_eq!(d.high, Some(d.low.unwrap() + 999.0), "to the second");
+    }
+
+    /// Composites pair their components within one item: the Observation's own code and value,
+    /// and each component's code with that component's value (never across components).
+    #[test]
+    fn composites_pair_components_within_one_item() {
+        let o = json!({
+            "resourceType": "Observation", "status": "final",
+            "code": { "coding": [{ "system": "http://loinc.org", "code": "85354-9" }] },
+            "component": [
+                { "code": { "coding": [{ "system": "http://loinc.org", "code": "8480-6" }] },
+                  "valueQuantity": { "value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]" } },
+                { "code": { "coding": [{ "system": "http://loinc.org", "code": "8462-4" }] },
+                  "valueQuantity": { "value": 80, "system": "http://unitsofmeasure.org", "code": "mm[Hg]" } }
+            ]
+        });
+        let e = entries("Observation", &o);
+        let pairs: Vec<(&str, Option<f64>, &str)> = of(&e, "component-code-value-quantity")
+            .iter()
+            .map(|r| (r.value.as_str(), r.low, r.raw.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("8480-6", Some(120.0), "http://unitsofmeasure.org|mm[Hg]"),
+                ("8462-4", Some(80.0), "http://unitsofmeasure.org|mm[Hg]")
+            ]
+        );
+        let combo = of(&e, "combo-code-value-quantity");
+        assert_eq!(
+            combo.len(),
+            2,
+            "the Observation has no value of its own: {combo:?}"
+        );
+        let c = json!({
+            "resourceType": "Observation", "status": "final",
+            "code": { "coding": [{ "system": "http://loinc.org", "code": "883-9" }] },
+            "valueCodeableConcept": { "coding": [{ "system": "http://snomed.info/sct", "code": "112144000" }] }
+        });
+        let e = entries("Observation", &c);
+        let v = of(&e, "code-value-concept");
+        assert_eq!(
+            (v[0].value.as_str(), v[0].raw.as_str()),
+            ("883-9", "http://snomed.info/sct|112144000")
+        );
     }
 
     /// Codings and identifiers with parts missing index what they have (this once panicked).

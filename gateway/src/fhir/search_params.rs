@@ -45,12 +45,26 @@ pub struct Definition {
     /// `None` when the definition has no expression for this type (`_text`, `_content`, ...).
     pub expression: Option<FhirPath>,
     pub targets: Vec<String>,
+    /// A composite's components: each one's type and its expression, relative to what the
+    /// composite's own expression selects (`code` and `value.as(Quantity)` of an Observation).
+    pub components: Vec<(Kind, FhirPath)>,
 }
 
 /// type -> code -> definition; `Resource` holds `_id`, `_lastUpdated`, `_tag`, ...
 static REGISTRY: LazyLock<HashMap<String, HashMap<String, Definition>>> = LazyLock::new(|| {
     let all: HashMap<String, HashMap<String, Value>> =
         serde_json::from_str(DEFINITIONS).expect("the generated search parameters are JSON");
+    // A composite names its components' definitions by url.
+    let kind_of_url: HashMap<String, Kind> = all
+        .values()
+        .flat_map(HashMap::values)
+        .filter_map(|d| {
+            Some((
+                d["url"].as_str()?.to_owned(),
+                Kind::parse(d["type"].as_str()?),
+            ))
+        })
+        .collect();
     all.into_iter()
         .map(|(ty, params)| {
             let defs = params
@@ -71,6 +85,21 @@ static REGISTRY: LazyLock<HashMap<String, HashMap<String, Definition>>> = LazyLo
                             .flatten()
                             .filter_map(Value::as_str)
                             .map(str::to_owned)
+                            .collect(),
+                        components: d["component"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|c| {
+                                let kind = *kind_of_url.get(c["definition"].as_str()?)?;
+                                let e = c["expression"].as_str()?;
+                                let path = FhirPath::parse(e).unwrap_or_else(|err| {
+                                    panic!(
+                                        "search parameter {ty}.{code}: cannot parse '{e}': {err}"
+                                    )
+                                });
+                                Some((kind, path))
+                            })
                             .collect(),
                     };
                     (code, def)
@@ -99,7 +128,18 @@ pub fn indexed(ty: &str) -> impl Iterator<Item = &'static Definition> {
         // `_id` is the resource's key, searched on `resource_current` itself; `phonetic` would
         // need a phonetic algorithm, and a plain string match under that name would mislead.
         .filter(|d| d.code != "_id" && d.code != "phonetic")
-        .filter(|d| d.expression.is_some() && !matches!(d.kind, Kind::Special | Kind::Composite))
+        .filter(|d| d.expression.is_some() && d.kind != Kind::Special)
+        .filter(|d| d.kind != Kind::Composite || composite_pair(d).is_some())
+}
+
+/// The two components of a composite the index keeps: a token or reference, then a token,
+/// string, date, number or quantity (every two-part composite of R4; the one three-part
+/// composite, a sequence's coordinates, is not indexed).
+pub fn composite_pair(d: &Definition) -> Option<[&(Kind, FhirPath); 2]> {
+    match d.components.as_slice() {
+        [a @ (Kind::Token | Kind::Reference, _), b] if b.0 != Kind::Composite => Some([a, b]),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 mod sqlite_inline;
+pub mod statistics;
 pub mod writes;
 
 use crate::error::Result;

@@ -15,6 +15,7 @@
 //! database at a newer schema version than this binary knows is refused.
 
 use super::sql::{self, Dialect, Sql};
+use super::statistics;
 use super::writes::{self, WriteTx};
 use super::{
     AUDIT_GENESIS, AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Updated,
@@ -132,6 +133,7 @@ CREATE INDEX search_snapshot_created ON search_snapshot (created);
 
 pub struct PostgresStore {
     pool: PgPool,
+    statistics: std::sync::Arc<statistics::Schedule>,
 }
 
 impl PostgresStore {
@@ -157,7 +159,10 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         migrate(&pool, &cfg.schema).await?;
-        let store = PostgresStore { pool };
+        let store = PostgresStore {
+            pool,
+            statistics: Default::default(),
+        };
         // Data written before the search index existed is indexed once (see the SQLite store).
         let missing: i64 = scalar(&sql::index_missing(D))
             .fetch_one(&store.pool)
@@ -302,6 +307,28 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Counts writes and, when due, refreshes the planner's statistics in the background (see
+    /// `store::statistics`).
+    fn wrote(&self, n: u64) {
+        if !self.statistics.wrote(n) {
+            return;
+        }
+        let (pool, schedule) = (self.pool.clone(), self.statistics.clone());
+        tokio::spawn(async move {
+            let r = sqlx::raw_sql(
+                "ANALYZE resource_current, search_index, token_index, compartment, resource_version",
+            )
+            .execute(&pool)
+            .await;
+            if let Err(e) = &r {
+                tracing::warn!(error = %e, "refreshing the planner's statistics failed");
+            }
+            schedule.done(r.is_ok());
+        });
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn create(&self, permit: &Permit<Create>) -> Result<Created> {
@@ -312,6 +339,7 @@ impl Store for PostgresStore {
         }
         let created = writes::create(&mut tx, op).await?;
         tx.0.commit().await?;
+        self.wrote(1);
         Ok(created)
     }
 
@@ -337,6 +365,7 @@ impl Store for PostgresStore {
         tx.lock_target(&op.ty, &op.target).await?;
         let updated = writes::update(&mut tx, op).await?;
         tx.0.commit().await?;
+        self.wrote(1);
         Ok(updated)
     }
 
@@ -346,6 +375,7 @@ impl Store for PostgresStore {
         tx.lock_target(&op.ty, &op.target).await?;
         let deleted = writes::delete(&mut tx, op).await?;
         tx.0.commit().await?;
+        self.wrote(1);
         Ok(deleted)
     }
 
@@ -443,6 +473,7 @@ impl Store for PostgresStore {
             reindex_rows(&mut tx, &stored).await?;
             tx.commit().await?;
             done += stored.len() as u64;
+            self.wrote(stored.len() as u64);
         }
     }
 

@@ -3,7 +3,7 @@
 //! backend binds them with its own driver (see `Bind`).
 
 use crate::fhir::operation::{ALL_TYPES, History, HistoryScope, Search};
-use crate::fhir::search::{Clause, ClauseKind, Criteria, Pred, Prefix, SortBy, SortKey};
+use crate::fhir::search::{Clause, ClauseKind, Criteria, Pred, Prefix, Second, SortBy, SortKey};
 use crate::fhir::search_index::Entry;
 use crate::store::to_millis;
 
@@ -262,12 +262,47 @@ fn push_pred(q: &mut Sql, p: &Pred) {
         Pred::Uri(v) => {
             q.push("s.value = ").text(v);
         }
+        Pred::OfType(t) => {
+            q.push("s.system = ")
+                .text(t.system.as_deref().unwrap_or_default())
+                .push(" AND s.value = ")
+                .text(t.value.as_deref().unwrap_or_default());
+        }
+        Pred::Composite(first, second) => {
+            push_pred(q, first);
+            q.push(" AND ");
+            match second {
+                Second::Token(t) => push_raw_token(q, t.system.as_deref(), t.value.as_deref()),
+                Second::String(v) => push_like(q, "s.raw", format!("{}%", like_escape(v))),
+                Second::Range(prefix, lo, hi) => push_range(q, *prefix, *lo, *hi),
+                Second::Quantity(prefix, lo, hi, system, code) => {
+                    push_range(q, *prefix, *lo, *hi);
+                    q.push(" AND ");
+                    push_raw_token(q, system.as_deref(), code.as_deref());
+                }
+            }
+        }
         Pred::UriBelow(v) => push_like(q, "s.value", format!("{}%", like_escape(v))),
         Pred::UriAbove(v) => {
             // The stored uri is a prefix of the search value.
             q.push("s.value <> '' AND substr(")
                 .text(v)
                 .push(", 1, length(s.value)) = s.value");
+        }
+    }
+}
+
+/// A composite's second part kept as `system|code` in `s.raw`: both, the code in any system,
+/// or any code of the system.
+fn push_raw_token(q: &mut Sql, system: Option<&str>, code: Option<&str>) {
+    match (system, code) {
+        (Some(s), Some(c)) => {
+            q.push("s.raw = ").text(&format!("{s}|{c}"));
+        }
+        (None, Some(c)) => push_like(q, "s.raw", format!("%|{}", like_escape(c))),
+        (Some(s), None) => push_like(q, "s.raw", format!("{}|%", like_escape(s))),
+        (None, None) => {
+            q.push("1=1");
         }
     }
 }

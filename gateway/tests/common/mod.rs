@@ -2,6 +2,8 @@
 //! config; stopped with SIGTERM when dropped.
 #![allow(dead_code)]
 
+pub mod oracle;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -205,4 +207,57 @@ pub fn postgres_toml(schema: &str, extra: &str) -> String {
         "store = \"{}\"\n{extra}\n[postgres]\nschema = \"{schema}\"\n",
         postgres_url()
     )
+}
+
+pub fn workspace() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A Python with the pinned packages of `conformance/clients/requirements.txt` (third-party
+/// FHIR clients, the `carebundle` generator), installed from PyPI into `<workspace>/.venv` the
+/// first time (or `GATEWAY_PYTHON`).
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("GATEWAY_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let ws = workspace();
+    let venv = ws.join(".venv");
+    let py = venv.join("bin/python");
+    let requirements = ws.join("conformance/clients/requirements.txt");
+    let stamp = venv.join(".requirements");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    // Test binaries run in parallel: one of them builds the virtualenv, the others wait.
+    let lock = std::fs::File::create(ws.join(".venv.lock")).unwrap();
+    lock.lock().unwrap();
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "python3 -m venv failed: install python3 and python3-venv"
+        );
+        let ok = Command::new(&py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "pip install -r {} failed", requirements.display());
+        std::fs::write(&stamp, wanted).unwrap();
+    }
+    py
 }

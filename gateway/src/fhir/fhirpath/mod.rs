@@ -27,7 +27,13 @@ impl FhirPath {
 
     /// The collection the expression yields on `resource`.
     pub fn evaluate(&self, resource: &serde_json::Value) -> Result<Vec<Item>, String> {
-        eval::evaluate(&self.expr, resource)
+        eval::evaluate(&self.expr, resource, false)
+    }
+
+    /// As [`FhirPath::evaluate`], but `as` over several items keeps those of the type, as R4's
+    /// search parameter expressions need (see `eval::Env`).
+    pub fn evaluate_for_search(&self, resource: &serde_json::Value) -> Result<Vec<Item>, String> {
+        eval::evaluate(&self.expr, resource, true)
     }
 }
 
