@@ -9,6 +9,7 @@ pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 mod sqlite_inline;
+mod sqlite_writer;
 pub mod statistics;
 pub mod writes;
 
@@ -195,6 +196,25 @@ pub fn chain_hash(prev_hash: &str, body: &[u8]) -> String {
     h.update(b"\n");
     h.update(body);
     hex::encode(h.finalize())
+}
+
+/// A new version as it will be stored: stamped now, with the server's meta.
+pub fn new_version(
+    ty: &str,
+    id: &str,
+    version: u64,
+    method: WriteMethod,
+    resource: Option<&Value>,
+) -> Stored {
+    let last_updated = now_ms();
+    Stored {
+        ty: ty.to_owned(),
+        id: id.to_owned(),
+        version,
+        last_updated,
+        method,
+        body: resource.map(|r| stamp(r, id, version, last_updated)),
+    }
 }
 
 /// The resource as stored: `resourceType`, `id` and `meta` first (with the server's `versionId`

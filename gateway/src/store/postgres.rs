@@ -223,6 +223,28 @@ sql::relational_common!(
     sql::Dialect::Postgres
 );
 
+/// Writes one version (a deletion when `resource` is `None`), makes it current and keeps
+/// the indexes in step; inside the caller's transaction.
+async fn write_version(
+    conn: &mut sqlx::PgConnection,
+    ty: &str,
+    id: &str,
+    version: u64,
+    method: crate::store::WriteMethod,
+    resource: Option<&serde_json::Value>,
+) -> crate::error::Result<crate::store::Stored> {
+    use crate::store::sql;
+    let stored = crate::store::new_version(ty, id, version, method, resource);
+    let seq: i64 = scalar(&sql::insert_version(D, &stored))
+        .fetch_one(&mut *conn)
+        .await?;
+    let indexing = resource.map(|r| sql::Indexing::of(ty, r));
+    for statement in sql::after_insert(D, &stored, seq, indexing.as_ref()) {
+        query(&statement).execute(&mut *conn).await?;
+    }
+    Ok(stored)
+}
+
 struct Tx(Transaction<'static, Postgres>);
 
 impl Tx {

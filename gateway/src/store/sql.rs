@@ -511,6 +511,75 @@ pub fn snapshot_expire(d: Dialect, before_ms: i64) -> Sql {
     q
 }
 
+/// What a resource is found by, computed from its body alone (no id, no time of writing), so
+/// that it can be worked out before the write queues for the database (see `sqlite_writer`).
+#[derive(Debug, Clone, Default)]
+pub struct Indexing {
+    tokens: Vec<(String, String)>,
+    /// Compartments through references (a Patient's own is added at the write, with its id).
+    patients: Vec<String>,
+    /// Every search parameter but `_lastUpdated`, which the write's time decides.
+    entries: Vec<Entry>,
+}
+
+impl Indexing {
+    pub fn of(ty: &str, resource: &serde_json::Value) -> Indexing {
+        let mut body = resource.clone();
+        if let Some(meta) = body
+            .get_mut("meta")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            meta.remove("lastUpdated");
+        }
+        let mut patients = crate::fhir::compartment::patients(ty, "", &body);
+        patients.retain(|p| !p.is_empty());
+        Indexing {
+            tokens: crate::fhir::search::identifier_tokens(&body),
+            patients,
+            entries: crate::fhir::search_index::entries(ty, &body),
+        }
+    }
+}
+
+/// What follows the insert of a version (`seq`): it becomes current, and the resource's index
+/// rows (identifier tokens, compartment, search parameters) replace the previous version's.
+pub fn after_insert(
+    d: Dialect,
+    stored: &crate::store::Stored,
+    seq: i64,
+    indexing: Option<&Indexing>,
+) -> Vec<Sql> {
+    let (ty, id) = (stored.ty.as_str(), stored.id.as_str());
+    let mut out = vec![upsert_current(d, stored, seq)];
+    for index in [Index::Token, Index::Compartment, Index::Search] {
+        out.push(clear_index(d, index, ty, id));
+    }
+    let Some(ix) = indexing else {
+        return out;
+    };
+    let mut patients = ix.patients.clone();
+    if ty == "Patient" {
+        patients.insert(0, id.to_owned());
+    }
+    out.extend(insert_tokens(d, ty, id, &ix.tokens));
+    out.extend(insert_compartment(d, ty, id, &patients));
+    // `_lastUpdated`: the version's own time, as stamped into its meta.
+    let instant = crate::store::format_instant(stored.last_updated);
+    let mut entries = ix.entries.clone();
+    if let Some((low, high)) = crate::fhir::search_index::precision_range(&instant) {
+        entries.push(Entry {
+            param: "_lastUpdated".into(),
+            system: String::new(),
+            value: String::new(),
+            raw: String::new(),
+            low: Some(low),
+            high: Some(high),
+        });
+    }
+    out.extend(insert_search_index(d, ty, id, &entries));
+    out
+}
+
 /// (count, page) of a history: newest first by the global write sequence.
 pub fn history(d: Dialect, op: &History) -> (Sql, Sql) {
     let filter = |q: &mut Sql| {
@@ -782,71 +851,6 @@ pub fn current_version(d: Dialect, ty: &str, id: &str) -> Sql {
 /// module (fixed fragments and placeholders only), hence `AssertSqlSafe`.
 macro_rules! relational_common {
     ($db:ty, $row:ty, $args:ty, $conn:ty, $dialect:expr) => {
-        /// Writes one version (a deletion when `resource` is `None`), makes it current and keeps
-        /// the indexes in step; inside the caller's transaction.
-        async fn write_version(
-            conn: &mut $conn,
-            ty: &str,
-            id: &str,
-            version: u64,
-            method: $crate::store::WriteMethod,
-            resource: Option<&serde_json::Value>,
-        ) -> $crate::error::Result<$crate::store::Stored> {
-            use $crate::store::sql;
-            let last_updated = $crate::store::now_ms();
-            let stored = $crate::store::Stored {
-                ty: ty.to_owned(),
-                id: id.to_owned(),
-                version,
-                last_updated,
-                method,
-                body: resource.map(|r| $crate::store::stamp(r, id, version, last_updated)),
-            };
-            let seq: i64 = scalar(&sql::insert_version($dialect, &stored))
-                .fetch_one(&mut *conn)
-                .await?;
-            query(&sql::upsert_current($dialect, &stored, seq))
-                .execute(&mut *conn)
-                .await?;
-            for index in [
-                sql::Index::Token,
-                sql::Index::Compartment,
-                sql::Index::Search,
-            ] {
-                query(&sql::clear_index($dialect, index, ty, id))
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            if let Some(r) = resource {
-                let tokens = $crate::fhir::search::identifier_tokens(r);
-                let patients = $crate::fhir::compartment::patients(ty, id, r);
-                let inserts = [
-                    sql::insert_tokens($dialect, ty, id, &tokens),
-                    sql::insert_compartment($dialect, ty, id, &patients),
-                ];
-                for insert in inserts.iter().flatten() {
-                    query(insert).execute(&mut *conn).await?;
-                }
-                // The index sees the resource as stored (server meta included: `_lastUpdated`).
-                let mut as_stored = r.clone();
-                if let Some(meta) = as_stored
-                    .as_object_mut()
-                    .map(|o| o.entry("meta").or_insert_with(|| serde_json::json!({})))
-                    .and_then(serde_json::Value::as_object_mut)
-                {
-                    meta.insert(
-                        "lastUpdated".into(),
-                        serde_json::Value::String($crate::store::format_instant(last_updated)),
-                    );
-                }
-                let entries = $crate::fhir::search_index::entries(ty, &as_stored);
-                for insert in sql::insert_search_index($dialect, ty, id, &entries) {
-                    query(&insert).execute(&mut *conn).await?;
-                }
-            }
-            Ok(stored)
-        }
-
         /// Rewrites the search index rows of stored resources, inside the caller's transaction.
         async fn reindex_rows(
             conn: &mut $conn,
@@ -978,6 +982,8 @@ macro_rules! relational_common {
 
         /// The statement with its parameters bound in order.
         fn query(sql: &$crate::store::sql::Sql) -> sqlx::query::Query<'static, $db, $args> {
+            // `RUST_LOG=gateway::sql=trace` shows every statement (for EXPLAIN).
+            tracing::trace!(target: "gateway::sql", text = %sql.text, binds = ?sql.binds);
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.text.clone()));
             for b in &sql.binds {
                 q = match b {
@@ -994,6 +1000,7 @@ macro_rules! relational_common {
         fn scalar(
             sql: &$crate::store::sql::Sql,
         ) -> sqlx::query::QueryScalar<'static, $db, i64, $args> {
+            tracing::trace!(target: "gateway::sql", text = %sql.text, binds = ?sql.binds);
             let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.text.clone()));
             for b in &sql.binds {
                 q = match b {

@@ -13,10 +13,11 @@
 //!
 //! Everything else (searches, history, writes, migrations) stays on sqlx.
 
-use super::sql::{Bind, Sql};
-use super::{AUDIT_GENESIS, AuditRecord, Stored, WriteMethod, chain, from_millis};
+use super::sql::Sql;
+use super::sqlite_writer::{params, stored_row};
+use super::{AUDIT_GENESIS, AuditRecord, Stored, chain};
 use crate::error::{Error, Result};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,10 +33,11 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
-fn open(path: &Path, flags: OpenFlags) -> Result<Connection> {
+pub fn open(path: &Path, flags: OpenFlags) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "mmap_size", super::sqlite::MMAP_BYTES)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
 }
@@ -75,33 +77,7 @@ impl PointReads {
 
 fn run_one(conn: &Connection, q: &Sql) -> Result<Option<Stored>> {
     let mut stmt = conn.prepare_cached(&q.text)?;
-    let row = stmt
-        .query_row(params_from_iter(q.binds.iter().map(value)), |r| {
-            let body: Option<Vec<u8>> = r.get(5)?;
-            let method: String = r.get(4)?;
-            Ok(Stored {
-                ty: r.get(0)?,
-                id: r.get(1)?,
-                version: r.get::<_, i64>(2)? as u64,
-                last_updated: from_millis(r.get(3)?),
-                method: WriteMethod::parse(&method),
-                body: body.map(bytes::Bytes::from),
-            })
-        })
-        .optional()?;
-    Ok(row)
-}
-
-fn value(b: &Bind) -> rusqlite::types::Value {
-    use rusqlite::types::Value;
-    match b {
-        Bind::Text(s) => Value::Text(s.clone()),
-        Bind::Int(i) => Value::Integer(*i),
-        Bind::Bytes(Some(v)) => Value::Blob(v.clone()),
-        Bind::Bytes(None) => Value::Null,
-        Bind::Real(r) => Value::Real(*r),
-        Bind::NullableReal(r) => r.map_or(Value::Null, Value::Real),
-    }
+    Ok(stmt.query_row(params(q), stored_row).optional()?)
 }
 
 /// The access log's writer: one connection, so the chain has one writer.

@@ -1,0 +1,135 @@
+//! Loads NDJSON files into a running gateway through its REST API, as a client would: one
+//! `PUT [base]/[type]/[id]` per line, `--concurrency` requests in flight. Prints one JSON line
+//! with how many were written, how many failed and the rate. The search benchmark loads its
+//! million resources with it (bench/bench.py); in Rust so that the client costs the 2-core
+//! machine little beside the gateway it measures.
+//!
+//!   bench-load --base URL --token JWT [--concurrency N] FILE.ndjson...
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::io::AsyncBufReadExt;
+
+#[derive(clap::Parser)]
+struct Args {
+    #[arg(long)]
+    base: String,
+    #[arg(long)]
+    token: String,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    files: Vec<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = <Args as clap::Parser>::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()
+        .expect("an HTTP client");
+    let (tx, rx) = async_channel(args.concurrency * 4);
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (rx, client, ok, failed, first_error) = (
+            rx.clone(),
+            client.clone(),
+            ok.clone(),
+            failed.clone(),
+            first_error.clone(),
+        );
+        let (base, auth) = (args.base.clone(), format!("Bearer {}", args.token));
+        workers.push(tokio::spawn(async move {
+            while let Ok((path, body)) = rx.recv().await {
+                let r = client
+                    .put(format!("{base}/{path}"))
+                    .header("content-type", "application/fhir+json")
+                    .header("prefer", "return=minimal")
+                    .header("authorization", &auth)
+                    .body(body)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        let why = match other {
+                            Ok(r) => format!(
+                                "{path}: {} {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            ),
+                            Err(e) => format!("{path}: {e}"),
+                        };
+                        first_error.lock().unwrap().get_or_insert(why);
+                    }
+                }
+            }
+        }));
+    }
+    drop(rx);
+    for file in &args.files {
+        let f = tokio::fs::File::open(file)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let mut lines = tokio::io::BufReader::new(f).lines();
+        while let Some(line) = lines.next_line().await.expect("a readable file") {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let (Some(ty), Some(id)) = (v["resourceType"].as_str(), v["id"].as_str()) else {
+                continue;
+            };
+            if tx.send((format!("{ty}/{id}"), line)).await.is_err() {
+                break;
+            }
+        }
+    }
+    drop(tx);
+    for w in workers {
+        let _ = w.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ok = ok.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({
+            "written": ok,
+            "failed": failed.load(Ordering::Relaxed),
+            "seconds": secs,
+            "per_second": ok as f64 / secs,
+            "first_error": *first_error.lock().unwrap(),
+        })
+    );
+}
+
+/// A bounded multi-consumer channel from tokio's primitives: the reader fills it, the workers
+/// share the receiving end.
+fn async_channel<T: Send + 'static>(
+    size: usize,
+) -> (tokio::sync::mpsc::Sender<T>, SharedReceiver<T>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(size);
+    (tx, SharedReceiver(Arc::new(tokio::sync::Mutex::new(rx))))
+}
+
+struct SharedReceiver<T>(Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<T>>>);
+
+impl<T> Clone for SharedReceiver<T> {
+    fn clone(&self) -> Self {
+        SharedReceiver(self.0.clone())
+    }
+}
+
+impl<T> SharedReceiver<T> {
+    async fn recv(&self) -> Result<T, ()> {
+        self.0.lock().await.recv().await.ok_or(())
+    }
+}
