@@ -4,6 +4,11 @@ Suites:
   reads     point reads: gateway on SQLite, gateway on PostgreSQL, bare hyper server
   creates   creates: gateway on SQLite, gateway on PostgreSQL, bare hyper server (POST answered)
   replicas  creates/s with 1, 2 and 4 gateway replicas on one PostgreSQL
+  search    a carebundle population (default ~1,000,000 resources, made once with
+            bench/carebundle_ndjson.py into --search-data) loaded over REST with bench-load (writes/s
+            with indexing), then the first page of Observation?patient=X&category=laboratory and
+            of Patient?identifier=bsn|N (wrk, --search-connections), and _total=accurate over the
+            ~112,000 DiagnosticReports; SQLite and/or PostgreSQL (--search-stores)
 
 Rounds alternate between the servers so drift on the machine hits all of them alike; the tables
 report medians over rounds and the ratio to the bare server.
@@ -24,6 +29,10 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATEWAY = os.path.join(ROOT, "target/release/gateway")
 BARE = os.path.join(ROOT, "target/release/bare-hello")
+LOADER = os.path.join(ROOT, "target/release/bench-load")
+BSN = "http://fhir.nl/fhir/NamingSystem/bsn"
+LOAD_ORDER = ["Practitioner", "Patient", "Encounter", "Condition", "AllergyIntolerance", "MedicationRequest",
+              "Observation", "DiagnosticReport"]
 PG_URL = os.environ.get("GATEWAY_BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432/test")
 
 PATIENT = {
@@ -176,12 +185,75 @@ def alternate(targets, rounds, seconds, connections):
     return results
 
 
+def timed_get(url, token=None):
+    req = urllib.request.Request(url, headers={"Accept": "application/fhir+json", "Authorization": f"Bearer {token or TOKEN}"})
+    started = time.perf_counter()
+    body = json.load(urllib.request.urlopen(req, timeout=120))
+    return (time.perf_counter() - started) * 1000, body
+
+
+def search_suite(args, workdir, bare, servers, report):
+    data = args.search_data
+    if not os.path.exists(os.path.join(data, "Patient.ndjson")):
+        print(f"search: generating {args.search_patients} carebundle patients into {data}", file=sys.stderr)
+        subprocess.run([sys.executable, os.path.join(ROOT, "bench/carebundle_ndjson.py"), data,
+                        str(args.search_patients), "1000"], check=True)
+    files = [os.path.join(data, f"{t}.ndjson") for t in LOAD_ORDER if os.path.exists(os.path.join(data, f"{t}.ndjson"))]
+    resources = sum(sum(1 for _ in open(f)) for f in files)
+    patients, bsns = [], []
+    for line in open(os.path.join(data, "Patient.ndjson")):
+        p = json.loads(line)
+        patients.append(p["id"])
+        bsns.extend(i["value"] for i in p.get("identifier", []) if i.get("system") == BSN)
+        if len(patients) >= 2000:
+            break
+    lines = [f"### Search over {resources:,} stored resources (carebundle, loaded over REST)", ""]
+    for name in args.search_stores.split(","):
+        config = "" if name == "sqlite" else postgres_config(f"bench_search_{uuid.uuid4().hex[:8]}")
+        port = 18290 if name == "sqlite" else 18291
+        gw = gateway(f"search-{name}", port, workdir, config)
+        servers.append(gw)
+        print(f"search: loading {resources:,} resources into {name}", file=sys.stderr)
+        out = subprocess.run([LOADER, "--base", gw.url + "/fhir", "--token", TOKEN, "--concurrency", "64", *files],
+                             capture_output=True, text=True, check=True).stdout
+        load = json.loads(out)
+        lines.append(f"- {name}: loaded {load['written']:,} resources in {load['seconds']:.0f} s = "
+                     f"**{load['per_second']:.0f} writes/s** with indexing ({load['failed']} failed)")
+        by_patient = lua_reads(workdir, f"{name}-lab", patients, "/fhir/Observation?category=laboratory&patient=")
+        by_bsn = lua_reads(workdir, f"{name}-bsn", bsns, f"/fhir/Patient?identifier={BSN}%7C")
+        targets = {
+            f"{name}: Observation?patient=X&category=laboratory": (gw.url, by_patient),
+            f"{name}: Patient?identifier=bsn|N": (gw.url, by_bsn),
+            "bare": (bare.url + "/fhir/Patient/x", None),
+        }
+        for url, script in targets.values():
+            wrk(url, script, 3, args.search_connections)  # warm-up
+        lines.append("")
+        lines.append(table(f"First pages on {name} (wrk -c{args.search_connections})",
+                           alternate(targets, args.rounds, args.seconds, args.search_connections)))
+        for q in ("DiagnosticReport?status=final&_total=accurate&_count=1", "Observation?category=vital-signs&_total=accurate&_count=1"):
+            times = []
+            for _ in range(7):
+                ms_, body = timed_get(f"{gw.url}/fhir/{q}")
+                times.append(ms_)
+            lines.append(f"- {name}: `{q}`: total {body.get('total'):,}, median {statistics.median(times):.0f} ms, "
+                         f"max {max(times):.0f} ms (7 runs)")
+        lines.append("")
+        gw.stop()
+        servers.remove(gw)
+    report.append("\n".join(lines) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--suites", default="reads,consent,creates,replicas")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--search-data", default=os.path.join(ROOT, "bench/out/carebundle"))
+    ap.add_argument("--search-patients", type=int, default=22400)
+    ap.add_argument("--search-stores", default="sqlite,postgres")
+    ap.add_argument("--search-connections", type=int, default=8)
     args = ap.parse_args()
     global TOKEN
     TOKEN = demo_token()
@@ -229,6 +301,8 @@ def main():
             }
             report.append(table("Creates (POST Patient, validated, durable before the answer)",
                                 alternate(targets, args.rounds, args.seconds, args.connections)))
+        if "search" in suites:
+            search_suite(args, workdir, bare, servers, report)
         if "replicas" in suites:
             script = lua_creates(workdir)
             extra = [gateway(f"postgres-{i}", 18283 + i, workdir, postgres_config(schema)) for i in (1, 2, 3)]

@@ -90,6 +90,12 @@ impl Fhir {
         .await
     }
 
+    /// A GET of an absolute URL the server gave out (a `next` link).
+    pub async fn get_url(&self, url: &str) -> Result<Answer, String> {
+        self.send(self.http.get(url).header("accept", "application/fhir+json"))
+            .await
+    }
+
     pub async fn post(
         &self,
         path: &str,

@@ -20,7 +20,8 @@ pub struct App {
     pub policy: Policy,
     pub auth: Authenticator,
     pub auditor: Auditor,
-    pub capability: Value,
+    /// Rebuilt when custom SearchParameters are installed.
+    capability: std::sync::RwLock<Value>,
 }
 
 /// The store the config names.
@@ -33,6 +34,17 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
 }
 
 impl App {
+    /// The CapabilityStatement as it stands.
+    pub fn capability(&self) -> Value {
+        self.capability.read().expect("capability lock").clone()
+    }
+
+    /// Rebuilds the CapabilityStatement (its search parameters changed).
+    pub fn refresh_capability(&self) {
+        *self.capability.write().expect("capability lock") =
+            capability_statement(&self.config, &self.structure);
+    }
+
     pub async fn build(config: Config) -> Result<App> {
         let structure = Structure::load(config.limits.max_validation_errors as usize)?;
         let store = open_store(&config).await?;
@@ -40,14 +52,27 @@ impl App {
         let auth = Authenticator::new(&config.auth)?;
         let auditor = Auditor::start(store.clone());
         let policy = Policy::new(store.clone(), &config)?;
-        Ok(App {
+        let app = App {
             config,
             structure,
             store,
             policy,
             auth,
             auditor,
-            capability,
-        })
+            capability: std::sync::RwLock::new(capability),
+        };
+        // Custom SearchParameters stored earlier are in force again (resources written since
+        // they were installed are indexed by them; older ones after a reindex).
+        match crate::rest::install_search_parameters(&app).await {
+            Ok(installed) if !installed.is_empty() => {
+                tracing::info!(parameters = ?installed, "custom search parameters installed")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(
+                error = %e.log_detail(),
+                "the stored SearchParameters cannot be installed; only the spec's are in force"
+            ),
+        }
+        Ok(app)
     }
 }

@@ -124,10 +124,21 @@ fn main() {
             store,
         } => {
             let (cfg, runtime) = offline(config, data, store);
-            let n = runtime
-                .block_on(async { gateway::app::open_store(&cfg).await?.reindex().await })
+            let (n, installed) = runtime
+                .block_on(async {
+                    let store = gateway::app::open_store(&cfg).await?;
+                    // Custom SearchParameters first, so that the rebuilt index includes them.
+                    let policy = gateway::policy::Policy::new(store.clone(), &cfg)?;
+                    let resources = policy.search_parameter_resources().await?;
+                    let installed = gateway::fhir::search_params::install(&resources)
+                        .map_err(gateway::error::Error::invalid)?;
+                    Ok::<_, gateway::error::Error>((store.reindex().await?, installed))
+                })
                 .unwrap_or_else(|e| fail(&e.log_detail()));
             println!("reindexed {n} resources");
+            if !installed.is_empty() {
+                println!("custom search parameters: {}", installed.join(", "));
+            }
         }
         Command::Audit {
             command:

@@ -105,6 +105,57 @@ fn has_code(r: &Value, field: &str, system: &str, code: &str) -> bool {
     codes(r, field).contains(&(system, code))
 }
 
+/// Words as a full-text index sees them: lower case, split at anything but letters and digits.
+fn words_of(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The narrative's words (markup removed).
+fn narrative_words(r: &Value) -> Vec<String> {
+    let div = r["text"]["div"].as_str().unwrap_or_default();
+    let plain = regex_lite_strip(div);
+    words_of(&plain)
+}
+
+fn regex_lite_strip(html: &str) -> String {
+    let mut out = String::new();
+    let mut tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => tag = true,
+            '>' => {
+                tag = false;
+                out.push(' ')
+            }
+            c if !tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every word of the resource's texts (not its type, id or binary data), the narrative's too.
+fn content_words(r: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m
+                .iter()
+                .filter(|(k, _)| !["div", "data", "resourceType", "id"].contains(&k.as_str()))
+                .for_each(|(_, x)| walk(x, out)),
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Value::String(s) => out.extend(words_of(s)),
+            _ => {}
+        }
+    }
+    let mut out = narrative_words(r);
+    walk(r, &mut out);
+    out
+}
+
 fn queries(d: &HashMap<String, Vec<Value>>) -> Vec<(&'static str, String, Oracle)> {
     let p0 = d["Patient"][0]["id"].as_str().unwrap().to_owned();
     let p0_ref = format!("Patient/{p0}");
@@ -300,6 +351,38 @@ fn queries(d: &HashMap<String, Vec<Value>>) -> Vec<(&'static str, String, Oracle
                     .as_str()
                     .is_none_or(|end| instant(end) >= instant("2026-01-01T09:15:00Z"))
         }),
+    ));
+    // Full text: the narrative (`_text`), every text (`_content`); words ANDed, commas ORed.
+    q.push((
+        "Observation",
+        "_text=sodium".into(),
+        Box::new(|o| narrative_words(o).contains(&"sodium".to_owned())),
+    ));
+    q.push((
+        "Observation",
+        "_text=SODIUM serum,potassium".into(),
+        Box::new(|o| {
+            let w = narrative_words(o);
+            (w.contains(&"sodium".into()) && w.contains(&"serum".into()))
+                || w.contains(&"potassium".into())
+        }),
+    ));
+    q.push((
+        "Observation",
+        "_content=systolic mmhg&category=vital-signs".into(),
+        Box::new(|o| {
+            let w = content_words(o);
+            w.contains(&"systolic".into())
+                && w.contains(&"mmhg".into())
+                && codes(o, "category")
+                    .iter()
+                    .any(|(_, c)| *c == "vital-signs")
+        }),
+    ));
+    q.push((
+        "Condition",
+        "_content=hyperlipidemia".into(),
+        Box::new(|c| content_words(c).contains(&"hyperlipidemia".into())),
     ));
     let with_condition = d["Condition"][0]["subject"]["reference"]
         .as_str()

@@ -24,6 +24,15 @@ pub fn cases() -> Vec<Case> {
             "unknown parameters: 400 naming them under handling=strict, ignored when lenient",
             strictness
         ),
+        case!(
+            "_sort on two keys, descending, paged with next links without repeats",
+            sorting
+        ),
+        case!(
+            "composite code-value-quantity pairs a code with its own value",
+            composites
+        ),
+        case!("_text and _content find words, ANDed and ORed", full_text),
     ]
 }
 
@@ -265,5 +274,131 @@ async fn strictness(c: Fhir) -> Outcome {
         "malformed date: status {}",
         a.status
     );
+    Ok(())
+}
+
+/// Every match of a search in order, following `next` links.
+async fn all_pages(c: &Fhir, path: &str) -> Result<Vec<String>, String> {
+    let (mut ids, _, mut body) = search(c, path).await?;
+    for _ in 0..100 {
+        let Some(next) = body["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_owned)
+        else {
+            return Ok(ids);
+        };
+        let a = c.get_url(&next).await?;
+        ensure!(a.status == 200, "{next}: status {} {}", a.status, a.text);
+        for e in a.body["entry"].as_array().into_iter().flatten() {
+            ids.push(e["resource"]["id"].as_str().unwrap_or_default().to_owned());
+        }
+        body = a.body;
+    }
+    Err(format!("{path}: more than 100 pages"))
+}
+
+async fn sorting(c: Fhir) -> Outcome {
+    let (tag, q) = run_tag();
+    let mut made = Vec::new();
+    for (gender, birth) in [
+        ("male", "1970-01-01"),
+        ("female", "1980-01-01"),
+        ("male", "1990-01-01"),
+        ("female", "1960-01-01"),
+        ("male", "1950-01-01"),
+    ] {
+        let r = json!({ "resourceType": "Patient", "gender": gender, "birthDate": birth });
+        made.push((gender, birth, create(&c, r, &tag).await?));
+    }
+    let mut expected = made.clone();
+    // gender ascending, then birth date descending
+    expected.sort_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(a.1)));
+    let expected: Vec<String> = expected.into_iter().map(|(_, _, id)| id).collect();
+    let got = all_pages(&c, &format!("Patient?{q}&_sort=gender,-birthdate&_count=2")).await?;
+    ensure!(got == expected, "order {got:?}, expected {expected:?}");
+    Ok(())
+}
+
+async fn composites(c: Fhir) -> Outcome {
+    let (tag, q) = run_tag();
+    let lab = |code: &str, value: f64| {
+        json!({ "resourceType": "Observation", "status": "final",
+            "code": { "coding": [{ "system": "http://loinc.org", "code": code }] },
+            "valueQuantity": { "value": value, "system": "http://unitsofmeasure.org", "code": "mmol/L", "unit": "mmol/L" } })
+    };
+    let high = create(&c, lab("2345-7", 11.0), &tag).await?;
+    create(&c, lab("2345-7", 5.0), &tag).await?;
+    create(&c, lab("718-7", 11.0), &tag).await?;
+    for (query, expected) in [
+        (
+            "code-value-quantity=http://loinc.org|2345-7$gt10",
+            vec![high.clone()],
+        ),
+        (
+            "code-value-quantity=2345-7$gt10|http://unitsofmeasure.org|mmol/L",
+            vec![high.clone()],
+        ),
+        (
+            "code-value-quantity=2345-7$gt10|http://unitsofmeasure.org|mg/dL",
+            vec![],
+        ),
+        ("code-value-quantity=2345-7$gt20", vec![]),
+    ] {
+        let (m, _, _) = search(&c, &format!("Observation?{q}&{query}")).await?;
+        ensure!(
+            m == expected,
+            "Observation?{query}: {m:?}, expected {expected:?}"
+        );
+    }
+    Ok(())
+}
+
+async fn full_text(c: Fhir) -> Outcome {
+    let (tag, q) = run_tag();
+    let word = format!("zebra{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let narrative = |text: &str| {
+        json!({ "status": "generated",
+            "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>{text}</p></div>") })
+    };
+    let a = create(
+        &c,
+        json!({ "resourceType": "Patient", "text": narrative(&format!("Lives with a {word} in Utrecht")),
+            "name": [{ "family": "Textual" }] }),
+        &tag,
+    )
+    .await?;
+    let b = create(
+        &c,
+        json!({ "resourceType": "Patient", "name": [{ "family": word.clone(), "given": ["Amersfoort"] }] }),
+        &tag,
+    )
+    .await?;
+    for (query, expected) in [
+        (format!("_text={word}"), vec![a.clone()]),
+        (
+            format!("_text={} utrecht", word.to_uppercase()),
+            vec![a.clone()],
+        ),
+        (format!("_text={word} amersfoort"), vec![]),
+        (format!("_content={word}"), vec![a.clone(), b.clone()]),
+        (format!("_content={word} amersfoort"), vec![b.clone()]),
+        (
+            format!("_content=utrecht {word},amersfoort {word}"),
+            vec![a.clone(), b.clone()],
+        ),
+    ] {
+        let (mut m, _, _) = search(&c, &format!("Patient?{q}&{query}")).await?;
+        m.sort();
+        let mut expected = expected;
+        expected.sort();
+        ensure!(
+            m == expected,
+            "Patient?{query}: {m:?}, expected {expected:?}"
+        );
+    }
     Ok(())
 }

@@ -21,7 +21,13 @@ pub enum Operation {
     Delete(Delete),
     History(History),
     Search(Search),
+    /// `POST [base]/$reindex`: install the stored SearchParameters and rebuild the index.
+    Reindex(Reindex),
 }
+
+/// The `$reindex` operation (system level, maintenance).
+#[derive(Debug, Clone, Default)]
+pub struct Reindex;
 
 #[derive(Debug, Clone)]
 pub struct Read {
@@ -255,6 +261,7 @@ pub fn parse(
 
     let op = match (m, segments.as_slice()) {
         (&Method::GET, ["metadata"]) => Operation::Capabilities,
+        (&Method::POST, ["$reindex"]) => Operation::Reindex(Reindex),
         (&Method::GET, ["_history"]) => {
             Operation::History(history(HistoryScope::System, &params, config)?)
         }

@@ -29,6 +29,26 @@ pub struct Criteria {
     /// A compartment search (`Patient/123/Observation`): the patient the client asked for,
     /// ANDed with any compartment the policy imposes.
     pub within: Option<String>,
+    /// `_text` and `_content`, ANDed.
+    pub fulltext: Vec<FullText>,
+}
+
+/// `_text` (the narrative) or `_content` (every text of the resource): one of the alternatives
+/// (comma-separated) has all its words. Words are folded (lower case, no accents) and are
+/// letters and digits only, as the stores' full-text indexes split them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FullText {
+    pub content: bool,
+    pub any_of: Vec<Vec<String>>,
+}
+
+/// The words of a text as the full-text indexes see them.
+pub fn words(text: &str) -> Vec<String> {
+    fold(text)
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// One occurrence of an indexed parameter: its alternatives (comma-separated) ORed.
@@ -454,6 +474,7 @@ impl Criteria {
             && self.compartment.is_none()
             && self.clauses.is_empty()
             && self.within.is_none()
+            && self.fulltext.is_empty()
     }
 }
 
@@ -556,6 +577,19 @@ pub fn parse_criteria(
                     return Err(Error::invalid("_id needs a value"));
                 }
                 c.ids.push(ids);
+            }
+            "_text" | "_content" => {
+                let any_of: Vec<Vec<String>> = split_or(value)
+                    .iter()
+                    .map(|v| words(&unescape(v)))
+                    .collect();
+                if any_of.iter().any(Vec::is_empty) {
+                    return Err(Error::invalid(format!("{name} needs a word")));
+                }
+                c.fulltext.push(FullText {
+                    content: name == "_content",
+                    any_of,
+                });
             }
             "identifier" if s.has_identifier(ty) => {
                 let tokens = split_or(value)

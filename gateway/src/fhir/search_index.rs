@@ -275,6 +275,69 @@ fn tokens(param: &str, v: &Value, out: &mut Vec<Entry>) {
     }
 }
 
+/// The words of a resource for full-text search: its narrative's (`text.div` without markup),
+/// and those of every text in it (`_content`: the narrative's too, not binary data), folded;
+/// at most [`MAX_TEXT`] bytes each.
+pub fn texts(resource: &Value) -> (String, String) {
+    let div = resource["text"]["div"].as_str().unwrap_or_default();
+    let narrative = crate::fhir::search::words(&strip_markup(div)).join(" ");
+    let mut content = narrative.clone();
+    collect_text(resource, &mut content);
+    (clip(narrative), clip(content))
+}
+
+/// How much text one resource adds to a full-text index.
+pub const MAX_TEXT: usize = 64 * 1024;
+
+fn clip(mut s: String) -> String {
+    if s.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+fn strip_markup(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                out.push(' ');
+            }
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn collect_text(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                // The narrative is in already; attachments' data is base64, not text.
+                if k != "div" && k != "data" && k != "resourceType" && k != "id" {
+                    collect_text(x, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_text(x, out)),
+        Value::String(s) if out.len() < MAX_TEXT => {
+            for w in crate::fhir::search::words(s) {
+                out.push(' ');
+                out.push_str(&w);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Lower case without diacritics: what string search compares (`Müller` is found by `muller`).
 pub fn fold(s: &str) -> String {
     s.chars()

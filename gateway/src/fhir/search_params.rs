@@ -4,7 +4,7 @@
 use crate::fhir::fhirpath::FhirPath;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, RwLock};
 
 const DEFINITIONS: &str = include_str!("../../../schemas/fhir/search-parameters.json");
 
@@ -42,6 +42,8 @@ impl Kind {
 pub struct Definition {
     pub code: String,
     pub kind: Kind,
+    /// The canonical url (how a composite names its components).
+    pub url: String,
     /// `None` when the definition has no expression for this type (`_text`, `_content`, ...).
     pub expression: Option<FhirPath>,
     pub targets: Vec<String>,
@@ -78,6 +80,7 @@ static REGISTRY: LazyLock<HashMap<String, HashMap<String, Definition>>> = LazyLo
                     let def = Definition {
                         code: code.clone(),
                         kind: Kind::parse(d["type"].as_str().unwrap_or_default()),
+                        url: d["url"].as_str().unwrap_or_default().to_owned(),
                         expression,
                         targets: d["target"]
                             .as_array()
@@ -110,13 +113,128 @@ static REGISTRY: LazyLock<HashMap<String, HashMap<String, Definition>>> = LazyLo
         .collect()
 });
 
-/// The definition of `code` on `ty` (its own, or one every resource has).
+/// type -> code -> definition of the custom SearchParameters installed (see [`install`]).
+/// Definitions are leaked so that they are `'static` like the spec's: an install happens when an
+/// operator reindexes, and each leaks a few hundred bytes per parameter.
+static CUSTOM: LazyLock<RwLock<HashMap<String, HashMap<String, &'static Definition>>>> =
+    LazyLock::new(Default::default);
+
+/// The definition of `code` on `ty` (its own, one every resource has, or a custom one).
 pub fn definition(ty: &str, code: &str) -> Option<&'static Definition> {
     REGISTRY
         .get(ty)
         .and_then(|p| p.get(code))
         .or_else(|| REGISTRY.get("Resource")?.get(code))
         .or_else(|| REGISTRY.get("DomainResource")?.get(code))
+        .or_else(|| custom(ty).into_iter().find(|d| d.code == code))
+}
+
+fn custom(ty: &str) -> Vec<&'static Definition> {
+    let custom = CUSTOM.read().expect("custom search parameters lock");
+    custom
+        .get(ty)
+        .map(|p| p.values().copied().collect())
+        .unwrap_or_default()
+}
+
+/// Installs the custom SearchParameter resources (replacing those installed before) and
+/// returns `Type.code` of each; a definition that cannot be used is an error naming it, and then
+/// nothing changes. A custom parameter may not redefine one of the spec's on the same type.
+pub fn install(resources: &[Value]) -> Result<Vec<String>, String> {
+    let kind_of_url: HashMap<&str, Kind> = REGISTRY
+        .values()
+        .flat_map(HashMap::values)
+        .map(|d| (d.url.as_str(), d.kind))
+        .chain(
+            resources
+                .iter()
+                .filter_map(|r| Some((r["url"].as_str()?, Kind::parse(r["type"].as_str()?)))),
+        )
+        .collect();
+    let mut next: HashMap<String, HashMap<String, &'static Definition>> = HashMap::new();
+    let mut installed = Vec::new();
+    for r in resources {
+        if r["status"] == "retired" {
+            continue;
+        }
+        let code = r["code"].as_str().unwrap_or_default();
+        let name = r["url"].as_str().or(r["id"].as_str()).unwrap_or(code);
+        let bad = |why: &str| format!("SearchParameter {name}: {why}");
+        if code.is_empty()
+            || code.starts_with('_')
+            || !code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(bad(
+                "code must be letters, digits and '-', not starting with '_'",
+            ));
+        }
+        let kind = Kind::parse(r["type"].as_str().unwrap_or_default());
+        if kind == Kind::Special {
+            return Err(bad("type must be one of the eight searchable types"));
+        }
+        let text = r["expression"]
+            .as_str()
+            .ok_or_else(|| bad("an expression is needed"))?;
+        let expression = FhirPath::parse(text).map_err(|e| bad(&format!("expression: {e}")))?;
+        let components = r["component"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let kind = c["definition"]
+                    .as_str()
+                    .and_then(|u| kind_of_url.get(u))
+                    .ok_or_else(|| bad("a component's definition is not known"))?;
+                let e = c["expression"].as_str().unwrap_or_default();
+                Ok((
+                    *kind,
+                    FhirPath::parse(e).map_err(|e| bad(&format!("component: {e}")))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let bases: Vec<&str> = r["base"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if bases.is_empty() {
+            return Err(bad("a base resource type is needed"));
+        }
+        for ty in bases {
+            if REGISTRY.get(ty).is_some_and(|p| p.contains_key(code))
+                || REGISTRY
+                    .get("Resource")
+                    .is_some_and(|p| p.contains_key(code))
+                || REGISTRY
+                    .get("DomainResource")
+                    .is_some_and(|p| p.contains_key(code))
+            {
+                return Err(bad(&format!("{ty} already has a parameter '{code}'")));
+            }
+            let def: &'static Definition = Box::leak(Box::new(Definition {
+                code: code.to_owned(),
+                kind,
+                url: r["url"].as_str().unwrap_or_default().to_owned(),
+                expression: Some(expression.clone()),
+                targets: r["target"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+                components: components.clone(),
+            }));
+            next.entry(ty.to_owned())
+                .or_default()
+                .insert(code.to_owned(), def);
+            installed.push(format!("{ty}.{code}"));
+        }
+    }
+    *CUSTOM.write().expect("custom search parameters lock") = next;
+    installed.sort();
+    Ok(installed)
 }
 
 /// Every parameter of `ty` that has an expression (what is indexed on write).
@@ -125,6 +243,7 @@ pub fn indexed(ty: &str) -> impl Iterator<Item = &'static Definition> {
         .into_iter()
         .filter_map(|t| REGISTRY.get(t))
         .flat_map(|p| p.values())
+        .chain(custom(ty))
         // `_id` is the resource's key, searched on `resource_current` itself; `phonetic` would
         // need a phonetic algorithm, and a plain string match under that name would mislead.
         .filter(|d| d.code != "_id" && d.code != "phonetic")

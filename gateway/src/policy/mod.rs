@@ -146,6 +146,9 @@ pub enum Requirement {
     Type(String, Permission),
     /// A permission on every type (system-level history).
     AnyType(Permission),
+    /// Maintenance of the server itself (`$reindex`): a system-level scope with this permission
+    /// on every type (`system/*.u`), never a user's or a patient's.
+    System(Permission),
 }
 
 pub trait Authorizable {
@@ -225,6 +228,11 @@ impl Authorizable for Search {
         }
     }
 }
+impl Authorizable for crate::fhir::operation::Reindex {
+    fn requirement(&self) -> Requirement {
+        Requirement::System(Permission::Update)
+    }
+}
 impl Authorizable for History {
     fn requirement(&self) -> Requirement {
         match &self.scope {
@@ -256,6 +264,33 @@ impl Policy {
         })
     }
 
+    /// Every stored SearchParameter: the server's own configuration, read with an internal
+    /// permit to install them (`search_params::install`), never disclosed through this call.
+    pub async fn search_parameter_resources(&self) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .search(&internal_permit(Search {
+                    ty: "SearchParameter".into(),
+                    count: 1000,
+                    cursor: cursor.take(),
+                    ..Default::default()
+                }))
+                .await?;
+            for s in &page.entries {
+                if let Some(body) = &s.body {
+                    out.push(serde_json::from_slice(body).map_err(Error::internal)?);
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Decides whether `principal` may perform `op`.
     pub fn authorize<T: Authorizable>(
         &self,
@@ -276,6 +311,9 @@ impl Policy {
                 }
                 Requirement::AnyType(p) => {
                     s.resource_type.is_none() && s.grants("", *p) && usable(token, s)
+                }
+                Requirement::System(p) => {
+                    s.context == Context::System && s.resource_type.is_none() && s.grants("", *p)
                 }
             });
             if !granted {
@@ -503,6 +541,7 @@ impl Policy {
             Operation::Delete(_) => "delete",
             Operation::History(_) => "history",
             Operation::Search(_) => "search-type",
+            Operation::Reindex(_) => "operation",
         }
     }
 }

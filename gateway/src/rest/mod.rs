@@ -112,7 +112,7 @@ async fn interaction(
             let permit = policy.authorize(principal, ())?;
             Ok(Reply::json(
                 StatusCode::OK,
-                policy.release_public(&permit, app.capability.clone()),
+                policy.release_public(&permit, app.capability()),
             ))
         }
         Operation::Read(op) if op.ty == "AuditEvent" => {
@@ -280,6 +280,26 @@ async fn interaction(
                 None => Ok(Reply::new(StatusCode::NO_CONTENT, None)),
             }
         }
+        Operation::Reindex(op) => {
+            let _permit = policy.authorize(principal, op)?;
+            let installed = install_search_parameters(app).await?;
+            // Runs to the end even if the client stops waiting (request time-out).
+            let store = app.store.clone();
+            let n = tokio::spawn(async move { store.reindex().await })
+                .await
+                .map_err(|e| Error::internal(format!("reindex task: {e}")))??;
+            Ok(Reply::information(
+                StatusCode::OK,
+                format!(
+                    "reindexed {n} resources; custom search parameters: {}",
+                    if installed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        installed.join(", ")
+                    }
+                ),
+            ))
+        }
         Operation::History(op) => {
             let (url, how) = match &op.scope {
                 HistoryScope::System => (format!("{}/_history", req.base), Permission::Search),
@@ -334,6 +354,14 @@ async fn interaction(
             page_reply(app, permit.principal(), asked, listing, page).await
         }
     }
+}
+
+/// Installs the stored SearchParameters (at start and by `$reindex`); returns `Type.code` of each.
+pub async fn install_search_parameters(app: &App) -> Result<Vec<String>> {
+    let resources = app.policy.search_parameter_resources().await?;
+    let installed = crate::fhir::search_params::install(&resources).map_err(Error::invalid)?;
+    app.refresh_capability();
+    Ok(installed)
 }
 
 fn server_written() -> Error {

@@ -370,7 +370,7 @@ async fn fhir_request(
 fn audit_kind(op: &Operation) -> (&'static str, &'static str) {
     let interaction = crate::policy::Policy::interaction(op);
     let action = match op {
-        Operation::Create(_) => "C",
+        Operation::Create(_) | Operation::Reindex(_) => "C",
         Operation::Update(_) => "U",
         Operation::Delete(_) => "D",
         Operation::Search(_) | Operation::History(_) => "E",

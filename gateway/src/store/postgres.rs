@@ -129,6 +129,18 @@ CREATE TABLE search_snapshot (
 );
 CREATE INDEX search_snapshot_created ON search_snapshot (created);
 "#,
+    // Full text (`_text`, `_content`), 'simple' configuration: the words are folded already.
+    r#"
+CREATE TABLE fulltext (
+    type      TEXT COLLATE "C" NOT NULL,
+    id        TEXT COLLATE "C" NOT NULL,
+    narrative TSVECTOR NOT NULL,
+    content   TSVECTOR NOT NULL,
+    PRIMARY KEY (type, id)
+);
+CREATE INDEX fulltext_narrative ON fulltext USING GIN (narrative);
+CREATE INDEX fulltext_content ON fulltext USING GIN (content);
+"#,
 ];
 
 pub struct PostgresStore {
@@ -339,7 +351,7 @@ impl PostgresStore {
         let (pool, schedule) = (self.pool.clone(), self.statistics.clone());
         tokio::spawn(async move {
             let r = sqlx::raw_sql(
-                "ANALYZE resource_current, search_index, token_index, compartment, resource_version",
+                "ANALYZE resource_current, search_index, token_index, compartment, fulltext, resource_version",
             )
             .execute(&pool)
             .await;

@@ -3,7 +3,9 @@
 //! backend binds them with its own driver (see `Bind`).
 
 use crate::fhir::operation::{ALL_TYPES, History, HistoryScope, Search};
-use crate::fhir::search::{Clause, ClauseKind, Criteria, Pred, Prefix, Second, SortBy, SortKey};
+use crate::fhir::search::{
+    Clause, ClauseKind, Criteria, FullText, Pred, Prefix, Second, SortBy, SortKey,
+};
 use crate::fhir::search_index::Entry;
 use crate::store::to_millis;
 
@@ -70,7 +72,10 @@ impl Sql {
 }
 
 /// `AND (...)` for each criterion; `c` is the alias of `resource_current`.
-fn push_criteria(q: &mut Sql, criteria: &Criteria) {
+fn push_criteria(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>) {
+    for f in &criteria.fulltext {
+        push_fulltext(q, f);
+    }
     for ors in &criteria.ids {
         q.push(" AND c.id IN (");
         for (i, id) in ors.iter().enumerate() {
@@ -81,8 +86,19 @@ fn push_criteria(q: &mut Sql, criteria: &Criteria) {
         }
         q.push(")");
     }
-    for ors in &criteria.identifiers {
+    for (n, ors) in criteria.identifiers.iter().enumerate() {
+        if driver == Some(Driver::Identifiers(n)) {
+            continue;
+        }
         q.push(" AND EXISTS (SELECT 1 FROM token_index t WHERE t.type = c.type AND t.id = c.id AND t.param = 'identifier' AND (");
+        push_identifier_tokens(q, ors);
+        q.push("))");
+    }
+}
+
+/// `(t.value = ? AND t.system = ?) OR ...` for identifier tokens.
+fn push_identifier_tokens(q: &mut Sql, ors: &[crate::fhir::search::Token]) {
+    {
         for (i, tok) in ors.iter().enumerate() {
             if i > 0 {
                 q.push(" OR ");
@@ -96,14 +112,15 @@ fn push_criteria(q: &mut Sql, criteria: &Criteria) {
             }
             q.push(")");
         }
-        q.push("))");
     }
 }
 
 /// `AND [NOT] EXISTS (rows of the parameter matching any alternative)` per indexed clause.
-fn push_clauses(q: &mut Sql, criteria: &Criteria) {
-    for clause in &criteria.clauses {
-        push_clause(q, clause, "c", 1);
+fn push_clauses(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>) {
+    for (n, clause) in criteria.clauses.iter().enumerate() {
+        if driver != Some(Driver::Clause(n)) {
+            push_clause(q, clause, "c", 1);
+        }
     }
 }
 
@@ -336,10 +353,127 @@ fn push_range(q: &mut Sql, prefix: Prefix, lo: f64, hi: f64) {
     }
 }
 
-fn push_compartment(q: &mut Sql, criteria: &Criteria) {
-    for p in criteria.compartment.iter().chain(&criteria.within) {
-        q.push(" AND EXISTS (SELECT 1 FROM compartment k WHERE k.type = c.type AND k.id = c.id AND k.patient = ");
-        q.text(p).push(")");
+fn push_compartment(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>) {
+    for (n, p) in criteria
+        .compartment
+        .iter()
+        .chain(&criteria.within)
+        .enumerate()
+    {
+        if driver != Some(Driver::Compartment(n)) {
+            q.push(" AND EXISTS (SELECT 1 FROM compartment k WHERE k.type = c.type AND k.id = c.id AND k.patient = ");
+            q.text(p).push(")");
+        }
+    }
+}
+
+/// The condition a search starts from. Every condition is an EXISTS test on the resources of the
+/// type; a database that runs them as written tests every resource of the type (760,000
+/// Observations for one patient's labs). One condition that names few resources (a patient's
+/// compartment, an identifier, a reference, a coded value) is written instead as `c.id IN
+/// (ids from an index range)`, so that the search starts from those and tests the rest on them.
+/// PostgreSQL's planner would find this from its statistics; SQLite's does not turn EXISTS
+/// around.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    Compartment(usize),
+    Identifiers(usize),
+    Clause(usize),
+}
+
+fn driver(criteria: &Criteria) -> Option<Driver> {
+    if criteria.compartment.is_some() || criteria.within.is_some() {
+        return Some(Driver::Compartment(0));
+    }
+    if !criteria.identifiers.is_empty() {
+        return Some(Driver::Identifiers(0));
+    }
+    let narrow = |p: &Pred| match p {
+        Pred::Reference(_) | Pred::OfType(_) | Pred::Exact(_) => true,
+        Pred::Token(t) => t.value.is_some(),
+        _ => false,
+    };
+    // References first (one patient's, one encounter's), then codes.
+    let candidates: Vec<(usize, &Vec<Pred>)> = criteria
+        .clauses
+        .iter()
+        .enumerate()
+        .filter_map(|(n, c)| match &c.how {
+            ClauseKind::Any(preds) if !preds.is_empty() && preds.iter().all(narrow) => {
+                Some((n, preds))
+            }
+            _ => None,
+        })
+        .collect();
+    candidates
+        .iter()
+        .find(|(_, p)| matches!(p[0], Pred::Reference(_)))
+        .or(candidates.first())
+        .map(|(n, _)| Driver::Clause(*n))
+}
+
+/// `AND c.id IN (...)` (or `(c.type, c.id) IN` over every type) for the driver.
+fn push_driver(q: &mut Sql, ty: &str, criteria: &Criteria, driver: Driver) {
+    q.push(if ty == ALL_TYPES {
+        " AND (c.type, c.id) IN ("
+    } else {
+        " AND c.id IN ("
+    });
+    push_driver_select(q, ty, criteria, driver);
+    q.push(")");
+}
+
+/// The `SELECT` of the ids (or types and ids) a driver names.
+fn push_driver_select(q: &mut Sql, ty: &str, criteria: &Criteria, driver: Driver) {
+    let all = ty == ALL_TYPES;
+    q.push("SELECT ");
+    match driver {
+        Driver::Compartment(n) => {
+            let p = criteria
+                .compartment
+                .iter()
+                .chain(&criteria.within)
+                .nth(n)
+                .map_or("", String::as_str);
+            q.push(if all { "k.type, k.id" } else { "k.id" })
+                .push(" FROM compartment k WHERE k.patient = ")
+                .text(p);
+            if !all {
+                q.push(" AND k.type = ").text(ty);
+            }
+        }
+        Driver::Identifiers(n) => {
+            q.push(if all { "t.type, t.id" } else { "t.id" })
+                .push(" FROM token_index t WHERE t.param = 'identifier'");
+            if !all {
+                q.push(" AND t.type = ").text(ty);
+            }
+            q.push(" AND (");
+            push_identifier_tokens(q, &criteria.identifiers[n]);
+            q.push(")");
+        }
+        Driver::Clause(n) => {
+            let clause = &criteria.clauses[n];
+            let ClauseKind::Any(preds) = &clause.how else {
+                unreachable!("only an Any clause drives")
+            };
+            q.push(if all { "s.type, s.id" } else { "s.id" })
+                .push(" FROM search_index s WHERE s.param = ")
+                .text(&clause.param);
+            if !all {
+                q.push(" AND s.type = ").text(ty);
+            }
+            q.push(" AND (");
+            for (i, p) in preds.iter().enumerate() {
+                if i > 0 {
+                    q.push(" OR ");
+                }
+                q.push("(");
+                push_pred(q, p);
+                q.push(")");
+            }
+            q.push(")");
+        }
     }
 }
 
@@ -348,9 +482,13 @@ fn current_where(q: &mut Sql, ty: &str, criteria: &Criteria) {
     if ty != ALL_TYPES {
         q.push(" AND c.type = ").text(ty);
     }
-    push_criteria(q, criteria);
-    push_clauses(q, criteria);
-    push_compartment(q, criteria);
+    let driver = driver(criteria);
+    if let Some(d) = driver {
+        push_driver(q, ty, criteria, d);
+    }
+    push_criteria(q, criteria, driver);
+    push_clauses(q, criteria, driver);
+    push_compartment(q, criteria, driver);
 }
 
 /// Current, non-deleted resources of `ty` matching `criteria`, at most `limit`.
@@ -365,8 +503,9 @@ pub fn matching(d: Dialect, ty: &str, criteria: &Criteria, limit: i64) -> Sql {
 /// (count, page) of a search. Keyset paging on id: a page never repeats or skips a resource that
 /// existed when the search began, whatever is written meanwhile.
 pub fn search(d: Dialect, op: &Search) -> (Sql, Sql) {
-    let mut count = Sql::new(d, "SELECT COUNT(*) FROM ");
-    count.push(CURRENT_FROM);
+    // The count needs no version row: criteria only read `resource_current` and the indexes, and
+    // reading 100,000 version rows (with their bodies on the same pages) is most of its cost.
+    let mut count = Sql::new(d, "SELECT COUNT(*) FROM resource_current c");
     current_where(&mut count, &op.ty, &op.criteria);
     let mut page = Sql::new(d, VERSION_COLUMNS);
     page.push(CURRENT_FROM);
@@ -520,6 +659,9 @@ pub struct Indexing {
     patients: Vec<String>,
     /// Every search parameter but `_lastUpdated`, which the write's time decides.
     entries: Vec<Entry>,
+    /// The words of the narrative (`_text`) and of every text in the resource (`_content`).
+    narrative: String,
+    content: String,
 }
 
 impl Indexing {
@@ -533,10 +675,13 @@ impl Indexing {
         }
         let mut patients = crate::fhir::compartment::patients(ty, "", &body);
         patients.retain(|p| !p.is_empty());
+        let (narrative, content) = crate::fhir::search_index::texts(&body);
         Indexing {
             tokens: crate::fhir::search::identifier_tokens(&body),
             patients,
             entries: crate::fhir::search_index::entries(ty, &body),
+            narrative,
+            content,
         }
     }
 }
@@ -549,14 +694,28 @@ pub fn after_insert(
     seq: i64,
     indexing: Option<&Indexing>,
 ) -> Vec<Sql> {
-    let (ty, id) = (stored.ty.as_str(), stored.id.as_str());
     let mut out = vec![upsert_current(d, stored, seq)];
+    out.extend(index_statements(d, stored, indexing));
+    out
+}
+
+/// The statements that replace a resource's index rows with those of `stored` (none left for a
+/// deletion): identifier tokens, compartment, search parameters, full text.
+pub fn index_statements(
+    d: Dialect,
+    stored: &crate::store::Stored,
+    indexing: Option<&Indexing>,
+) -> Vec<Sql> {
+    let (ty, id) = (stored.ty.as_str(), stored.id.as_str());
+    let mut out = Vec::new();
     for index in [Index::Token, Index::Compartment, Index::Search] {
         out.push(clear_index(d, index, ty, id));
     }
+    out.extend(clear_fulltext(d, ty, id));
     let Some(ix) = indexing else {
         return out;
     };
+    out.extend(insert_fulltext(d, ty, id, &ix.narrative, &ix.content));
     let mut patients = ix.patients.clone();
     if ty == "Patient" {
         patients.insert(0, id.to_owned());
@@ -720,6 +879,112 @@ pub fn clear_index(d: Dialect, index: Index, ty: &str, id: &str) -> Sql {
     q
 }
 
+/// Removes a resource's full-text rows. SQLite: FTS5 tables keyed by a stable document number
+/// per resource (`fulltext_doc`); PostgreSQL: `tsvector` columns.
+fn clear_fulltext(d: Dialect, ty: &str, id: &str) -> Vec<Sql> {
+    match d {
+        Dialect::Sqlite => ["text_fts", "content_fts"]
+            .into_iter()
+            .map(|table| {
+                let mut q = Sql::new(d, "DELETE FROM ");
+                q.push(table)
+                    .push(" WHERE rowid = (SELECT doc FROM fulltext_doc WHERE type = ")
+                    .text(ty)
+                    .push(" AND id = ")
+                    .text(id)
+                    .push(")");
+                q
+            })
+            .collect(),
+        Dialect::Postgres => {
+            let mut q = Sql::new(d, "DELETE FROM fulltext WHERE type = ");
+            q.text(ty).push(" AND id = ").text(id);
+            vec![q]
+        }
+    }
+}
+
+fn insert_fulltext(d: Dialect, ty: &str, id: &str, narrative: &str, content: &str) -> Vec<Sql> {
+    match d {
+        Dialect::Sqlite => {
+            let mut doc = Sql::new(d, "INSERT OR IGNORE INTO fulltext_doc (type, id) VALUES (");
+            doc.text(ty).push(", ").text(id).push(")");
+            let mut out = vec![doc];
+            for (table, text) in [("text_fts", narrative), ("content_fts", content)] {
+                if text.is_empty() {
+                    continue;
+                }
+                let mut q = Sql::new(d, "INSERT INTO ");
+                q.push(table)
+                    .push(" (rowid, body) VALUES ((SELECT doc FROM fulltext_doc WHERE type = ")
+                    .text(ty)
+                    .push(" AND id = ")
+                    .text(id)
+                    .push("), ")
+                    .text(text)
+                    .push(")");
+                out.push(q);
+            }
+            out
+        }
+        Dialect::Postgres => {
+            let mut q = Sql::new(
+                d,
+                "INSERT INTO fulltext (type, id, narrative, content) VALUES (",
+            );
+            q.text(ty)
+                .push(", ")
+                .text(id)
+                .push(", to_tsvector('simple', ")
+                .text(narrative)
+                .push("), to_tsvector('simple', ")
+                .text(content)
+                .push("))");
+            vec![q]
+        }
+    }
+}
+
+/// `_text` / `_content`: every word of one of the alternatives occurs.
+fn push_fulltext(q: &mut Sql, f: &FullText) {
+    match q.dialect {
+        Dialect::Sqlite => {
+            let table = if f.content { "content_fts" } else { "text_fts" };
+            // Words are letters and digits only (see `search::FullText`), so quoting is enough.
+            let expr = f
+                .any_of
+                .iter()
+                .map(|words| {
+                    let quoted: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+                    format!("({})", quoted.join(" AND "))
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            q.push(" AND EXISTS (SELECT 1 FROM fulltext_doc d WHERE d.type = c.type AND d.id = c.id AND d.doc IN (SELECT rowid FROM ")
+                .push(table)
+                .push(" WHERE ")
+                .push(table)
+                .push(" MATCH ")
+                .text(&expr)
+                .push("))");
+        }
+        Dialect::Postgres => {
+            let column = if f.content { "content" } else { "narrative" };
+            let expr = f
+                .any_of
+                .iter()
+                .map(|words| format!("({})", words.join(" & ")))
+                .collect::<Vec<_>>()
+                .join(" | ");
+            q.push(" AND EXISTS (SELECT 1 FROM fulltext f WHERE f.type = c.type AND f.id = c.id AND f.")
+                .push(column)
+                .push(" @@ to_tsquery('simple', ")
+                .text(&expr)
+                .push("))");
+        }
+    }
+}
+
 /// One INSERT of several rows of text values (`None` when there are no rows).
 fn insert_rows(d: Dialect, head: &str, rows: &[Vec<&str>]) -> Option<Sql> {
     (!rows.is_empty()).then(|| {
@@ -865,21 +1130,13 @@ macro_rules! relational_common {
                 if now != Some(s.version as i64) {
                     continue;
                 }
-                query(&sql::clear_index(
-                    $dialect,
-                    sql::Index::Search,
-                    &s.ty,
-                    &s.id,
-                ))
-                .execute(&mut *conn)
-                .await?;
-                let Some(body) = &s.body else { continue };
-                let Ok(resource) = serde_json::from_slice::<serde_json::Value>(body) else {
-                    continue;
-                };
-                let entries = $crate::fhir::search_index::entries(&s.ty, &resource);
-                for insert in sql::insert_search_index($dialect, &s.ty, &s.id, &entries) {
-                    query(&insert).execute(&mut *conn).await?;
+                let resource = s
+                    .body
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+                let indexing = resource.map(|r| sql::Indexing::of(&s.ty, &r));
+                for statement in sql::index_statements($dialect, s, indexing.as_ref()) {
+                    query(&statement).execute(&mut *conn).await?;
                 }
             }
             Ok(())
@@ -1027,6 +1284,10 @@ mod tests {
         let c = Criteria {
             compartment: Some("p1".into()),
             within: None,
+            fulltext: vec![FullText {
+                content: true,
+                any_of: vec![vec!["o".into(), "brien".into()]],
+            }],
             ids: vec![vec!["a".into(), "b'; DROP TABLE x;--".into()]],
             identifiers: vec![vec![Token {
                 system: Some("s".into()),
@@ -1062,15 +1323,26 @@ mod tests {
             s.binds
         );
         assert!(s.text.contains("c.id IN (?, ?)"), "{}", s.text);
-        assert!(p.text.contains("c.id IN ($2, $3)"), "{}", p.text);
+        assert!(p.text.contains("c.id IN ($5, $6)"), "{}", p.text);
+        // The compartment drives (see `Driver`); full text is a bound query.
         assert!(
-            p.text.contains("k.patient = $11") && p.text.ends_with("LIMIT $12"),
+            p.text
+                .contains("c.id IN (SELECT k.id FROM compartment k WHERE k.patient = $2")
+                && p.text.ends_with("LIMIT $14"),
             "{}",
             p.text
         );
+        assert!(s.text.contains("content_fts MATCH ?"), "{}", s.text);
+        assert!(p.binds.contains(&Bind::Text("(o & brien)".into())));
         assert!(!s.text.contains("DROP"));
-        assert_eq!(s.binds.len(), 12);
-        assert_eq!(s.binds, p.binds);
+        assert_eq!(s.binds.len(), 14);
+        // The same values in the same order, but for the full-text query's own syntax.
+        let without_text = |b: &[Bind]| {
+            let mut b = b.to_vec();
+            b.remove(3);
+            b
+        };
+        assert_eq!(without_text(&s.binds), without_text(&p.binds));
     }
 
     #[test]

@@ -104,6 +104,18 @@ CREATE TABLE search_snapshot (
 ) WITHOUT ROWID;
 CREATE INDEX search_snapshot_created ON search_snapshot (created);
 "#,
+    // Full text (`_text`, `_content`): FTS5 without a copy of the text, one document number per
+    // resource. Resources written before are searchable by text after `gateway reindex`.
+    r#"
+CREATE TABLE fulltext_doc (
+    doc  INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    id   TEXT NOT NULL,
+    UNIQUE (type, id)
+);
+CREATE VIRTUAL TABLE text_fts USING fts5(body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE content_fts USING fts5(body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');
+"#,
 ];
 
 /// Schema versions of `audit.db`.
