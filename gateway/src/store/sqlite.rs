@@ -115,6 +115,16 @@ CREATE TABLE fulltext_doc (
 );
 CREATE VIRTUAL TABLE text_fts USING fts5(body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');
 CREATE VIRTUAL TABLE content_fts USING fts5(body, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');
+"#, // The id in the value indexes: a search that starts from a value (`c.id IN (SELECT s.id
+    // ...)`) and a count over 100,000 matches read the index alone, not the rows (620 ms -> 110 ms
+    // for 112,000 of 1,000,000 on SQLite). The id before the system: a probe for one resource's
+    // value (`EXISTS ... s.id = c.id AND s.value = ?`) seeks straight to it; with the system
+    // first, SQLite scanned every row of the value for each resource (3 s for one page).
+    r#"
+DROP INDEX search_index_value;
+CREATE INDEX search_index_value ON search_index (type, param, value, id, system);
+DROP INDEX token_index_lookup;
+CREATE INDEX token_index_lookup ON token_index (type, param, value, id, system);
 "#,
 ];
 
