@@ -55,30 +55,13 @@ struct Data {
 }
 
 async fn load(gw: &Gateway) -> Data {
-    let c = client();
     let patients = ndjson("Patient");
     let mut by_type: HashMap<String, Vec<Value>> = HashMap::new();
     by_type.insert("Observation".into(), observations(&patients));
     by_type.insert("Patient".into(), patients);
     by_type.insert("Condition".into(), ndjson("Condition"));
     by_type.insert("Immunization".into(), ndjson("Immunization"));
-    for (ty, list) in &by_type {
-        for r in list {
-            let id = r["id"].as_str().unwrap();
-            let resp = c
-                .put(format!("{}/{ty}/{id}", gw.base))
-                .header("content-type", FHIR_JSON)
-                .body(r.to_string())
-                .send()
-                .await
-                .unwrap();
-            assert!(
-                resp.status().is_success(),
-                "{ty}/{id}: {}",
-                resp.text().await.unwrap()
-            );
-        }
-    }
+    put_all(gw, &by_type).await;
     Data { by_type }
 }
 

@@ -40,27 +40,6 @@ fn generate(patients: u32, seed: u32) -> HashMap<String, Vec<Value>> {
     out
 }
 
-async fn load(gw: &Gateway, data: &HashMap<String, Vec<Value>>) {
-    let c = client();
-    for (ty, list) in data {
-        for r in list {
-            let id = r["id"].as_str().unwrap();
-            let resp = c
-                .put(format!("{}/{ty}/{id}", gw.base))
-                .header("content-type", FHIR_JSON)
-                .body(r.to_string())
-                .send()
-                .await
-                .unwrap();
-            assert!(
-                resp.status().is_success(),
-                "{ty}/{id}: {}",
-                resp.text().await.unwrap()
-            );
-        }
-    }
-}
-
 /// `(code, value, unit code)` of an Observation's own value and of each component's.
 fn measured(o: &Value, combo: bool) -> Vec<(String, f64, String)> {
     let mut items: Vec<&Value> = Vec::new();
@@ -398,7 +377,7 @@ fn queries(d: &HashMap<String, Vec<Value>>) -> Vec<(&'static str, String, Oracle
 
 async fn run(gw: &Gateway) {
     let data = generate(12, 42);
-    load(gw, &data).await;
+    put_all(gw, &data).await;
     let mut checked = 0;
     let mut nonempty = 0;
     for (ty, query, oracle) in queries(&data) {

@@ -10,11 +10,11 @@ use time::format_description::well_known::Rfc3339;
 /// Which resources of a type a query must return.
 pub type Oracle = Box<dyn Fn(&Value) -> bool>;
 
-/// Every id a search returns, following `next` links.
-pub async fn search_ids(gw: &Gateway, ty: &str, query: &str) -> Result<BTreeSet<String>, String> {
+/// The ids of a search's matches in order, following `next` links; the error names the status.
+async fn matches(gw: &Gateway, ty: &str, query: &str, count: u32) -> Result<Vec<String>, String> {
     let c = client();
-    let mut url = format!("{}/{ty}?{query}&_count=200", gw.base);
-    let mut ids = BTreeSet::new();
+    let mut url = format!("{}/{ty}?{query}&_count={count}", gw.base);
+    let mut ids = Vec::new();
     loop {
         let resp = c.get(&url).send().await.unwrap();
         let status = resp.status();
@@ -24,7 +24,7 @@ pub async fn search_ids(gw: &Gateway, ty: &str, query: &str) -> Result<BTreeSet<
         }
         for e in bundle["entry"].as_array().into_iter().flatten() {
             if e["search"]["mode"] == "match" {
-                ids.insert(e["resource"]["id"].as_str().unwrap().to_owned());
+                ids.push(e["resource"]["id"].as_str().unwrap().to_owned());
             }
         }
         match bundle["link"]
@@ -39,28 +39,37 @@ pub async fn search_ids(gw: &Gateway, ty: &str, query: &str) -> Result<BTreeSet<
     }
 }
 
-/// Every id a search returns in order, following `next` links (`_count` small, so that the
-/// pages of a sorted search come from its snapshot).
+/// Every id a search returns, following `next` links.
+pub async fn search_ids(gw: &Gateway, ty: &str, query: &str) -> Result<BTreeSet<String>, String> {
+    Ok(matches(gw, ty, query, 200).await?.into_iter().collect())
+}
+
+/// Every id a search returns in order (`_count` small, so that the pages of a sorted search come
+/// from its snapshot).
 pub async fn search_ordered(gw: &Gateway, ty: &str, query: &str, count: u32) -> Vec<String> {
+    matches(gw, ty, query, count)
+        .await
+        .unwrap_or_else(|e| panic!("{ty}?{query}: {e}"))
+}
+
+/// Stores every resource with `PUT [type]/[id]` (ids kept, so the oracle knows them).
+pub async fn put_all(gw: &Gateway, by_type: &std::collections::HashMap<String, Vec<Value>>) {
     let c = client();
-    let mut url = format!("{}/{ty}?{query}&_count={count}", gw.base);
-    let mut ids = Vec::new();
-    loop {
-        let resp = c.get(&url).send().await.unwrap();
-        let status = resp.status();
-        let bundle: Value = resp.json().await.unwrap();
-        assert!(status.is_success(), "{ty}?{query}: {status}: {bundle}");
-        for e in bundle["entry"].as_array().into_iter().flatten() {
-            ids.push(e["resource"]["id"].as_str().unwrap().to_owned());
-        }
-        match bundle["link"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|l| l["relation"] == "next")
-        {
-            Some(next) => url = next["url"].as_str().unwrap().to_owned(),
-            None => return ids,
+    for (ty, list) in by_type {
+        for r in list {
+            let id = r["id"].as_str().unwrap();
+            let resp = c
+                .put(format!("{}/{ty}/{id}", gw.base))
+                .header("content-type", FHIR_JSON)
+                .body(r.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                resp.status().is_success(),
+                "{ty}/{id}: {}",
+                resp.text().await.unwrap()
+            );
         }
     }
 }
