@@ -114,6 +114,8 @@ pub struct Limits {
     pub shutdown_grace_ms: u64,
     pub max_connections: u32,
     pub max_validation_errors: u32,
+    /// Entries a batch or transaction Bundle may have (its size is bounded by `max_body_bytes`).
+    pub max_bundle_entries: u32,
 }
 
 /// The region's consent policy (see `policy::regional`).
@@ -227,6 +229,7 @@ impl Default for Limits {
             shutdown_grace_ms: 30_000,
             max_connections: 4096,
             max_validation_errors: 50,
+            max_bundle_entries: 1000,
         }
     }
 }

@@ -32,7 +32,7 @@ pub struct Issue {
     pub expression: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Error {
     pub status: StatusCode,
     pub origin: Origin,
@@ -182,6 +182,17 @@ impl Error {
             challenge: None,
             internal: Some(detail.to_string()),
         }
+    }
+
+    /// The same error, placed: each issue says where (`Bundle.entry[3]`) before what.
+    pub fn at(mut self, place: &str) -> Error {
+        for i in &mut self.issues {
+            i.diagnostics = format!("{place}: {}", i.diagnostics);
+            if i.expression.is_none() {
+                i.expression = Some(place.to_owned());
+            }
+        }
+        self
     }
 
     /// What goes to the log: the client's message plus any internal detail.

@@ -96,6 +96,7 @@ async fn create(store: &dyn Store, r: Value) -> gateway::store::Stored {
             ty: "Patient".into(),
             resource: r,
             if_none_exist: None,
+            id: None,
         }))
         .await
         .unwrap()
@@ -243,6 +244,7 @@ async fn conditional_create_is_atomic() {
                             ty: "Patient".into(),
                             resource: patient("999911144"),
                             if_none_exist: Some(by_bsn("999911144")),
+                            id: None,
                         }))
                         .await
                         .unwrap()
@@ -683,5 +685,145 @@ async fn audit_appends_form_one_chain() {
             ..Default::default()
         };
         assert_eq!(s.search_audit(&q).await.unwrap().len(), 5, "{}", b.name);
+    }
+}
+
+/// A transaction's writes: one store transaction, references to other entries and conditional
+/// references resolved inside it, all or nothing.
+#[tokio::test]
+async fn transactions_resolve_references_and_are_all_or_nothing() {
+    use gateway::store::{Transaction, TxOutcome, TxPermit, TxWrite};
+    fn write(place: usize, full_url: Option<&str>, permit: TxPermit) -> TxWrite {
+        TxWrite {
+            place: format!("Bundle.entry[{place}]"),
+            full_url: full_url.map(str::to_owned),
+            permit,
+            indexing: None,
+            unresolved: true,
+        }
+    }
+    fn cond(text: &str, bsn: &str) -> (String, Permit<Search>) {
+        (
+            text.to_owned(),
+            permit(Search {
+                ty: "Patient".into(),
+                criteria: by_bsn(bsn),
+                count: 2,
+                ..Default::default()
+            }),
+        )
+    }
+    let obs = |subject: &str, performer: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": subject}, "performer": [{"reference": performer}]})
+    };
+    for b in backends().await {
+        let s = b.store.as_ref();
+        let existing = create(s, patient("999911120")).await;
+        let by_ref = "Patient?identifier=http://fhir.nl/fhir/NamingSystem/bsn|999911120";
+        let tx = Transaction {
+            writes: vec![
+                write(
+                    0,
+                    Some("urn:uuid:obs"),
+                    TxPermit::Create(permit(Create {
+                        ty: "Observation".into(),
+                        resource: obs("urn:uuid:new-patient", by_ref),
+                        if_none_exist: None,
+                        id: None,
+                    })),
+                ),
+                write(
+                    1,
+                    Some("urn:uuid:new-patient"),
+                    TxPermit::Create(permit(Create {
+                        ty: "Patient".into(),
+                        resource: patient("999911132"),
+                        if_none_exist: Some(by_bsn("999911132")),
+                        id: None,
+                    })),
+                ),
+            ],
+            conditional_refs: vec![cond(by_ref, "999911120")],
+        };
+        let out = s.transaction(tx).await.unwrap();
+        let (TxOutcome::Created(Created::New(o)), TxOutcome::Created(Created::New(p))) =
+            (&out[0], &out[1])
+        else {
+            panic!("{}: {out:?}", b.name)
+        };
+        let o = body(o);
+        assert_eq!(o["subject"]["reference"], format!("Patient/{}", p.id), "{}", b.name);
+        assert_eq!(o["performer"][0]["reference"], format!("Patient/{}", existing.id));
+
+        // The same conditional create again matches; a later failing entry undoes everything.
+        let count = |bsn: &'static str| async move {
+            s.search(&permit(Search {
+                ty: "Patient".into(),
+                criteria: by_bsn(bsn),
+                count: 10,
+                total: true,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .total
+        };
+        let failing = Transaction {
+            writes: vec![
+                write(
+                    0,
+                    None,
+                    TxPermit::Create(permit(Create {
+                        ty: "Patient".into(),
+                        resource: patient("999911144"),
+                        if_none_exist: None,
+                        id: None,
+                    })),
+                ),
+                write(1, None, TxPermit::Update(update(&p.id, patient("999911132"), Some(7)))),
+            ],
+            conditional_refs: vec![],
+        };
+        let err = s.transaction(failing).await.unwrap_err();
+        assert_eq!(err.status, 412, "{}", b.name);
+        assert!(err.log_detail().contains("Bundle.entry[1]"), "{}", err.log_detail());
+        assert_eq!(count("999911144").await, Some(0), "{}: nothing of a failed transaction stays", b.name);
+
+        // Conditional references: none or several matches fail the transaction.
+        create(s, patient("999911156")).await;
+        create(s, patient("999911156")).await;
+        for (bsn, status) in [("999911168", 404), ("999911156", 412)] {
+            let text = format!("Patient?identifier=http://fhir.nl/fhir/NamingSystem/bsn|{bsn}");
+            let t = Transaction {
+                writes: vec![write(
+                    0,
+                    None,
+                    TxPermit::Create(permit(Create {
+                        ty: "Observation".into(),
+                        resource: obs(&text, &text),
+                        if_none_exist: None,
+                        id: None,
+                    })),
+                )],
+                conditional_refs: vec![cond(&text, bsn)],
+            };
+            assert_eq!(s.transaction(t).await.unwrap_err().status, status, "{}", b.name);
+        }
+        // A reference to a urn no entry defines.
+        let dangling = Transaction {
+            writes: vec![write(
+                0,
+                None,
+                TxPermit::Create(permit(Create {
+                    ty: "Observation".into(),
+                    resource: obs("urn:uuid:nobody", "urn:uuid:nobody"),
+                    if_none_exist: None,
+                    id: None,
+                })),
+            )],
+            conditional_refs: vec![],
+        };
+        assert_eq!(s.transaction(dangling).await.unwrap_err().status, 400);
     }
 }

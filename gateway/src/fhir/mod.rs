@@ -2,11 +2,14 @@
 //! structure validation, search criteria, bundles and the CapabilityStatement.
 
 pub mod bundle;
+pub mod bundle_request;
 pub mod capability;
 pub mod compartment;
 pub mod fhirpath;
 pub mod json;
 pub mod operation;
+pub mod patch;
+pub mod references;
 pub mod search;
 pub mod search_index;
 pub mod search_params;

@@ -23,6 +23,10 @@ pub enum Operation {
     Search(Search),
     /// `POST [base]/$reindex`: install the stored SearchParameters and rebuild the index.
     Reindex(Reindex),
+    /// `POST [base]` with a batch or transaction Bundle.
+    Bundle(crate::fhir::bundle_request::BundleRequest),
+    /// `PATCH [type]/[id]` or `PATCH [type]?criteria`.
+    Patch(crate::fhir::patch::Patch),
 }
 
 /// The `$reindex` operation (system level, maintenance).
@@ -49,6 +53,9 @@ pub struct Create {
     pub resource: Value,
     /// `If-None-Exist`: create only when nothing matches.
     pub if_none_exist: Option<Criteria>,
+    /// The id the resource will get, when it had to be known before the write (a transaction
+    /// resolves references to it); otherwise the store assigns one.
+    pub id: Option<String>,
 }
 
 /// Which resource an update or delete is about.
@@ -197,6 +204,10 @@ pub struct Request {
     pub purpose: Option<String>,
     /// `X-Break-Glass-Reason`: the stated reason for emergency access.
     pub break_glass_reason: Option<String>,
+    /// Conditional read: `If-None-Match` (the version the client has) and `If-Modified-Since`;
+    /// a match answers 304 Not Modified, after the same decision as the read itself.
+    pub if_none_match: Option<u64>,
+    pub if_modified_since: Option<OffsetDateTime>,
 }
 
 /// The raw pieces of an HTTP request that parsing needs.
@@ -318,6 +329,7 @@ pub fn parse(
                 ty,
                 resource,
                 if_none_exist,
+                id: None,
             })
         }
         (&Method::PUT, [ty]) => {
@@ -393,11 +405,39 @@ pub fn parse(
                 version,
             })
         }
-        (_, []) if m == Method::POST => {
-            return Err(Error::not_supported(
-                StatusCode::NOT_IMPLEMENTED,
-                "batch and transaction bundles are not supported by this server yet (see the CapabilityStatement)",
-            ));
+        (&Method::POST, []) => {
+            let bundle = body_resource(raw, "Bundle", config)?;
+            Operation::Bundle(crate::fhir::bundle_request::parse(
+                bundle, &base, config, structure,
+            )?)
+        }
+        (&Method::PATCH, [ty, id]) => {
+            let ty = type_of(ty)?;
+            let id = id_of(id)?;
+            Operation::Patch(crate::fhir::patch::Patch {
+                body: crate::fhir::patch::body(
+                    header(raw.headers, "content-type"),
+                    raw.body,
+                    config,
+                )?,
+                ty,
+                target: Target::Id(id),
+                if_match: if_match(raw.headers)?,
+            })
+        }
+        (&Method::PATCH, [ty]) => {
+            let ty = type_of(ty)?;
+            let criteria = conditional_from_params(&ty, &params, structure)?;
+            Operation::Patch(crate::fhir::patch::Patch {
+                body: crate::fhir::patch::body(
+                    header(raw.headers, "content-type"),
+                    raw.body,
+                    config,
+                )?,
+                ty,
+                target: Target::Criteria(criteria),
+                if_match: if_match(raw.headers)?,
+            })
         }
         (_, [seg, ..]) if seg.starts_with('$') => {
             return Err(Error::not_supported(
@@ -411,7 +451,7 @@ pub fn parse(
                 format!("operation {} is not supported", clip(seg)),
             ));
         }
-        (_, [ty, ..]) if ["GET", "POST", "PUT", "DELETE"].contains(&m.as_str()) => {
+        (_, [ty, ..]) if ["GET", "POST", "PUT", "DELETE", "PATCH"].contains(&m.as_str()) => {
             // Known shapes with an unknown type answer as unknown types; the rest as unknown paths.
             type_of(ty)?;
             return Err(Error::not_found("no such FHIR endpoint"));
@@ -433,6 +473,21 @@ pub fn parse(
         path: raw.path.to_owned(),
         purpose: header(raw.headers, "x-purpose-of-use").map(str::to_owned),
         break_glass_reason: header(raw.headers, "x-break-glass-reason").map(str::to_owned),
+        if_none_match: match header(raw.headers, "if-none-match") {
+            Some(v) => Some(
+                parse_etag(v).ok_or_else(|| Error::invalid("If-None-Match must be an ETag"))?,
+            ),
+            None => None,
+        },
+        if_modified_since: match header(raw.headers, "if-modified-since") {
+            Some(v) => Some(
+                httpdate::parse_http_date(v)
+                    .map(OffsetDateTime::from)
+                    .or_else(|_| parse_instant(v))
+                    .map_err(|_| Error::invalid("If-Modified-Since must be an HTTP date"))?,
+            ),
+            None => None,
+        },
     })
 }
 
@@ -476,7 +531,7 @@ fn negotiate_format(headers: &HeaderMap, params: &[(String, String)]) -> Result<
     Ok(pretty)
 }
 
-fn body_resource(raw: &Raw<'_>, ty: &str, config: &Config) -> Result<Value> {
+pub(crate) fn body_resource(raw: &Raw<'_>, ty: &str, config: &Config) -> Result<Value> {
     if let Some(ct) = header(raw.headers, "content-type") {
         let mime = ct
             .split(';')
@@ -682,7 +737,7 @@ fn search(
 
 /// Criteria of a conditional create/update/delete: an ignored parameter would widen the match, so
 /// every parameter must be understood, and there must be at least one.
-fn conditional_criteria(ty: &str, query: &str, s: &Structure) -> Result<Criteria> {
+pub(crate) fn conditional_criteria(ty: &str, query: &str, s: &Structure) -> Result<Criteria> {
     conditional_from_params(ty, &decode_query(query.as_bytes())?, s)
 }
 
@@ -853,12 +908,12 @@ fn prefer_handling(prefer: &str) -> Option<&str> {
         .find_map(|p| p.trim().strip_prefix("handling="))
 }
 
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(crate) fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Client text echoed in an error is cut short: an error must never amplify what was sent.
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     let mut out: String = s.chars().take(70).collect();
     if out.len() < s.len() {
         out.push_str("...");

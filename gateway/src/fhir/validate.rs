@@ -20,6 +20,8 @@ pub struct Structure {
     resource_types: BTreeSet<String>,
     /// Resource type -> whether `identifier` is a list (`true`) or a single element.
     identifier: BTreeMap<String, bool>,
+    /// The schema's definitions: element cardinality and types (for FHIRPath Patch).
+    definitions: Value,
     max_errors: usize,
 }
 
@@ -54,6 +56,7 @@ impl Structure {
             validator,
             resource_types,
             identifier,
+            definitions: schema["definitions"].clone(),
             max_errors,
         })
     }
@@ -69,6 +72,20 @@ impl Structure {
     /// Whether the type has an `identifier` element (and so an `identifier` search parameter).
     pub fn has_identifier(&self, ty: &str) -> bool {
         self.identifier.contains_key(ty)
+    }
+
+    /// Element `name` of the definition `def` (a type such as `Patient` or a backbone such as
+    /// `Patient_Contact`): whether it repeats, and the definition of its type.
+    pub fn element(&self, def: &str, name: &str) -> Option<(bool, Option<String>)> {
+        let p = self.definitions.get(def)?.get("properties")?.get(name)?;
+        let repeats = p.get("type").and_then(Value::as_str) == Some("array");
+        let target = if repeats { &p["items"] } else { p };
+        let r = target
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/definitions/"))
+            .map(str::to_owned);
+        Some((repeats, r))
     }
 
     /// Checks a resource; on failure, one issue per finding (at most the configured number).

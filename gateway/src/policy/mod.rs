@@ -228,6 +228,14 @@ impl Authorizable for Search {
         }
     }
 }
+impl Authorizable for crate::fhir::patch::Patch {
+    fn requirement(&self) -> Requirement {
+        Requirement::Type(self.ty.clone(), Permission::Update)
+    }
+    fn target(&self) -> Option<(&str, &Target)> {
+        Some((&self.ty, &self.target))
+    }
+}
 impl Authorizable for crate::fhir::operation::Reindex {
     fn requirement(&self) -> Requirement {
         Requirement::System(Permission::Update)
@@ -383,6 +391,56 @@ impl Policy {
                 }
             }
         }
+    }
+
+    /// The version a PATCH applies to, once the principal may update the type (and, for a
+    /// patient-context scope, that resource). Read with an internal permit: its content leaves
+    /// only as the patched result, through [`Policy::disclose`].
+    pub async fn patch_base(
+        &self,
+        principal: &Principal,
+        op: &crate::fhir::patch::Patch,
+    ) -> Result<Stored> {
+        let permit = self.authorize(principal, op.clone())?;
+        self.check_target(&permit).await?;
+        let what = |id: &str| format!("{}/{id} is not known", op.ty);
+        let current = match &op.target {
+            Target::Id(id) => self
+                .store
+                .read(&internal_permit(Read {
+                    ty: op.ty.clone(),
+                    id: id.clone(),
+                }))
+                .await?
+                .ok_or_else(|| Error::not_found(what(id)))?,
+            Target::Criteria(criteria) => {
+                let mut page = self
+                    .store
+                    .search(&internal_permit(Search {
+                        ty: op.ty.clone(),
+                        criteria: criteria.clone(),
+                        count: 2,
+                        ..Default::default()
+                    }))
+                    .await?;
+                match page.entries.len() {
+                    0 => return Err(Error::not_found("no resource matches the criteria")),
+                    1 => page.entries.remove(0),
+                    _ => {
+                        return Err(Error::precondition_failed(
+                            "the conditional criteria match more than one resource",
+                        ));
+                    }
+                }
+            }
+        };
+        if current.is_deleted() {
+            return Err(Error::gone(format!(
+                "{}/{} was deleted",
+                current.ty, current.id
+            )));
+        }
+        Ok(current)
     }
 
     /// One resource for a read: released, or "not found" (existence is not revealed).
@@ -542,6 +600,11 @@ impl Policy {
             Operation::History(_) => "history",
             Operation::Search(_) => "search-type",
             Operation::Reindex(_) => "operation",
+            Operation::Bundle(b) => match b.kind {
+                crate::fhir::bundle_request::Kind::Batch => "batch",
+                crate::fhir::bundle_request::Kind::Transaction => "transaction",
+            },
+            Operation::Patch(_) => "patch",
         }
     }
 }

@@ -2,7 +2,9 @@
 //! and hands what leaves back through the policy's disclosure. The only way to build a [`Reply`]
 //! that carries a resource is from a [`Disclosed`] value.
 
+mod batch;
 mod include;
+mod patch;
 
 use crate::app::App;
 use crate::error::{Error, Result, information};
@@ -100,6 +102,17 @@ pub async fn execute(app: &App, principal: &Principal, req: Request) -> Result<R
     Ok(reply)
 }
 
+/// [`interaction`] behind a pointer: a batch runs its entries through it, and an async function
+/// cannot contain itself.
+fn interaction_boxed<'a>(
+    app: &'a App,
+    principal: &'a Principal,
+    asked: &'a Asked,
+    req: Request,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply>> + Send + 'a>> {
+    Box::pin(interaction(app, principal, asked, req))
+}
+
 async fn interaction(
     app: &App,
     principal: &Principal,
@@ -107,6 +120,10 @@ async fn interaction(
     req: Request,
 ) -> Result<Reply> {
     let policy = &app.policy;
+    let unchanged = Unchanged {
+        version: req.if_none_match,
+        since: req.if_modified_since,
+    };
     match req.op {
         Operation::Capabilities => {
             let permit = policy.authorize(principal, ())?;
@@ -189,12 +206,12 @@ async fn interaction(
                         .await?;
                     Err(Error::gone(format!("{what} was deleted")))
                 }
-                Some(s) => Ok(Reply::resource(
+                Some(s) => Ok(unchanged.reply(Reply::resource(
                     StatusCode::OK,
                     policy
                         .disclose(permit.principal(), asked, s, Permission::Read)
                         .await?,
-                )),
+                ))),
             }
         }
         Operation::VRead(op) => {
@@ -208,12 +225,12 @@ async fn interaction(
                         .await?;
                     Err(Error::gone(format!("{what} is a deletion")))
                 }
-                Some(s) => Ok(Reply::resource(
+                Some(s) => Ok(unchanged.reply(Reply::resource(
                     StatusCode::OK,
                     policy
                         .disclose(permit.principal(), asked, s, Permission::Read)
                         .await?,
-                )),
+                ))),
             }
         }
         Operation::Create(op) => {
@@ -242,30 +259,9 @@ async fn interaction(
                     .await),
             }
         }
-        Operation::Update(op) => {
-            app.structure.validate(&op.resource)?;
-            let permit = policy.authorize(principal, op)?;
-            policy.check_target(&permit).await?;
-            let updated = app.store.update(&permit).await?;
-            policy.written(&updated.stored.ty, &updated.stored.id).await;
-            let (status, message) = if updated.created {
-                (StatusCode::CREATED, "created")
-            } else {
-                (StatusCode::OK, "updated")
-            };
-            let location = updated
-                .created
-                .then(|| version_url(&req.base, &updated.stored));
-            let write = Write {
-                policy,
-                principal: permit.principal(),
-                asked,
-                ret: req.ret,
-            };
-            let mut reply = write.reply(status, updated.stored, message).await;
-            reply.location = location;
-            Ok(reply)
-        }
+        Operation::Update(op) => update(app, principal, asked, op, &req.base, req.ret).await,
+        Operation::Patch(op) => patch::execute(app, principal, asked, op, &req.base, req.ret).await,
+        Operation::Bundle(b) => batch::execute(app, principal, asked, b, &req.base, req.ret).await,
         Operation::Delete(op) => {
             let permit = policy.authorize(principal, op)?;
             policy.check_target(&permit).await?;
@@ -353,6 +349,74 @@ async fn interaction(
             };
             page_reply(app, permit.principal(), asked, listing, page).await
         }
+    }
+}
+
+/// An update (PUT, or what a PATCH amounts to): validated, permitted, written, answered.
+async fn update(
+    app: &App,
+    principal: &Principal,
+    asked: &Asked,
+    op: crate::fhir::operation::Update,
+    base: &str,
+    ret: Return,
+) -> Result<Reply> {
+    let policy = &app.policy;
+    app.structure.validate(&op.resource)?;
+    let permit = policy.authorize(principal, op)?;
+    policy.check_target(&permit).await?;
+    let updated = app.store.update(&permit).await?;
+    policy.written(&updated.stored.ty, &updated.stored.id).await;
+    let (status, message) = if updated.created {
+        (StatusCode::CREATED, "created")
+    } else {
+        (StatusCode::OK, "updated")
+    };
+    let location = updated
+        .created
+        .then(|| version_url(base, &updated.stored));
+    let write = Write {
+        policy,
+        principal: permit.principal(),
+        asked,
+        ret,
+    };
+    let mut reply = write.reply(status, updated.stored, message).await;
+    reply.location = location;
+    Ok(reply)
+}
+
+/// A conditional read's preconditions (`If-None-Match`, `If-Modified-Since`).
+struct Unchanged {
+    version: Option<u64>,
+    since: Option<OffsetDateTime>,
+}
+
+impl Unchanged {
+    /// 304 Not Modified, without the body, when the client's copy is current. Decided after the
+    /// disclosure, so a resource the principal may not see is still "not found", never a 304.
+    fn reply(&self, r: Reply) -> Reply {
+        let same_version = self.version.is_some() && self.version == r.version;
+        // HTTP dates have whole seconds.
+        let not_newer = match (self.since, r.last_modified) {
+            (Some(since), Some(modified)) => modified.unix_timestamp() <= since.unix_timestamp(),
+            _ => false,
+        };
+        let fresh = if self.version.is_some() {
+            same_version
+        } else {
+            not_newer
+        };
+        if !fresh {
+            return r;
+        }
+        let mut out = Reply::new(StatusCode::NOT_MODIFIED, None);
+        out.version = r.version;
+        out.last_modified = r.last_modified;
+        out.entities = r.entities;
+        out.patients = r.patients;
+        out.emergency_releases = r.emergency_releases;
+        out
     }
 }
 

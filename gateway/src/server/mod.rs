@@ -371,7 +371,8 @@ fn audit_kind(op: &Operation) -> (&'static str, &'static str) {
     let interaction = crate::policy::Policy::interaction(op);
     let action = match op {
         Operation::Create(_) | Operation::Reindex(_) => "C",
-        Operation::Update(_) => "U",
+        Operation::Update(_) | Operation::Patch(_) => "U",
+        Operation::Bundle(_) => "E",
         Operation::Delete(_) => "D",
         Operation::Search(_) | Operation::History(_) => "E",
         Operation::Capabilities | Operation::Read(_) | Operation::VRead(_) => "R",

@@ -105,12 +105,83 @@ pub trait Store: Send + Sync {
     /// it discloses nothing, so it takes no permit.
     async fn reindex(&self) -> Result<u64>;
 
+    /// A transaction Bundle's writes, all or none, in one store transaction (see
+    /// [`writes::transaction`] for the order and how references are resolved); one outcome per
+    /// write, in the order given.
+    async fn transaction(&self, tx: Transaction) -> Result<Vec<TxOutcome>>;
+
     /// Appends audit records in order, chaining each to the last with [`chain_hash`]. All or none.
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()>;
     /// Audit rows matching the query, newest first, at most `query.count + 1`.
     async fn search_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRow>>;
     /// Audit rows in chain order after `after_seq`, at most `limit` (for verification).
     async fn scan_audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRow>>;
+}
+
+/// One write of a transaction, permitted.
+pub enum TxPermit {
+    Create(Permit<Create>),
+    Update(Permit<Update>),
+    Delete(Permit<Delete>),
+}
+
+/// A transaction's writes and what they need resolved inside the store transaction.
+pub struct Transaction {
+    pub writes: Vec<TxWrite>,
+    /// Conditional references (`Patient?identifier=...`) in the written resources, with the
+    /// permit to search their type (they reveal what matches).
+    pub conditional_refs: Vec<(String, Permit<Search>)>,
+}
+
+pub struct TxWrite {
+    /// Where the entry is in the bundle (`Bundle.entry[3]`), for errors.
+    pub place: String,
+    /// The entry's `fullUrl`, which references in other entries may use.
+    pub full_url: Option<String>,
+    pub permit: TxPermit,
+    /// The resource's index rows, computed beforehand when its references are final.
+    pub indexing: Option<sql::Indexing>,
+    /// Its references still name other entries or conditions (resolved in the transaction).
+    pub unresolved: bool,
+}
+
+impl Transaction {
+    /// The permitted operations, owned (the transaction rewrites references in them), and the
+    /// conditional references as (text, type, criteria).
+    pub fn into_parts(self) -> (Vec<writes::TxEntry>, Vec<ConditionalRef>) {
+        let entries = self
+            .writes
+            .into_iter()
+            .map(|w| writes::TxEntry {
+                op: match &w.permit {
+                    TxPermit::Create(p) => writes::TxOp::Create(p.op().clone()),
+                    TxPermit::Update(p) => writes::TxOp::Update(p.op().clone()),
+                    TxPermit::Delete(p) => writes::TxOp::Delete(p.op().clone()),
+                },
+                place: w.place,
+                full_url: w.full_url,
+                indexing: w.indexing,
+                unresolved: w.unresolved,
+            })
+            .collect();
+        let refs = self
+            .conditional_refs
+            .into_iter()
+            .map(|(text, p)| (text, p.op().ty.clone(), p.op().criteria.clone()))
+            .collect();
+        (entries, refs)
+    }
+}
+
+/// A conditional reference to resolve: its text, the type it names and the criteria.
+pub type ConditionalRef = (String, String, crate::fhir::search::Criteria);
+
+/// What one write of a transaction did.
+#[derive(Debug)]
+pub enum TxOutcome {
+    Created(Created),
+    Updated(Updated),
+    Deleted(Option<Stored>),
 }
 
 /// One audit event to append: the AuditEvent JSON and the fields it is searched by.

@@ -274,10 +274,10 @@ async fn write_version(
 struct Tx(Transaction<'static, Postgres>);
 
 impl Tx {
-    /// Serializes writers of one resource across replicas (until commit or rollback).
-    async fn lock_resource(&mut self, ty: &str, id: &str) -> Result<()> {
+    /// An advisory lock held until commit or rollback.
+    async fn lock(&mut self, key: &str) -> Result<()> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("resource/{ty}/{id}"))
+            .bind(key)
             .execute(&mut *self.0)
             .await?;
         Ok(())
@@ -285,19 +285,41 @@ impl Tx {
 
     /// Serializes conditional writes of one type across replicas.
     async fn lock_conditional(&mut self, ty: &str) -> Result<()> {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("conditional/{ty}"))
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
+        self.lock(&conditional_lock(ty)).await
     }
 
     async fn lock_target(&mut self, ty: &str, target: &Target) -> Result<()> {
-        match target {
-            Target::Id(id) => self.lock_resource(ty, id).await,
-            Target::Criteria(_) => self.lock_conditional(ty).await,
-        }
+        self.lock(&target_lock(ty, target)).await
     }
+}
+
+/// Serializes conditional writes of one type across replicas.
+fn conditional_lock(ty: &str) -> String {
+    format!("conditional/{ty}")
+}
+
+/// Serializes writers of one resource (by id) or of a type's conditional writes.
+fn target_lock(ty: &str, target: &Target) -> String {
+    match target {
+        Target::Id(id) => format!("resource/{ty}/{id}"),
+        Target::Criteria(_) => conditional_lock(ty),
+    }
+}
+
+/// The locks a transaction takes, every one before it reads anything and in one global order,
+/// so that two transactions can never each hold a lock the other waits for.
+fn transaction_locks(entries: &[writes::TxEntry]) -> Vec<String> {
+    let mut keys: Vec<String> = entries
+        .iter()
+        .filter_map(|e| match &e.op {
+            writes::TxOp::Create(op) => op.if_none_exist.as_ref().map(|_| conditional_lock(&op.ty)),
+            writes::TxOp::Update(op) => Some(target_lock(&op.ty, &op.target)),
+            writes::TxOp::Delete(op) => Some(target_lock(&op.ty, &op.target)),
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 #[async_trait::async_trait]
@@ -425,6 +447,19 @@ impl Store for PostgresStore {
         tx.0.commit().await?;
         self.wrote(1);
         Ok(deleted)
+    }
+
+    async fn transaction(&self, t: crate::store::Transaction) -> Result<Vec<crate::store::TxOutcome>> {
+        let (entries, refs) = t.into_parts();
+        let n = entries.len() as u64;
+        let mut tx = self.begin().await?;
+        for key in transaction_locks(&entries) {
+            tx.lock(&key).await?;
+        }
+        let outcomes = writes::transaction(&mut tx, entries, refs).await?;
+        tx.0.commit().await?;
+        self.wrote(n);
+        Ok(outcomes)
     }
 
     async fn history(&self, permit: &Permit<History>) -> Result<Page> {

@@ -15,7 +15,10 @@ use super::sql::{self, Dialect, Sql};
 use super::sqlite_inline::{AuditAppender, PointReads};
 use super::sqlite_writer::GroupWriter;
 use super::writes;
-use super::{AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Updated, page_of};
+use super::{
+    AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Transaction, TxOutcome, Updated,
+    page_of,
+};
 use crate::error::{Error, Result};
 use crate::fhir::operation::{ALL_TYPES, Create, Delete, History, Read, Search, Update, VRead};
 use crate::policy::Permit;
@@ -410,6 +413,16 @@ impl Store for SqliteStore {
             None => None,
         };
         sorted_search(&self.reader, &self.writer, op, total).await
+    }
+
+    async fn transaction(&self, t: Transaction) -> Result<Vec<TxOutcome>> {
+        let (entries, refs) = t.into_parts();
+        // One job of the group writer: its savepoint makes the bundle all or nothing.
+        self.group
+            .write(None, move |tx| {
+                block_on(writes::transaction(tx, entries, refs))
+            })
+            .await
     }
 
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {

@@ -181,6 +181,10 @@ impl WriteTx for InlineTx {
         Ok(rows)
     }
 
+    fn prepare(&mut self, indexing: Option<Indexing>) {
+        self.indexing = indexing;
+    }
+
     async fn write(
         &mut self,
         ty: &str,

@@ -25,6 +25,11 @@ impl FhirPath {
         })
     }
 
+    /// The parsed expression (FHIRPath Patch follows its navigation itself).
+    pub fn expr(&self) -> &Expr {
+        &self.expr
+    }
+
     /// The collection the expression yields on `resource`.
     pub fn evaluate(&self, resource: &serde_json::Value) -> Result<Vec<Item>, String> {
         eval::evaluate(&self.expr, resource, false)
@@ -35,6 +40,11 @@ impl FhirPath {
     pub fn evaluate_for_search(&self, resource: &serde_json::Value) -> Result<Vec<Item>, String> {
         eval::evaluate(&self.expr, resource, true)
     }
+}
+
+/// Evaluates a parsed expression on an element (or resource) as its root.
+pub fn evaluate_expr(expr: &Expr, node: &serde_json::Value) -> Result<Vec<Item>, String> {
+    eval::evaluate(expr, node, false)
 }
 
 #[cfg(test)]
