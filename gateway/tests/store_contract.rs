@@ -753,8 +753,16 @@ async fn transactions_resolve_references_and_are_all_or_nothing() {
             panic!("{}: {out:?}", b.name)
         };
         let o = body(o);
-        assert_eq!(o["subject"]["reference"], format!("Patient/{}", p.id), "{}", b.name);
-        assert_eq!(o["performer"][0]["reference"], format!("Patient/{}", existing.id));
+        assert_eq!(
+            o["subject"]["reference"],
+            format!("Patient/{}", p.id),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            o["performer"][0]["reference"],
+            format!("Patient/{}", existing.id)
+        );
 
         // The same conditional create again matches; a later failing entry undoes everything.
         let count = |bsn: &'static str| async move {
@@ -781,14 +789,27 @@ async fn transactions_resolve_references_and_are_all_or_nothing() {
                         id: None,
                     })),
                 ),
-                write(1, None, TxPermit::Update(update(&p.id, patient("999911132"), Some(7)))),
+                write(
+                    1,
+                    None,
+                    TxPermit::Update(update(&p.id, patient("999911132"), Some(7))),
+                ),
             ],
             conditional_refs: vec![],
         };
         let err = s.transaction(failing).await.unwrap_err();
         assert_eq!(err.status, 412, "{}", b.name);
-        assert!(err.log_detail().contains("Bundle.entry[1]"), "{}", err.log_detail());
-        assert_eq!(count("999911144").await, Some(0), "{}: nothing of a failed transaction stays", b.name);
+        assert!(
+            err.log_detail().contains("Bundle.entry[1]"),
+            "{}",
+            err.log_detail()
+        );
+        assert_eq!(
+            count("999911144").await,
+            Some(0),
+            "{}: nothing of a failed transaction stays",
+            b.name
+        );
 
         // Conditional references: none or several matches fail the transaction.
         create(s, patient("999911156")).await;
@@ -808,7 +829,12 @@ async fn transactions_resolve_references_and_are_all_or_nothing() {
                 )],
                 conditional_refs: vec![cond(&text, bsn)],
             };
-            assert_eq!(s.transaction(t).await.unwrap_err().status, status, "{}", b.name);
+            assert_eq!(
+                s.transaction(t).await.unwrap_err().status,
+                status,
+                "{}",
+                b.name
+            );
         }
         // A reference to a urn no entry defines.
         let dangling = Transaction {

@@ -69,8 +69,8 @@ pub fn parse(
     let entries = entries
         .iter()
         .enumerate()
-        .map(|(i, e)| entry(e, base, config, structure).map_err(|e| e.at(&place(i))))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|(i, e)| entry(e, base, config, structure, i))
+        .collect();
     Ok(BundleRequest { kind, entries })
 }
 
@@ -79,9 +79,25 @@ pub fn place(i: usize) -> String {
     format!("Bundle.entry[{i}]")
 }
 
-/// The entry's method and URL must be readable for even a batch to answer it; what the URL and
-/// body mean is the request parser's, and its refusal stays with the entry.
-fn entry(e: &Value, base: &str, config: &Config, structure: &Structure) -> Result<EntryRequest> {
+/// One entry; whatever is wrong with it stays with it (a batch answers that entry alone).
+fn entry(e: &Value, base: &str, config: &Config, structure: &Structure, i: usize) -> EntryRequest {
+    let full_url = e.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
+    let (method, url, request) = match method_and_url(e) {
+        Ok((method, url, request)) => {
+            let parsed = sub_request(e, request, &method, &url, base, config, structure);
+            (method, url, parsed)
+        }
+        Err(err) => (Method::GET, String::new(), Err(err)),
+    };
+    EntryRequest {
+        full_url,
+        method,
+        url,
+        request: request.map(Box::new).map_err(|err| err.at(&place(i))),
+    }
+}
+
+fn method_and_url(e: &Value) -> Result<(Method, String, &Value)> {
     let request = e
         .get("request")
         .ok_or_else(|| Error::invalid("the entry has no request"))?;
@@ -103,17 +119,7 @@ fn entry(e: &Value, base: &str, config: &Config, structure: &Structure) -> Resul
         .and_then(Value::as_str)
         .ok_or_else(|| Error::invalid("the entry's request has no url"))?
         .to_owned();
-    let full_url = e
-        .get("fullUrl")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let parsed = sub_request(e, request, &method, &url, base, config, structure).map(Box::new);
-    Ok(EntryRequest {
-        full_url,
-        method,
-        url,
-        request: parsed,
-    })
+    Ok((method, url, request))
 }
 
 fn sub_request(
@@ -127,7 +133,7 @@ fn sub_request(
 ) -> Result<Request> {
     let relative = match url.strip_prefix(base) {
         Some(rest) if rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') => rest,
-        _ if url.contains("://") => {
+        _ if url.split('?').next().unwrap_or("").contains("://") => {
             return Err(Error::invalid(format!(
                 "request.url '{}' is not on this server (base {base})",
                 clip(url)

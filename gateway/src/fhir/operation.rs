@@ -474,9 +474,9 @@ pub fn parse(
         purpose: header(raw.headers, "x-purpose-of-use").map(str::to_owned),
         break_glass_reason: header(raw.headers, "x-break-glass-reason").map(str::to_owned),
         if_none_match: match header(raw.headers, "if-none-match") {
-            Some(v) => Some(
-                parse_etag(v).ok_or_else(|| Error::invalid("If-None-Match must be an ETag"))?,
-            ),
+            Some(v) => {
+                Some(parse_etag(v).ok_or_else(|| Error::invalid("If-None-Match must be an ETag"))?)
+            }
             None => None,
         },
         if_modified_since: match header(raw.headers, "if-modified-since") {

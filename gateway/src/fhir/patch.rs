@@ -104,7 +104,9 @@ fn fhirpath_ops(params: &Value) -> Result<Vec<Op>> {
     {
         let bad = |why: String| Error::invalid(format!("Parameters.parameter[{i}]: {why}"));
         if p.get("name").and_then(Value::as_str) != Some("operation") {
-            return Err(bad("every parameter of a FHIRPath Patch is named 'operation'".into()));
+            return Err(bad(
+                "every parameter of a FHIRPath Patch is named 'operation'".into(),
+            ));
         }
         let parts: Vec<&Value> = p
             .get("part")
@@ -117,7 +119,11 @@ fn fhirpath_ops(params: &Value) -> Result<Vec<Op>> {
                 .iter()
                 .find(|x| x.get("name").and_then(Value::as_str) == Some(n))
         };
-        let text = |n: &str| part(n).and_then(|x| primitive(x)).and_then(|v| v.as_str().map(str::to_owned));
+        let text = |n: &str| {
+            part(n)
+                .and_then(|x| primitive(x))
+                .and_then(|v| v.as_str().map(str::to_owned))
+        };
         let number = |n: &str| -> Result<Option<usize>> {
             match part(n).and_then(|x| primitive(x)) {
                 None => Ok(None),
@@ -210,11 +216,14 @@ fn value_of(part: &Value) -> Value {
 pub fn apply(patch: &PatchBody, resource: &Value, structure: &Structure) -> Result<Value> {
     let mut out = resource.clone();
     match patch {
-        PatchBody::Json(p) => json_patch::patch(&mut out, p).map_err(|e| unprocessable(e.to_string()))?,
+        PatchBody::Json(p) => {
+            json_patch::patch(&mut out, p).map_err(|e| unprocessable(e.to_string()))?
+        }
         PatchBody::FhirPath(ops) => {
             for op in ops {
-                apply_op(op, &mut out, structure)
-                    .map_err(|e| unprocessable(format!("{} at {}: {e}", kind_name(op.kind), op.path)))?;
+                apply_op(op, &mut out, structure).map_err(|e| {
+                    unprocessable(format!("{} at {}: {e}", kind_name(op.kind), op.path))
+                })?;
             }
         }
     }
@@ -222,7 +231,11 @@ pub fn apply(patch: &PatchBody, resource: &Value, structure: &Structure) -> Resu
 }
 
 fn unprocessable(message: String) -> Error {
-    Error::client(StatusCode::UNPROCESSABLE_ENTITY, "processing", format!("the patch cannot be applied: {message}"))
+    Error::client(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "processing",
+        format!("the patch cannot be applied: {message}"),
+    )
 }
 
 fn kind_name(k: Kind) -> &'static str {
@@ -277,7 +290,11 @@ fn locate(e: &Expr, root: &Value) -> std::result::Result<Vec<Loc>, String> {
                 return Err("an index must be a number".into());
             };
             let i: usize = n.parse().map_err(|_| "an index must be a whole number")?;
-            locate(focus, root)?.into_iter().nth(i).into_iter().collect()
+            locate(focus, root)?
+                .into_iter()
+                .nth(i)
+                .into_iter()
+                .collect()
         }
         Expr::Call(Some(focus), f, args) => {
             let found = locate(focus, root)?;
@@ -299,7 +316,9 @@ fn locate(e: &Expr, root: &Value) -> std::result::Result<Vec<Loc>, String> {
                     .iter()
                     .flat_map(|l| children(root, l, "extension"))
                     .filter(|l| {
-                        get(root, l).and_then(|x| x.get("url")).and_then(Value::as_str)
+                        get(root, l)
+                            .and_then(|x| x.get("url"))
+                            .and_then(Value::as_str)
                             == Some(url.as_str())
                     })
                     .collect(),
@@ -356,7 +375,10 @@ fn apply_op(op: &Op, root: &mut Value, structure: &Structure) -> std::result::Re
         Kind::Delete => {
             let locs = locate(&op.expr, root)?;
             if locs.len() > 1 {
-                return Err(format!("the path matches {} elements; it must match one", locs.len()));
+                return Err(format!(
+                    "the path matches {} elements; it must match one",
+                    locs.len()
+                ));
             }
             if let Some(loc) = locs.into_iter().next() {
                 remove(root, &loc);
@@ -376,7 +398,9 @@ fn apply_op(op: &Op, root: &mut Value, structure: &Structure) -> std::result::Re
                 .ok_or("the path does not select an element that can have children")?;
             match (container.get_mut(&name), repeats) {
                 (Some(Value::Array(items)), _) => items.push(value),
-                (Some(_), _) => return Err(format!("{name} is already present and does not repeat")),
+                (Some(_), _) => {
+                    return Err(format!("{name} is already present and does not repeat"));
+                }
                 (None, Some(true)) => {
                     container.insert(name, Value::Array(vec![value]));
                 }
@@ -402,13 +426,19 @@ fn apply_op(op: &Op, root: &mut Value, structure: &Structure) -> std::result::Re
             if op.kind == Kind::Insert {
                 let i = op.index.unwrap_or(0);
                 if i > items.len() {
-                    return Err(format!("index {i} is beyond the list's {} items", items.len()));
+                    return Err(format!(
+                        "index {i} is beyond the list's {} items",
+                        items.len()
+                    ));
                 }
                 items.insert(i, op.value.clone().unwrap_or(Value::Null));
             } else {
                 let (from, to) = (op.source.unwrap_or(0), op.destination.unwrap_or(0));
                 if from >= items.len() || to >= items.len() {
-                    return Err(format!("source or destination beyond the list's {} items", items.len()));
+                    return Err(format!(
+                        "source or destination beyond the list's {} items",
+                        items.len()
+                    ));
                 }
                 let item = items.remove(from);
                 items.insert(to, item);
@@ -461,20 +491,44 @@ mod tests {
         let p = json!({"resourceType": "Patient", "identifier": [{"use": "official", "value": "1"}, {"value": "2"}],
             "contact": [{"gender": "male"}]});
         let params = |parts: Value| json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": parts}]});
-        let add = params(json!([{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"},
-            {"name": "name", "valueString": "name"}, {"name": "value", "valueHumanName": {"family": "X"}}]));
+        let add = params(
+            json!([{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"},
+            {"name": "name", "valueString": "name"}, {"name": "value", "valueHumanName": {"family": "X"}}]),
+        );
         let out = apply(&op(add), &p, &s).unwrap();
-        assert_eq!(out["name"], json!([{"family": "X"}]), "name repeats, so it is added as a list");
+        assert_eq!(
+            out["name"],
+            json!([{"family": "X"}]),
+            "name repeats, so it is added as a list"
+        );
         let replace = params(json!([{"name": "type", "valueCode": "replace"},
             {"name": "path", "valueString": "Patient.identifier.where(use = 'official').value"}, {"name": "value", "valueString": "9"}]));
-        assert_eq!(apply(&op(replace), &p, &s).unwrap()["identifier"][0]["value"], "9");
-        let mv = params(json!([{"name": "type", "valueCode": "move"}, {"name": "path", "valueString": "Patient.identifier"},
-            {"name": "source", "valueInteger": 1}, {"name": "destination", "valueInteger": 0}]));
-        assert_eq!(apply(&op(mv), &p, &s).unwrap()["identifier"][0]["value"], "2");
-        let del = params(json!([{"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Patient.contact[0].gender"}]));
-        assert_eq!(apply(&op(del), &p, &s).unwrap().get("contact"), Some(&json!([{}])));
-        let bad = params(json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.identifier"},
-            {"name": "value", "valueString": "x"}]));
-        assert_eq!(apply(&op(bad), &p, &s).unwrap_err().status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            apply(&op(replace), &p, &s).unwrap()["identifier"][0]["value"],
+            "9"
+        );
+        let mv = params(
+            json!([{"name": "type", "valueCode": "move"}, {"name": "path", "valueString": "Patient.identifier"},
+            {"name": "source", "valueInteger": 1}, {"name": "destination", "valueInteger": 0}]),
+        );
+        assert_eq!(
+            apply(&op(mv), &p, &s).unwrap()["identifier"][0]["value"],
+            "2"
+        );
+        let del = params(
+            json!([{"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Patient.contact[0].gender"}]),
+        );
+        assert_eq!(
+            apply(&op(del), &p, &s).unwrap().get("contact"),
+            Some(&json!([{}]))
+        );
+        let bad = params(
+            json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.identifier"},
+            {"name": "value", "valueString": "x"}]),
+        );
+        assert_eq!(
+            apply(&op(bad), &p, &s).unwrap_err().status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
     }
 }

@@ -104,9 +104,17 @@ mod tests {
         ]);
         assert_eq!(rewrite(&mut r, &map), 4);
         assert_eq!(r["subject"]["reference"], "Patient/1");
-        assert_eq!(r["extension"][0]["valueReference"]["reference"], "Patient/1");
+        assert_eq!(
+            r["extension"][0]["valueReference"]["reference"],
+            "Patient/1"
+        );
         assert_eq!(r["contained"][0]["target"][0]["reference"], "Device/2");
-        assert!(r["text"]["div"].as_str().unwrap().contains("href=\"Patient/1\""));
+        assert!(
+            r["text"]["div"]
+                .as_str()
+                .unwrap()
+                .contains("href=\"Patient/1\"")
+        );
         assert_eq!(r["note"][0]["text"], "urn:uuid:p stays text");
     }
 

@@ -142,6 +142,8 @@ fn released(s: Stored, release: Release, patients: Vec<String>) -> Option<Disclo
 pub enum Requirement {
     /// Open to anyone (the CapabilityStatement).
     Public,
+    /// Any authenticated principal (a bundle, whose entries are then each decided on their own).
+    Authenticated,
     /// A permission on one resource type.
     Type(String, Permission),
     /// A permission on every type (system-level history).
@@ -164,6 +166,16 @@ pub trait Authorizable {
     /// The existing resource an update or delete changes (type and target).
     fn target(&self) -> Option<(&str, &Target)> {
         None
+    }
+}
+
+/// What a request that is only a container (a batch or transaction) needs: a principal.
+#[derive(Debug, Clone, Copy)]
+pub struct Authenticated;
+
+impl Authorizable for Authenticated {
+    fn requirement(&self) -> Requirement {
+        Requirement::Authenticated
     }
 }
 
@@ -312,18 +324,21 @@ impl Policy {
                 Principal::Token(t) => t,
             };
             let written = op.written();
-            let granted = token.scopes.iter().any(|s| match &requirement {
-                Requirement::Public => true,
-                Requirement::Type(ty, p) => {
-                    s.grants(ty, *p) && usable(token, s) && writable(token, s, ty, written)
-                }
-                Requirement::AnyType(p) => {
-                    s.resource_type.is_none() && s.grants("", *p) && usable(token, s)
-                }
-                Requirement::System(p) => {
-                    s.context == Context::System && s.resource_type.is_none() && s.grants("", *p)
-                }
-            });
+            let granted = requirement == Requirement::Authenticated
+                || token.scopes.iter().any(|s| match &requirement {
+                    Requirement::Public | Requirement::Authenticated => true,
+                    Requirement::Type(ty, p) => {
+                        s.grants(ty, *p) && usable(token, s) && writable(token, s, ty, written)
+                    }
+                    Requirement::AnyType(p) => {
+                        s.resource_type.is_none() && s.grants("", *p) && usable(token, s)
+                    }
+                    Requirement::System(p) => {
+                        s.context == Context::System
+                            && s.resource_type.is_none()
+                            && s.grants("", *p)
+                    }
+                });
             if !granted {
                 return Err(Error::forbidden(match &requirement {
                     Requirement::Type(ty, p) if written.is_some() => {

@@ -33,6 +33,10 @@ pub async fn execute(
     base: &str,
     ret: Return,
 ) -> Result<Reply> {
+    // A bundle is a request like any other: without a principal, nothing, even for no entries.
+    let _permit = app
+        .policy
+        .authorize(principal, crate::policy::Authenticated)?;
     match b.kind {
         Kind::Batch => batch(app, principal, asked, b).await,
         Kind::Transaction => transaction(app, principal, asked, b, base, ret).await,
@@ -117,19 +121,17 @@ fn entry_of(reply: Reply) -> Value {
     }
 }
 
-async fn batch(
-    app: &App,
-    principal: &Principal,
-    asked: &Asked,
-    b: BundleRequest,
-) -> Result<Reply> {
+async fn batch(app: &App, principal: &Principal, asked: &Asked, b: BundleRequest) -> Result<Reply> {
     let mut out = Collected::default();
     for (i, e) in b.entries.into_iter().enumerate() {
         let r = match e.request {
-            Ok(req) => interaction_boxed(app, principal, asked, *req).await,
+            Ok(req) => interaction_boxed(app, principal, asked, *req)
+                .await
+                .map_err(|x| x.at(&place(i))),
+            // Placed by the parser already.
             Err(err) => Err(err),
         };
-        out.push(r.map_err(|x| x.at(&place(i))));
+        out.push(r);
     }
     Ok(out.into_reply(app, "batch-response"))
 }
@@ -155,7 +157,7 @@ async fn transaction(
     let mut reads: Vec<(usize, Request)> = Vec::new();
     for (i, e) in b.entries.into_iter().enumerate() {
         let at = |x: Error| x.at(&place(i));
-        let req = e.request.map_err(at)?;
+        let req = e.request?;
         if let Some(f) = &e.full_url
             && !full_urls.insert(f.clone())
         {
@@ -168,9 +170,11 @@ async fn transaction(
             Operation::Create(c) => Planned::Create(c),
             Operation::Update(u) => Planned::Update(u),
             Operation::Delete(d) => Planned::Delete(d),
-            Operation::Patch(p) => {
-                Planned::Update(super::patch::prepare(app, principal, &p).await.map_err(at)?)
-            }
+            Operation::Patch(p) => Planned::Update(
+                super::patch::prepare(app, principal, &p)
+                    .await
+                    .map_err(at)?,
+            ),
             Operation::Read(_)
             | Operation::VRead(_)
             | Operation::Search(_)
@@ -248,12 +252,9 @@ async fn transaction(
                                 crate::fhir::operation::clip(&r)
                             ))));
                         }
-                        let criteria = crate::fhir::operation::conditional_criteria(
-                            ty,
-                            query,
-                            &app.structure,
-                        )
-                        .map_err(at)?;
+                        let criteria =
+                            crate::fhir::operation::conditional_criteria(ty, query, &app.structure)
+                                .map_err(at)?;
                         conditional.insert(r.clone(), (ty.to_owned(), criteria));
                     }
                 }
@@ -323,7 +324,9 @@ async fn transaction(
                 created(&write, base, s).await
             }
             TxOutcome::Created(Created::Existing(s)) => {
-                write.reply(StatusCode::OK, s, "a matching resource exists").await
+                write
+                    .reply(StatusCode::OK, s, "a matching resource exists")
+                    .await
             }
             TxOutcome::Updated(u) => {
                 app.policy.written(&u.stored.ty, &u.stored.id).await;
@@ -335,7 +338,8 @@ async fn transaction(
             }
             TxOutcome::Deleted(Some(s)) => {
                 app.policy.written(&s.ty, &s.id).await;
-                let mut r = Reply::information(StatusCode::OK, format!("deleted {}/{}", s.ty, s.id));
+                let mut r =
+                    Reply::information(StatusCode::OK, format!("deleted {}/{}", s.ty, s.id));
                 r.version = Some(s.version);
                 r.entities = vec![format!("{}/{}/_history/{}", s.ty, s.id, s.version)];
                 r

@@ -372,9 +372,7 @@ async fn update(
     } else {
         (StatusCode::OK, "updated")
     };
-    let location = updated
-        .created
-        .then(|| version_url(base, &updated.stored));
+    let location = updated.created.then(|| version_url(base, &updated.stored));
     let write = Write {
         policy,
         principal: permit.principal(),

@@ -449,7 +449,10 @@ impl Store for PostgresStore {
         Ok(deleted)
     }
 
-    async fn transaction(&self, t: crate::store::Transaction) -> Result<Vec<crate::store::TxOutcome>> {
+    async fn transaction(
+        &self,
+        t: crate::store::Transaction,
+    ) -> Result<Vec<crate::store::TxOutcome>> {
         let (entries, refs) = t.into_parts();
         let n = entries.len() as u64;
         let mut tx = self.begin().await?;

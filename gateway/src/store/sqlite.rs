@@ -16,8 +16,8 @@ use super::sqlite_inline::{AuditAppender, PointReads};
 use super::sqlite_writer::GroupWriter;
 use super::writes;
 use super::{
-    AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Transaction, TxOutcome, Updated,
-    page_of,
+    AuditQuery, AuditRecord, AuditRow, Created, Page, Store, Stored, Transaction, TxOutcome,
+    Updated, page_of,
 };
 use crate::error::{Error, Result};
 use crate::fhir::operation::{ALL_TYPES, Create, Delete, History, Read, Search, Update, VRead};

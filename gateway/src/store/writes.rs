@@ -299,11 +299,7 @@ pub async fn transaction(
                     let Target::Id(id) = &op.target else {
                         return Err(Error::internal("an update target was not resolved"));
                     };
-                    TxOutcome::Updated(
-                        update_by_id(tx, op, id)
-                            .await
-                            .map_err(|x| x.at(&e.place))?,
-                    )
+                    TxOutcome::Updated(update_by_id(tx, op, id).await.map_err(|x| x.at(&e.place))?)
                 }
                 TxOp::Delete(_) => continue,
             };
