@@ -12,6 +12,7 @@ pub const INTERACTIONS: &[&str] = &[
     "read",
     "vread",
     "update",
+    "patch",
     "delete",
     "history-instance",
     "history-type",
@@ -20,7 +21,7 @@ pub const INTERACTIONS: &[&str] = &[
 ];
 
 /// System-level interactions.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
 
 /// SMART App Launch v2 discovery (`[base]/.well-known/smart-configuration`). The gateway is a
 /// resource server: tokens come from each organisation's issuer, and the token endpoint named

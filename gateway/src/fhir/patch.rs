@@ -448,7 +448,8 @@ fn apply_op(op: &Op, root: &mut Value, structure: &Structure) -> std::result::Re
     Ok(())
 }
 
-/// Removes the element at `loc`; a list left empty is removed too (FHIR JSON has no empty lists).
+/// Removes the element at `loc`; a list or element left empty is removed too (FHIR JSON has
+/// neither empty lists nor empty objects).
 fn remove(root: &mut Value, loc: &[Step]) {
     let Some((last, parent)) = loc.split_last() else {
         return;
@@ -456,19 +457,22 @@ fn remove(root: &mut Value, loc: &[Step]) {
     let Some(p) = get_mut(root, parent) else {
         return;
     };
-    match (last, p) {
+    match (last, &mut *p) {
         (Step::Key(k), Value::Object(o)) => {
             o.remove(k);
         }
-        (Step::At(i), Value::Array(items)) => {
-            if *i < items.len() {
-                items.remove(*i);
-            }
-            if items.is_empty() {
-                remove(root, parent);
-            }
+        (Step::At(i), Value::Array(items)) if *i < items.len() => {
+            items.remove(*i);
         }
         _ => {}
+    }
+    let empty = match p {
+        Value::Object(o) => o.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    };
+    if empty && !parent.is_empty() {
+        remove(root, parent);
     }
 }
 
