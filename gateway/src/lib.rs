@@ -8,6 +8,7 @@ pub mod audit;
 pub mod config;
 pub mod error;
 pub mod fhir;
+pub mod import;
 pub mod policy;
 pub mod rest;
 pub mod server;

@@ -745,6 +745,7 @@ async fn transactions_resolve_references_and_are_all_or_nothing() {
                 ),
             ],
             conditional_refs: vec![cond(by_ref, "999911120")],
+            expected: Default::default(),
         };
         let out = s.transaction(tx).await.unwrap();
         let (TxOutcome::Created(Created::New(o)), TxOutcome::Created(Created::New(p))) =
@@ -796,6 +797,7 @@ async fn transactions_resolve_references_and_are_all_or_nothing() {
                 ),
             ],
             conditional_refs: vec![],
+            expected: Default::default(),
         };
         let err = s.transaction(failing).await.unwrap_err();
         assert_eq!(err.status, 412, "{}", b.name);
@@ -828,6 +830,7 @@ async fn transactions_resolve_references_and_are_all_or_nothing() {
                     })),
                 )],
                 conditional_refs: vec![cond(&text, bsn)],
+                expected: Default::default(),
             };
             assert_eq!(
                 s.transaction(t).await.unwrap_err().status,
@@ -849,6 +852,7 @@ async fn transactions_resolve_references_and_are_all_or_nothing() {
                 })),
             )],
             conditional_refs: vec![],
+            expected: Default::default(),
         };
         assert_eq!(s.transaction(dangling).await.unwrap_err().status, 400);
     }

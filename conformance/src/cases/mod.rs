@@ -7,6 +7,7 @@ mod conditional;
 mod crud;
 mod search;
 mod security;
+mod transactions;
 mod versioning;
 
 use crate::client::Fhir;
@@ -53,6 +54,10 @@ pub fn groups() -> Vec<Group> {
         Group {
             name: "search",
             cases: search::cases(),
+        },
+        Group {
+            name: "transactions",
+            cases: transactions::cases(),
         },
     ]
 }

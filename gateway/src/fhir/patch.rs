@@ -524,7 +524,8 @@ mod tests {
         );
         assert_eq!(
             apply(&op(del), &p, &s).unwrap().get("contact"),
-            Some(&json!([{}]))
+            None,
+            "a contact left empty is removed with its list"
         );
         let bad = params(
             json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.identifier"},

@@ -97,7 +97,7 @@ mod tests {
         });
         let mut refs = Vec::new();
         collect(&r, &mut refs);
-        assert_eq!(refs, vec!["urn:uuid:p", "urn:oid:1.2", "urn:uuid:p"]);
+        assert_eq!(refs, vec!["urn:uuid:p", "urn:uuid:p", "urn:oid:1.2"]);
         let map = HashMap::from([
             ("urn:uuid:p".to_owned(), "Patient/1".to_owned()),
             ("urn:oid:1.2".to_owned(), "Device/2".to_owned()),

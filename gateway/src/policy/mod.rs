@@ -59,6 +59,23 @@ pub struct TokenPrincipal {
     pub token_id: Option<String>,
 }
 
+/// The operator of this gateway at its command line (`gateway import`): a system principal for
+/// `organization` with every permission. Only the CLI makes one (it holds the data directory or
+/// the database credentials already); what it does is audited like any request.
+pub fn local_operator(organization: Organization) -> Principal {
+    Principal::Token(Arc::new(TokenPrincipal {
+        issuer: "urn:healthhub-utrecht:gateway-cli".into(),
+        subject: "local-operator".into(),
+        organization: Arc::new(organization),
+        scopes: scopes::parse("system/*.cruds"),
+        patient: None,
+        fhir_user: None,
+        client_id: Some("gateway import".into()),
+        purpose_of_use: None,
+        token_id: None,
+    }))
+}
+
 /// Proof that the policy allowed `op` for `principal`.
 #[derive(Debug)]
 pub struct Permit<T> {

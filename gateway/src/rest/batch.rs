@@ -225,40 +225,71 @@ async fn transaction(
         }
     }
 
+    // Conditional references: parsed, permitted (each is a search), and looked up now, so that
+    // most resources are final (and indexed here, not on the store's one writer). The store
+    // transaction resolves them again and refuses to go on if one now names another resource.
     let mut conditional: HashMap<String, (String, crate::fhir::search::Criteria)> = HashMap::new();
+    for (i, _, op) in &mut planned {
+        let resource = match op {
+            Planned::Create(c) => &mut c.resource,
+            Planned::Update(u) => &mut u.resource,
+            Planned::Delete(_) => continue,
+        };
+        references::rewrite(resource, &known);
+        let mut refs = Vec::new();
+        references::collect(resource, &mut refs);
+        for r in refs {
+            let Some((ty, query)) = references::conditional(&r) else {
+                continue;
+            };
+            if conditional.contains_key(&r) {
+                continue;
+            }
+            let at = |x: Error| x.at(&place(*i));
+            if !app.structure.is_resource_type(ty) {
+                return Err(at(Error::invalid(format!(
+                    "the conditional reference {} names no resource type",
+                    crate::fhir::operation::clip(&r)
+                ))));
+            }
+            let criteria = crate::fhir::operation::conditional_criteria(ty, query, &app.structure)
+                .map_err(at)?;
+            conditional.insert(r.clone(), (ty.to_owned(), criteria));
+        }
+    }
+    let mut conditional_refs = Vec::with_capacity(conditional.len());
+    let mut expected: HashMap<String, String> = HashMap::new();
+    for (text, (ty, criteria)) in conditional {
+        let search = Search {
+            ty,
+            criteria,
+            count: 2,
+            ..Default::default()
+        };
+        let permit = app.policy.authorize(principal, search)?;
+        let page = app.store.search(&permit).await?;
+        if let [one] = page.entries.as_slice() {
+            expected.insert(text.clone(), format!("{}/{}", one.ty, one.id));
+        }
+        conditional_refs.push((text, permit));
+    }
+
     let mut writes = Vec::with_capacity(planned.len());
     let mut places = Vec::with_capacity(planned.len());
-    for (i, full_url, op) in planned {
+    for (i, full_url, mut op) in planned {
         let at = |x: Error| x.at(&place(i));
         let mut unresolved = false;
-        let mut op = op;
         if let Some(resource) = match &mut op {
             Planned::Create(c) => Some(&mut c.resource),
             Planned::Update(u) => Some(&mut u.resource),
             Planned::Delete(_) => None,
         } {
-            references::rewrite(resource, &known);
+            references::rewrite(resource, &expected);
             let mut refs = Vec::new();
             references::collect(resource, &mut refs);
-            for r in refs {
-                if references::is_placeholder(&r) {
-                    unresolved = true;
-                } else if let Some((ty, query)) = references::conditional(&r) {
-                    unresolved = true;
-                    if !conditional.contains_key(&r) {
-                        if !app.structure.is_resource_type(ty) {
-                            return Err(at(Error::invalid(format!(
-                                "the conditional reference {} names no resource type",
-                                crate::fhir::operation::clip(&r)
-                            ))));
-                        }
-                        let criteria =
-                            crate::fhir::operation::conditional_criteria(ty, query, &app.structure)
-                                .map_err(at)?;
-                        conditional.insert(r.clone(), (ty.to_owned(), criteria));
-                    }
-                }
-            }
+            unresolved = refs
+                .iter()
+                .any(|r| references::is_placeholder(r) || references::conditional(r).is_some());
             app.structure.validate(resource).map_err(at)?;
         }
         let policy = &app.policy;
@@ -289,23 +320,13 @@ async fn transaction(
             unresolved,
         });
     }
-    // A conditional reference is a search: the principal must be allowed to search that type.
-    let mut conditional_refs = Vec::with_capacity(conditional.len());
-    for (text, (ty, criteria)) in conditional {
-        let search = Search {
-            ty,
-            criteria,
-            count: 2,
-            ..Default::default()
-        };
-        conditional_refs.push((text, app.policy.authorize(principal, search)?));
-    }
 
     let outcomes = app
         .store
         .transaction(Transaction {
             writes,
             conditional_refs,
+            expected,
         })
         .await?;
 

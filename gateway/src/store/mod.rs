@@ -131,6 +131,9 @@ pub struct Transaction {
     /// Conditional references (`Patient?identifier=...`) in the written resources, with the
     /// permit to search their type (they reveal what matches).
     pub conditional_refs: Vec<(String, Permit<Search>)>,
+    /// What conditional references resolved to before the transaction (already rewritten in
+    /// the resources): the transaction fails (409) if one resolves otherwise inside it.
+    pub expected: std::collections::HashMap<String, String>,
 }
 
 pub struct TxWrite {
@@ -148,7 +151,13 @@ pub struct TxWrite {
 impl Transaction {
     /// The permitted operations, owned (the transaction rewrites references in them), and the
     /// conditional references as (text, type, criteria).
-    pub fn into_parts(self) -> (Vec<writes::TxEntry>, Vec<ConditionalRef>) {
+    pub fn into_parts(
+        self,
+    ) -> (
+        Vec<writes::TxEntry>,
+        Vec<ConditionalRef>,
+        std::collections::HashMap<String, String>,
+    ) {
         let entries = self
             .writes
             .into_iter()
@@ -169,7 +178,7 @@ impl Transaction {
             .into_iter()
             .map(|(text, p)| (text, p.op().ty.clone(), p.op().criteria.clone()))
             .collect();
-        (entries, refs)
+        (entries, refs, self.expected)
     }
 }
 

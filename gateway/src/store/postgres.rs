@@ -453,13 +453,13 @@ impl Store for PostgresStore {
         &self,
         t: crate::store::Transaction,
     ) -> Result<Vec<crate::store::TxOutcome>> {
-        let (entries, refs) = t.into_parts();
+        let (entries, refs, expected) = t.into_parts();
         let n = entries.len() as u64;
         let mut tx = self.begin().await?;
         for key in transaction_locks(&entries) {
             tx.lock(&key).await?;
         }
-        let outcomes = writes::transaction(&mut tx, entries, refs).await?;
+        let outcomes = writes::transaction(&mut tx, entries, refs, expected).await?;
         tx.0.commit().await?;
         self.wrote(n);
         Ok(outcomes)

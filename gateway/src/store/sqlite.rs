@@ -416,11 +416,11 @@ impl Store for SqliteStore {
     }
 
     async fn transaction(&self, t: Transaction) -> Result<Vec<TxOutcome>> {
-        let (entries, refs) = t.into_parts();
+        let (entries, refs, expected) = t.into_parts();
         // One job of the group writer: its savepoint makes the bundle all or nothing.
         self.group
             .write(None, move |tx| {
-                block_on(writes::transaction(tx, entries, refs))
+                block_on(writes::transaction(tx, entries, refs, expected))
             })
             .await
     }

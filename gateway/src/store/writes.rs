@@ -202,6 +202,7 @@ pub async fn transaction(
     tx: &mut dyn WriteTx,
     mut entries: Vec<TxEntry>,
     conditional_refs: Vec<super::ConditionalRef>,
+    expected: HashMap<String, String>,
 ) -> Result<Vec<TxOutcome>> {
     let mut outcomes: Vec<Option<TxOutcome>> = entries.iter().map(|_| None).collect();
     let mut resolved: HashMap<String, String> = HashMap::new();
@@ -253,7 +254,13 @@ pub async fn transaction(
                 )));
             }
         };
-        resolved.insert(text.clone(), format!("{}/{}", s.ty, s.id));
+        let now = format!("{}/{}", s.ty, s.id);
+        if expected.get(text).is_some_and(|before| *before != now) {
+            return Err(Error::conflict(format!(
+                "the conditional reference {text} named another resource while the transaction ran; send it again"
+            )));
+        }
+        resolved.insert(text.clone(), now);
     }
     // Creates first, then updates, each in bundle order.
     for pass in [0, 1] {

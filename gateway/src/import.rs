@@ -1,0 +1,312 @@
+//! `gateway import FILE|DIR`: bulk loading of NDJSON (one resource a line, as Bulk Data and
+//! Synthea write it) and of transaction or batch Bundles (`.json`).
+//!
+//! Everything goes through the same path as a client's transaction (`rest::execute`): parsed,
+//! validated, permitted for the operator's principal, written in one store transaction per chunk,
+//! and audited. NDJSON lines become `PUT [type]/[id]` entries (ids kept, so references between
+//! files hold), `chunk` lines a transaction; two chunks are in flight so that one is prepared
+//! (validated, indexed) while the other is written.
+//!
+//! Resumable: after each chunk commits, the line ranges done per file are written to
+//! `DATA/import-state.json` (replaced atomically); a second run skips those lines. A failed chunk
+//! stops the import; the chunk in flight beside it is still waited for and recorded.
+
+use crate::app::App;
+use crate::audit::Access;
+use crate::error::{Error, Result};
+use crate::fhir::operation::{Operation, Request, Return};
+use crate::policy::Principal;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What an import did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub files: usize,
+    pub resources: u64,
+    /// Lines a previous run had imported already.
+    pub skipped: u64,
+    /// Lines that are not FHIR resources (a bulk export's `log.ndjson`).
+    pub ignored: u64,
+    pub seconds: f64,
+}
+
+impl Summary {
+    pub fn rate(&self) -> f64 {
+        self.resources as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// The files an argument names: a file, or a directory's `.ndjson` and `.json` files in name
+/// order.
+pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| Error::invalid(format!("{}: {e}", p.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "ndjson" || x == "json"))
+                .collect();
+            // Resources that others point at first: Synthea and Bulk Data files reference
+            // organisations, locations and practitioners conditionally (`Organization?identifier=`),
+            // which must exist when the referencing chunk is written.
+            found.sort_by_key(|f| (rank(f), f.clone()));
+            out.extend(found);
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(Error::invalid(format!(
+                "{}: no such file or directory",
+                p.display()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Where a file goes in a directory's order, by the type its name starts with.
+fn rank(f: &Path) -> usize {
+    const FIRST: &[&str] = &[
+        "Organization",
+        "Location",
+        "Practitioner",
+        "PractitionerRole",
+        "Patient",
+        "Device",
+        "Medication",
+        "Encounter",
+    ];
+    let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let ty = name.split('.').next().unwrap_or("");
+    FIRST.iter().position(|t| *t == ty).unwrap_or(FIRST.len())
+}
+
+/// Per file, the line ranges `[from, to)` already imported (a Bundle file is the one line 0).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct State {
+    done: BTreeMap<String, Vec<(u64, u64)>>,
+}
+
+impl State {
+    fn is_done(&self, file: &str, line: u64) -> bool {
+        self.done
+            .get(file)
+            .is_some_and(|r| r.iter().any(|(a, b)| (*a..*b).contains(&line)))
+    }
+
+    /// Adds a range, merging it with those it touches.
+    fn add(&mut self, file: &str, from: u64, to: u64) {
+        let ranges = self.done.entry(file.to_owned()).or_default();
+        ranges.push((from, to));
+        ranges.sort();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (a, b) in ranges.drain(..) {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        *ranges = merged;
+    }
+
+    fn load(path: &Path) -> State {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(self).map_err(Error::internal)?;
+        std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| Error::internal(format!("{}: {e}", path.display())))
+    }
+}
+
+fn key(file: &Path) -> String {
+    std::fs::canonicalize(file)
+        .unwrap_or_else(|_| file.to_owned())
+        .display()
+        .to_string()
+}
+
+/// One request's worth of work: a Bundle, and how far into its file it gets.
+struct Chunk {
+    file: String,
+    /// Progress units (lines; 1 for a Bundle file).
+    units: u64,
+    /// The lines of the file this chunk covers, `[from, upto)`.
+    from: u64,
+    upto: u64,
+    bundle: Value,
+    resources: u64,
+}
+
+/// Imports the files as `principal`; `progress` shows lines done of all lines.
+pub async fn run(
+    app: &App,
+    principal: &Principal,
+    files: &[PathBuf],
+    chunk: usize,
+    progress: &indicatif::ProgressBar,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let state_path = app.config.data_dir.join("import-state.json");
+    std::fs::create_dir_all(&app.config.data_dir)
+        .map_err(|e| Error::internal(format!("{}: {e}", app.config.data_dir.display())))?;
+    let mut state = State::load(&state_path);
+    let mut summary = Summary {
+        files: files.len(),
+        ..Default::default()
+    };
+    let mut chunks = Vec::new();
+    for f in files {
+        let k = key(f);
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| Error::invalid(format!("{}: {e}", f.display())))?;
+        if f.extension().is_some_and(|x| x == "json") {
+            progress.inc_length(1);
+            if state.is_done(&k, 0) {
+                summary.skipped += 1;
+                progress.inc(1);
+                continue;
+            }
+            let bundle: Value = serde_json::from_str(&text)
+                .map_err(|e| Error::invalid(format!("{}: {e}", f.display())))?;
+            let n = bundle["entry"].as_array().map_or(0, |e| e.len()) as u64;
+            chunks.push(Chunk {
+                file: k,
+                units: 1,
+                from: 0,
+                upto: 1,
+                bundle,
+                resources: n,
+            });
+            continue;
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        progress.inc_length(lines.len() as u64);
+        let mut at = 0;
+        while at < lines.len() {
+            let end = (at + chunk).min(lines.len());
+            let mut entries = Vec::with_capacity(end - at);
+            let mut skipped = 0;
+            for (n, line) in lines[at..end].iter().enumerate() {
+                if state.is_done(&k, (at + n) as u64) {
+                    skipped += 1;
+                    continue;
+                }
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let r: Value = serde_json::from_str(line).map_err(|e| {
+                    Error::invalid(format!("{} line {}: {e}", f.display(), at + n + 1))
+                })?;
+                match (r["resourceType"].as_str(), r["id"].as_str()) {
+                    (Some(ty), Some(id)) if app.structure.is_resource_type(ty) => {
+                        let url = format!("{ty}/{id}");
+                        entries
+                            .push(json!({"resource": r, "request": {"method": "PUT", "url": url}}));
+                    }
+                    (Some(ty), None) if app.structure.is_resource_type(ty) => {
+                        let url = ty.to_owned();
+                        entries.push(
+                            json!({"resource": r, "request": {"method": "POST", "url": url}}),
+                        );
+                    }
+                    _ => summary.ignored += 1,
+                }
+            }
+            summary.skipped += skipped;
+            progress.inc(skipped);
+            chunks.push(Chunk {
+                file: k.clone(),
+                units: (end - at) as u64 - skipped,
+                from: at as u64,
+                upto: end as u64,
+                resources: entries.len() as u64,
+                bundle: json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+            });
+            at = end;
+        }
+    }
+    // Two in flight. After a failure no new chunk starts; the one beside it is still recorded.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = &stop;
+    let mut results = futures::stream::iter(chunks)
+        .map(|c| async move {
+            let r = if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                None
+            } else {
+                Some(submit(app, principal, c.bundle).await)
+            };
+            (c.file, c.from, c.upto, c.units, c.resources, r)
+        })
+        .buffered(2);
+    let mut failed = None;
+    while let Some((file, from, upto, units, resources, r)) = results.next().await {
+        match r {
+            None => {}
+            Some(Err(e)) => {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                failed.get_or_insert(e.at(&file));
+            }
+            Some(Ok(())) => {
+                state.add(&file, from, upto);
+                state.save(&state_path)?;
+                summary.resources += resources;
+                progress.inc(units);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// One Bundle through the interaction path, audited like a client's.
+async fn submit(app: &App, principal: &Principal, bundle: Value) -> Result<()> {
+    let base = app
+        .config
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}/fhir", app.config.listen));
+    let op = crate::fhir::bundle_request::parse(bundle, &base, &app.config, &app.structure)?;
+    let request = Request {
+        op: Operation::Bundle(op),
+        ret: Return::Minimal,
+        pretty: false,
+        base,
+        method: http::Method::POST,
+        path: "/".into(),
+        purpose: None,
+        break_glass_reason: None,
+        if_none_match: None,
+        if_modified_since: None,
+    };
+    let mut access = Access {
+        interaction: crate::policy::Policy::interaction(&request.op).into(),
+        action: "C",
+        peer: "gateway import".into(),
+        ..Default::default()
+    };
+    let result = crate::rest::execute(app, principal, request).await;
+    match &result {
+        Ok(reply) => {
+            access.status = reply.status.as_u16();
+            access.entities = reply.entities.clone();
+            access.patients = reply.patients.clone();
+        }
+        Err(e) => access.status = e.status.as_u16(),
+    }
+    app.auditor.record(principal, &access).await?;
+    result.map(|_| ())
+}
