@@ -132,7 +132,8 @@ async fn malformed_input_corpus_always_gets_an_operation_outcome() {
         ("invalid utf-8 in query".into(), get_raw("/fhir/Patient?identifier=%ff%fe")),
         ("bad If-Match".into(), b"PUT /fhir/Patient/a HTTP/1.1\r\nHost: x\r\nIf-Match: nonsense\r\nContent-Type: application/fhir+json\r\nContent-Length: 36\r\nConnection: close\r\n\r\n{\"resourceType\":\"Patient\",\"id\":\"a\"}\n".to_vec()),
         ("bad content type".into(), b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi".to_vec()),
-        ("transaction not yet supported".into(), post_raw("/fhir", br#"{"resourceType":"Bundle","type":"transaction"}"#)),
+        ("transaction with an entry without a request".into(), post_raw("/fhir", br#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient"}}]}"#)),
+        ("bundle of the wrong type".into(), post_raw("/fhir", br#"{"resourceType":"Bundle","type":"collection"}"#)),
         ("hostile Host header".into(), format!("GET /fhir/Patient HTTP/1.1\r\nHost: evil\"><script>\r\n{}Connection: close\r\n\r\n", auth_line()).into_bytes()),
     ];
     // Many invalid bodies against many types.
