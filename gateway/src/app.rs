@@ -20,8 +20,12 @@ pub struct App {
     pub policy: Policy,
     pub auth: Authenticator,
     pub auditor: Auditor,
+    /// Bulk data export jobs.
+    pub exports: crate::export::Exports,
     /// Rebuilt when custom SearchParameters are installed.
     capability: std::sync::RwLock<Value>,
+    /// This app itself, once it is shared (`App::share`): background jobs hold it.
+    me: std::sync::OnceLock<std::sync::Weak<App>>,
 }
 
 /// The store the config names.
@@ -34,6 +38,18 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
 }
 
 impl App {
+    /// The app behind an `Arc`, known to itself so that background jobs (exports) can hold it.
+    pub fn share(self) -> Arc<App> {
+        let app = Arc::new(self);
+        let _ = app.me.set(Arc::downgrade(&app));
+        app
+    }
+
+    /// The shared app, when it was shared with [`App::share`].
+    pub fn shared(&self) -> Option<Arc<App>> {
+        self.me.get().and_then(std::sync::Weak::upgrade)
+    }
+
     /// The CapabilityStatement as it stands.
     pub fn capability(&self) -> Value {
         self.capability.read().expect("capability lock").clone()
@@ -52,6 +68,7 @@ impl App {
         let auth = Authenticator::new(&config.auth)?;
         let auditor = Auditor::start(store.clone());
         let policy = Policy::new(store.clone(), &config)?;
+        let config_dir = config.data_dir.clone();
         let app = App {
             config,
             structure,
@@ -59,7 +76,9 @@ impl App {
             policy,
             auth,
             auditor,
+            exports: crate::export::Exports::new(&config_dir),
             capability: std::sync::RwLock::new(capability),
+            me: std::sync::OnceLock::new(),
         };
         // Custom SearchParameters stored earlier are in force again (resources written since
         // they were installed are indexed by them; older ones after a reindex).

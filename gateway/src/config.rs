@@ -22,6 +22,33 @@ pub struct Config {
     pub limits: Limits,
     pub tls: Option<Tls>,
     pub consent: ConsentPolicy,
+    pub export: Export,
+}
+
+/// Bulk data `$export` (see `export.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Export {
+    /// Resources per output file; a type with more gets several files (so a download is
+    /// bounded, and so is the memory that serves it).
+    pub max_resources_per_file: u64,
+    /// Resources read, disclosed and written per step (the memory an export holds at once).
+    pub page_size: u32,
+    /// Export jobs running at once; a kick-off beyond this is answered 429.
+    pub max_running_jobs: u32,
+    /// How long a finished job's files are kept.
+    pub retention_secs: u64,
+}
+
+impl Default for Export {
+    fn default() -> Self {
+        Export {
+            max_resources_per_file: 50_000,
+            page_size: 500,
+            max_running_jobs: 2,
+            retention_secs: 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +226,7 @@ impl Default for Config {
             limits: Limits::default(),
             tls: None,
             consent: ConsentPolicy::default(),
+            export: Export::default(),
         }
     }
 }

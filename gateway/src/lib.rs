@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod fhir;
 pub mod import;
 pub mod policy;

@@ -4,7 +4,6 @@ use clap::{Parser, Subcommand};
 use gateway::app::App;
 use gateway::config::Config;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// mimalloc: glibc malloc was ~15 % of a read's CPU under load (see the workspace Cargo.toml).
 #[global_allocator]
@@ -251,7 +250,7 @@ async fn serve(cfg: Config) {
         .unwrap_or_default();
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(data = %app.config.data_dir.display(), "FHIR R4 base at {scheme}://{addr}/fhir");
-    gateway::server::serve(Arc::new(app), listener, tls, shutdown_signal()).await;
+    gateway::server::serve(app.share(), listener, tls, shutdown_signal()).await;
 }
 
 fn import(

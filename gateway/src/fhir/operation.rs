@@ -2,6 +2,7 @@
 //! this value; nothing downstream looks at the raw request again.
 
 use super::json::{parse_resource, valid_id};
+use super::named_operations as named;
 use super::search::{Criteria, parse_criteria};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -25,8 +26,19 @@ pub enum Operation {
     Reindex(Reindex),
     /// `POST [base]` with a batch or transaction Bundle.
     Bundle(crate::fhir::bundle_request::BundleRequest),
-    /// `PATCH [type]/[id]` or `PATCH [type]?criteria`.
+    /// `PATCH [type]/[id]` or `PATCH [type]?criteria`; also `$meta-add` and `$meta-delete`,
+    /// which change a resource the same way.
     Patch(crate::fhir::patch::Patch),
+    /// `[type]/[id]/$meta`: the resource's profiles, tags and security labels.
+    Meta(Read),
+    /// `Patient/[id]/$everything`: a search over every type in the patient's compartment.
+    Everything(Search),
+    /// `$validate`.
+    Validate(crate::fhir::named_operations::Validate),
+    /// Bulk data `$export` kick-off.
+    Export(crate::fhir::named_operations::Export),
+    /// A bulk export job: status, cancel, output file.
+    ExportJob(crate::fhir::named_operations::ExportJob),
 }
 
 /// The `$reindex` operation (system level, maintenance).
@@ -273,6 +285,78 @@ pub fn parse(
     let op = match (m, segments.as_slice()) {
         (&Method::GET, ["metadata"]) => Operation::Capabilities,
         (&Method::POST, ["$reindex"]) => Operation::Reindex(Reindex),
+        (&Method::GET | &Method::POST, ["Patient", id, "$everything"]) => {
+            let id = id_of(id)?;
+            everything(
+                id,
+                &named::operation_params(raw, &params, config)?,
+                strict,
+                config,
+                structure,
+            )?
+        }
+        (&Method::GET | &Method::POST, [ty, id, "$meta"]) => {
+            if !raw.body.is_empty() && m == Method::POST {
+                named::operation_params(raw, &[], config)?;
+            }
+            Operation::Meta(Read {
+                ty: type_of(ty)?,
+                id: id_of(id)?,
+            })
+        }
+        (&Method::POST, [ty, id, op @ ("$meta-add" | "$meta-delete")]) => {
+            let ty = type_of(ty)?;
+            let id = id_of(id)?;
+            let body = crate::fhir::json::parse_resource(raw.body, config.limits.max_json_depth)?;
+            Operation::Patch(crate::fhir::patch::Patch {
+                body: crate::fhir::patch::PatchBody::Meta {
+                    add: *op == "$meta-add",
+                    meta: crate::fhir::meta::meta_parameter(&body)?,
+                },
+                ty,
+                target: Target::Id(id),
+                if_match: if_match(raw.headers)?,
+            })
+        }
+        (&Method::POST, [ty, "$validate"]) => {
+            let ty = type_of(ty)?;
+            Operation::Validate(named::validate(raw, ty, None, &params, config)?)
+        }
+        (&Method::POST, [ty, id, "$validate"]) => {
+            let ty = type_of(ty)?;
+            let id = id_of(id)?;
+            Operation::Validate(named::validate(raw, ty, Some(id), &params, config)?)
+        }
+        (&Method::GET | &Method::POST, ["$export"]) => Operation::Export(named::export(
+            raw,
+            named::ExportLevel::System,
+            &named::operation_params(raw, &params, config)?,
+            structure,
+        )?),
+        (&Method::GET | &Method::POST, ["Patient", "$export"]) => Operation::Export(named::export(
+            raw,
+            named::ExportLevel::Patient,
+            &named::operation_params(raw, &params, config)?,
+            structure,
+        )?),
+        (&Method::GET | &Method::POST, ["Group", id, "$export"]) => {
+            let id = id_of(id)?;
+            Operation::Export(named::export(
+                raw,
+                named::ExportLevel::Group(id),
+                &named::operation_params(raw, &params, config)?,
+                structure,
+            )?)
+        }
+        (&Method::GET, ["$export-status", job]) => {
+            Operation::ExportJob(named::ExportJob::Status(named::job_id(job)?))
+        }
+        (&Method::DELETE, ["$export-status", job]) => {
+            Operation::ExportJob(named::ExportJob::Cancel(named::job_id(job)?))
+        }
+        (&Method::GET, ["$export-file", job, file]) => Operation::ExportJob(
+            named::ExportJob::File(named::job_id(job)?, (*file).to_owned()),
+        ),
         (&Method::GET, ["_history"]) => {
             Operation::History(history(HistoryScope::System, &params, config)?)
         }
@@ -532,6 +616,19 @@ fn negotiate_format(headers: &HeaderMap, params: &[(String, String)]) -> Result<
 }
 
 pub(crate) fn body_resource(raw: &Raw<'_>, ty: &str, config: &Config) -> Result<Value> {
+    let resource = body_resource_any(raw, config)?;
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == ty => Ok(resource),
+        Some(t) => Err(Error::invalid(format!(
+            "resourceType '{}' does not match the URL's type '{ty}'",
+            clip(t)
+        ))),
+        None => Err(Error::invalid("the resource has no resourceType")),
+    }
+}
+
+/// The body as a FHIR JSON resource of any type (content type checked).
+pub(crate) fn body_resource_any(raw: &Raw<'_>, config: &Config) -> Result<Value> {
     if let Some(ct) = header(raw.headers, "content-type") {
         let mime = ct
             .split(';')
@@ -559,14 +656,14 @@ pub(crate) fn body_resource(raw: &Raw<'_>, ty: &str, config: &Config) -> Result<
         }
     }
     let resource = parse_resource(raw.body, config.limits.max_json_depth)?;
-    match resource.get("resourceType").and_then(Value::as_str) {
-        Some(t) if t == ty => Ok(resource),
-        Some(t) => Err(Error::invalid(format!(
-            "resourceType '{}' does not match the URL's type '{ty}'",
-            clip(t)
-        ))),
-        None => Err(Error::invalid("the resource has no resourceType")),
+    if resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .is_none()
+    {
+        return Err(Error::invalid("the resource has no resourceType"));
     }
+    Ok(resource)
 }
 
 fn history(scope: HistoryScope, params: &[(String, String)], config: &Config) -> Result<History> {
@@ -595,6 +692,38 @@ fn history(scope: HistoryScope, params: &[(String, String)], config: &Config) ->
     Ok(h)
 }
 
+/// `Patient/[id]/$everything`: the patient's compartment over every type, with `_since` (changed
+/// since), `_type` and `_count`; `start`/`end` (care dates) are not supported.
+fn everything(
+    id: String,
+    params: &[(String, String)],
+    strict: bool,
+    config: &Config,
+    s: &Structure,
+) -> Result<Operation> {
+    let mut pairs = Vec::new();
+    for (k, v) in params {
+        match k.as_str() {
+            "_since" => {
+                parse_instant(v).map_err(|_| Error::invalid("_since must be an instant"))?;
+                pairs.push(("_lastUpdated".to_owned(), format!("ge{v}")));
+            }
+            "_type" | "_count" | "_cursor" | "_format" | "_pretty" | "_lastUpdated" => {
+                pairs.push((k.clone(), v.clone()))
+            }
+            other => {
+                return Err(Error::invalid(format!(
+                    "$everything does not support the parameter '{}'",
+                    clip(other)
+                )));
+            }
+        }
+    }
+    let mut op = search(ALL_TYPES.into(), &pairs, strict, config, s)?;
+    op.criteria.within = Some(id);
+    Ok(Operation::Everything(op))
+}
+
 fn search(
     ty: String,
     params: &[(String, String)],
@@ -611,8 +740,22 @@ fn search(
     let mut unknown_sort = Vec::new();
     let mut rest = Vec::new();
     let mut applied = Vec::new();
+    let mut types: Vec<String> = Vec::new();
     for (k, v) in params {
         match k.as_str() {
+            // Only a search over every type narrows by type; `Patient/[id]/*?_type=...`.
+            "_type" if ty == ALL_TYPES => {
+                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    if !s.is_resource_type(t) {
+                        return Err(Error::invalid(format!(
+                            "_type: unknown resource type '{}'",
+                            clip(t)
+                        )));
+                    }
+                    types.push(t.to_owned());
+                }
+                applied.push((k.clone(), v.clone()));
+            }
             "_count" => {
                 count = page_size(v, config)?;
                 applied.push((k.clone(), count.to_string()));
@@ -704,7 +847,8 @@ fn search(
             snapshot: SnapshotLimits::default(),
         });
     }
-    let (criteria, mut unknown) = parse_criteria(&ty, &rest, s)?;
+    let (mut criteria, mut unknown) = parse_criteria(&ty, &rest, s)?;
+    criteria.types = types;
     unknown.extend(unknown_sort);
     if strict && !unknown.is_empty() {
         return Err(Error::invalid(format!(

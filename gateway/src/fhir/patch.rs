@@ -25,6 +25,11 @@ pub struct Patch {
 pub enum PatchBody {
     Json(json_patch::Patch),
     FhirPath(Vec<Op>),
+    /// `$meta-add` (`add`) or `$meta-delete`: profiles, security labels and tags.
+    Meta {
+        add: bool,
+        meta: Value,
+    },
 }
 
 /// One FHIRPath Patch operation.
@@ -219,6 +224,7 @@ pub fn apply(patch: &PatchBody, resource: &Value, structure: &Structure) -> Resu
         PatchBody::Json(p) => {
             json_patch::patch(&mut out, p).map_err(|e| unprocessable(e.to_string()))?
         }
+        PatchBody::Meta { add, meta } => return Ok(crate::fhir::meta::apply(resource, meta, *add)),
         PatchBody::FhirPath(ops) => {
             for op in ops {
                 apply_op(op, &mut out, structure).map_err(|e| {

@@ -31,6 +31,8 @@ pub struct Criteria {
     pub within: Option<String>,
     /// `_text` and `_content`, ANDed.
     pub fulltext: Vec<FullText>,
+    /// `_type` of a search over every type (`$everything`, `Patient/[id]/*`): only these types.
+    pub types: Vec<String>,
 }
 
 /// `_text` (the narrative) or `_content` (every text of the resource): one of the alternatives
@@ -475,6 +477,7 @@ impl Criteria {
             && self.clauses.is_empty()
             && self.within.is_none()
             && self.fulltext.is_empty()
+            && self.types.is_empty()
     }
 }
 

@@ -328,6 +328,42 @@ impl Policy {
         }
     }
 
+    /// The StructureDefinition with this canonical URL (`url|version` picks a version), read
+    /// with an internal permit to validate against it: a profile is the server's configuration,
+    /// not patient data, and its content is never disclosed through this call.
+    pub async fn structure_definition(&self, canonical: &str) -> Result<Option<Value>> {
+        let (url, version) = match canonical.split_once('|') {
+            Some((u, v)) => (u, Some(v)),
+            None => (canonical, None),
+        };
+        let mut cursor = None;
+        let mut best: Option<Value> = None;
+        loop {
+            let page = self
+                .store
+                .search(&internal_permit(Search {
+                    ty: "StructureDefinition".into(),
+                    count: 200,
+                    cursor: cursor.take(),
+                    ..Default::default()
+                }))
+                .await?;
+            for s in &page.entries {
+                let Some(body) = &s.body else { continue };
+                let v: Value = serde_json::from_slice(body).map_err(Error::internal)?;
+                if v["url"].as_str() == Some(url)
+                    && version.is_none_or(|want| v["version"].as_str() == Some(want))
+                {
+                    best = Some(v);
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(best),
+            }
+        }
+    }
+
     /// Decides whether `principal` may perform `op`.
     pub fn authorize<T: Authorizable>(
         &self,
@@ -636,7 +672,15 @@ impl Policy {
                 crate::fhir::bundle_request::Kind::Batch => "batch",
                 crate::fhir::bundle_request::Kind::Transaction => "transaction",
             },
-            Operation::Patch(_) => "patch",
+            Operation::Patch(p) => match p.body {
+                crate::fhir::patch::PatchBody::Meta { .. } => "operation",
+                _ => "patch",
+            },
+            Operation::Meta(_)
+            | Operation::Everything(_)
+            | Operation::Validate(_)
+            | Operation::Export(_)
+            | Operation::ExportJob(_) => "operation",
         }
     }
 }

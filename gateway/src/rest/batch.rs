@@ -109,7 +109,7 @@ fn entry_of(reply: Reply) -> Value {
     let body = match reply.body {
         Some(Payload::Stored(b)) => serde_json::from_slice(&b).ok(),
         Some(Payload::Json(v)) => Some(v),
-        None => None,
+        Some(Payload::Raw { .. }) | None => None,
     };
     match body {
         Some(v) if v.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome") => {
@@ -179,11 +179,17 @@ async fn transaction(
             | Operation::VRead(_)
             | Operation::Search(_)
             | Operation::History(_)
+            | Operation::Meta(_)
+            | Operation::Everything(_)
+            | Operation::Validate(_)
             | Operation::Capabilities => {
                 reads.push((i, *req));
                 continue;
             }
-            Operation::Reindex(_) | Operation::Bundle(_) => {
+            Operation::Reindex(_)
+            | Operation::Bundle(_)
+            | Operation::Export(_)
+            | Operation::ExportJob(_) => {
                 return Err(at(Error::invalid(
                     "this operation cannot be part of a transaction",
                 )));

@@ -3,7 +3,9 @@
 //! that carries a resource is from a [`Disclosed`] value.
 
 mod batch;
+mod export;
 mod include;
+mod operations;
 mod patch;
 
 use crate::app::App;
@@ -34,6 +36,8 @@ pub struct Reply {
     pub emergency_reason: Option<String>,
     /// How many resources only break-the-glass released.
     pub emergency_releases: usize,
+    /// Headers an operation adds (`Content-Location`, `X-Progress`, `Retry-After`, `Expires`).
+    pub headers: Vec<(http::header::HeaderName, String)>,
 }
 
 #[derive(Debug)]
@@ -41,6 +45,11 @@ pub enum Payload {
     /// A stored resource's JSON, sent as kept.
     Stored(Bytes),
     Json(Value),
+    /// Another media type: a bulk export's manifest (`application/json`) or NDJSON file.
+    Raw {
+        content_type: &'static str,
+        bytes: Bytes,
+    },
 }
 
 impl Reply {
@@ -55,6 +64,7 @@ impl Reply {
             patients: Vec::new(),
             emergency_reason: None,
             emergency_releases: 0,
+            headers: Vec::new(),
         }
     }
 
@@ -73,6 +83,7 @@ impl Reply {
             patients,
             emergency_reason: None,
             emergency_releases,
+            headers: Vec::new(),
         }
     }
 
@@ -260,7 +271,22 @@ async fn interaction(
             }
         }
         Operation::Update(op) => update(app, principal, asked, op, &req.base, req.ret).await,
-        Operation::Patch(op) => patch::execute(app, principal, asked, op, &req.base, req.ret).await,
+        Operation::Patch(op) => {
+            let meta = matches!(op.body, crate::fhir::patch::PatchBody::Meta { .. });
+            let reply = patch::execute(app, principal, asked, op, &req.base, req.ret).await?;
+            if meta {
+                operations::meta_of_reply(reply)
+            } else {
+                Ok(reply)
+            }
+        }
+        Operation::Meta(op) => operations::meta(app, principal, asked, op).await,
+        Operation::Validate(op) => operations::validate(app, principal, asked, op).await,
+        Operation::Everything(op) => {
+            operations::everything(app, principal, asked, op, &req.base).await
+        }
+        Operation::Export(op) => export::kick_off(app, principal, asked, op, &req.base).await,
+        Operation::ExportJob(job) => export::job(app, principal, job, &req.base).await,
         Operation::Bundle(b) => batch::execute(app, principal, asked, b, &req.base, req.ret).await,
         Operation::Delete(op) => {
             let permit = policy.authorize(principal, op)?;
@@ -490,6 +516,9 @@ struct Listing<'a> {
 enum Kind {
     Searchset,
     History,
+    /// `$everything`: a searchset whose included resources are only those outside every
+    /// patient's compartment (the patient's own are matches, on this page or another).
+    Everything,
 }
 
 /// A page of search or history results as a bundle: each entry disclosed on its own, the bundle
@@ -519,14 +548,17 @@ async fn page_reply(
         next: page.next.as_deref(),
         total,
     };
-    let included = if listing.includes.is_empty() {
+    let mut included = if listing.includes.is_empty() {
         Vec::new()
     } else {
         let limit = app.config.rest.max_page_size as usize;
         include::gather(app, principal, asked, &entries, &listing.includes, limit).await?
     };
+    if matches!(listing.kind, Kind::Everything) {
+        included.retain(|d| !crate::fhir::compartment::has_compartment(&d.get().ty));
+    }
     let b = match listing.kind {
-        Kind::Searchset => bundle::searchset(
+        Kind::Searchset | Kind::Everything => bundle::searchset(
             listing.base,
             info,
             &entries,

@@ -375,7 +375,12 @@ fn audit_kind(op: &Operation) -> (&'static str, &'static str) {
         Operation::Bundle(_) => "E",
         Operation::Delete(_) => "D",
         Operation::Search(_) | Operation::History(_) => "E",
-        Operation::Capabilities | Operation::Read(_) | Operation::VRead(_) => "R",
+        Operation::Capabilities
+        | Operation::Read(_)
+        | Operation::VRead(_)
+        | Operation::Meta(_)
+        | Operation::ExportJob(_) => "R",
+        Operation::Everything(_) | Operation::Validate(_) | Operation::Export(_) => "E",
     };
     (interaction, action)
 }

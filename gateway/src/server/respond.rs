@@ -32,8 +32,19 @@ pub fn reply(r: Reply, shape: Shape) -> Response<Full<Bytes>> {
             Some(render(&v, true))
         }
         Some(Payload::Json(v)) => Some(render(&v, shape.pretty)),
+        Some(Payload::Raw {
+            content_type,
+            bytes,
+        }) => {
+            let mut resp = build(r.status, Some(bytes), shape);
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            add_headers(&mut resp, r.headers);
+            return resp;
+        }
     };
     let mut resp = build(r.status, body, shape);
+    add_headers(&mut resp, r.headers);
     let h = resp.headers_mut();
     if let Some(v) = r.version {
         h.insert(ETAG, header(&etag(v)));
@@ -45,6 +56,12 @@ pub fn reply(r: Reply, shape: Shape) -> Response<Full<Bytes>> {
         h.insert(LOCATION, header(&l));
     }
     resp
+}
+
+fn add_headers(resp: &mut Response<Full<Bytes>>, headers: Vec<(http::header::HeaderName, String)>) {
+    for (name, value) in headers {
+        resp.headers_mut().insert(name, header(&value));
+    }
 }
 
 pub fn error(e: &Error, shape: Shape) -> Response<Full<Bytes>> {

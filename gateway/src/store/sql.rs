@@ -481,6 +481,15 @@ fn current_where(q: &mut Sql, ty: &str, criteria: &Criteria) {
     q.push(" WHERE c.deleted = 0");
     if ty != ALL_TYPES {
         q.push(" AND c.type = ").text(ty);
+    } else if !criteria.types.is_empty() {
+        q.push(" AND c.type IN (");
+        for (i, t) in criteria.types.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.text(t);
+        }
+        q.push(")");
     }
     let driver = driver(criteria);
     if let Some(d) = driver {
@@ -1284,6 +1293,7 @@ mod tests {
         let c = Criteria {
             compartment: Some("p1".into()),
             within: None,
+            types: Vec::new(),
             fulltext: vec![FullText {
                 content: true,
                 any_of: vec![vec!["o".into(), "brien".into()]],

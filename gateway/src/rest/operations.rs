@@ -1,0 +1,226 @@
+//! `$meta`, `$validate` and `Patient/[id]/$everything`. Each one asks the policy for the same
+//! permits as the interaction it resembles (a read, a search) and what it returns passes the same
+//! disclosure. `$meta-add`/`$meta-delete` are patches (`rest::patch`).
+
+use super::{Kind, Listing, Reply, page_reply};
+use crate::app::App;
+use crate::error::{Error, Issue, Result, outcome};
+use crate::fhir::named_operations::{Mode, Validate};
+use crate::fhir::operation::{Include, Read, Search};
+use crate::policy::scopes::Permission;
+use crate::policy::{Asked, Authenticated, Principal};
+use http::StatusCode;
+use serde_json::Value;
+
+/// `[type]/[id]/$meta`: a read whose answer is only the meta.
+pub async fn meta(app: &App, principal: &Principal, asked: &Asked, op: Read) -> Result<Reply> {
+    let what = format!("{}/{}", op.ty, op.id);
+    let permit = app.policy.authorize(principal, op)?;
+    let stored = app
+        .store
+        .read(&permit)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("{what} is not known")))?;
+    let deleted = stored.is_deleted();
+    let d = app
+        .policy
+        .disclose(permit.principal(), asked, stored, Permission::Read)
+        .await?;
+    if deleted {
+        return Err(Error::gone(format!("{what} was deleted")));
+    }
+    let resource: Value = d
+        .get()
+        .body
+        .as_ref()
+        .map(|b| serde_json::from_slice(b))
+        .transpose()
+        .map_err(Error::internal)?
+        .unwrap_or(Value::Null);
+    let parameters = crate::fhir::meta::parameters(&crate::fhir::meta::of(&resource));
+    let doc = app
+        .policy
+        .release_document(std::slice::from_ref(&d), parameters);
+    Ok(super::with_refs(
+        Reply::json(StatusCode::OK, doc),
+        std::slice::from_ref(&d),
+    ))
+}
+
+/// The answer of `$meta-add`/`$meta-delete`: the written resource's meta (from the disclosed
+/// resource the update answered with).
+pub fn meta_of_reply(mut reply: Reply) -> Result<Reply> {
+    let resource: Value = match reply.body.take() {
+        Some(super::Payload::Stored(b)) => serde_json::from_slice(&b).map_err(Error::internal)?,
+        Some(super::Payload::Json(v)) => v,
+        other @ (Some(super::Payload::Raw { .. }) | None) => {
+            reply.body = other;
+            return Ok(reply);
+        }
+    };
+    reply.body = Some(super::Payload::Json(crate::fhir::meta::parameters(
+        &crate::fhir::meta::of(&resource),
+    )));
+    reply.status = StatusCode::OK;
+    reply.location = None;
+    Ok(reply)
+}
+
+/// `$validate`: the structure (R4 JSON schema), then the profile if one is named, then what the
+/// mode needs (an update's id; a delete's target exists and may be seen). The answer is an
+/// OperationOutcome with status 200 whether the resource is valid or not (R4 §3.1.0.2); a profile
+/// that is not loaded, or a target that does not exist, is an error of the operation itself.
+pub async fn validate(
+    app: &App,
+    principal: &Principal,
+    asked: &Asked,
+    op: Validate,
+) -> Result<Reply> {
+    // Validating what the client sent discloses nothing; it still needs a principal.
+    app.policy.authorize(principal, Authenticated)?;
+    let mut issues: Vec<Issue> = Vec::new();
+    let mut refs = Vec::new();
+    if let Some(id) = &op.id {
+        // The instance must exist and be visible to this principal: a read like any other.
+        let permit = app.policy.authorize(
+            principal,
+            Read {
+                ty: op.ty.clone(),
+                id: id.clone(),
+            },
+        )?;
+        let stored = app.store.read(&permit).await?;
+        match stored {
+            Some(s) if !s.is_deleted() => {
+                let d = app
+                    .policy
+                    .disclose(permit.principal(), asked, s, Permission::Read)
+                    .await?;
+                refs.push(d);
+            }
+            _ if op.mode == Mode::Delete => {
+                return Err(Error::not_found(format!("{}/{id} is not known", op.ty)));
+            }
+            // An update may create the resource when the server allows it.
+            _ if !app.config.rest.update_create => {
+                return Err(Error::not_found(format!("{}/{id} is not known", op.ty)));
+            }
+            _ => {}
+        }
+    }
+    if let Some(resource) = &op.resource {
+        if let Err(e) = app.structure.validate(resource) {
+            issues.extend(e.issues);
+        }
+        match (op.mode, &op.id, resource["id"].as_str()) {
+            (Mode::Update, Some(id), Some(body_id)) if id != body_id => issues.push(error(
+                "invalid",
+                "the resource's id differs from the id in the URL",
+            )),
+            (Mode::Update, _, None) => {
+                issues.push(error("required", "an update must carry the resource's id"))
+            }
+            (Mode::Create, _, Some(_)) => issues.push(Issue {
+                severity: "warning",
+                code: "informational",
+                diagnostics: "a create's id is ignored; the server assigns one".into(),
+                expression: Some(format!("{}.id", op.ty)),
+            }),
+            _ => {}
+        }
+        let mut profiles: Vec<String> = op.profile.iter().cloned().collect();
+        // The profiles the resource claims, when the gateway holds them.
+        for p in resource["meta"]["profile"].as_array().into_iter().flatten() {
+            if let Some(p) = p.as_str()
+                && !profiles.iter().any(|x| x == p)
+            {
+                profiles.push(p.to_owned());
+            }
+        }
+        for url in &profiles {
+            match app.policy.structure_definition(url).await? {
+                Some(sd) => issues.extend(crate::fhir::profile::check(&sd, resource)),
+                None if op.profile.as_deref() == Some(url.as_str()) => {
+                    return Err(Error::invalid(format!(
+                        "the profile {url} is not loaded into this server"
+                    )));
+                }
+                None => issues.push(Issue {
+                    severity: "warning",
+                    code: "not-supported",
+                    diagnostics: format!(
+                        "the claimed profile {url} is not loaded; not validated against it"
+                    ),
+                    expression: Some(format!("{}.meta.profile", op.ty)),
+                }),
+            }
+        }
+    }
+    if !issues.iter().any(|i| i.severity == "error") {
+        issues.insert(
+            0,
+            Issue {
+                severity: "information",
+                code: "informational",
+                diagnostics: "validation passed".into(),
+                expression: None,
+            },
+        );
+    }
+    let doc = app.policy.release_document(&refs, outcome(&issues));
+    Ok(super::with_refs(Reply::json(StatusCode::OK, doc), &refs))
+}
+
+fn error(code: &'static str, message: &str) -> Issue {
+    Issue {
+        severity: "error",
+        code,
+        diagnostics: message.into(),
+        expression: None,
+    }
+}
+
+/// `Patient/[id]/$everything`: a page of the compartment search over every type, plus what the
+/// page's resources reference outside any patient's compartment (practitioners, organisations,
+/// locations, medications), each read and disclosed like an `_include`.
+pub async fn everything(
+    app: &App,
+    principal: &Principal,
+    asked: &Asked,
+    mut op: Search,
+    base: &str,
+) -> Result<Reply> {
+    op.criteria.compartment = app
+        .policy
+        .search_compartment(principal, crate::fhir::operation::ALL_TYPES);
+    let patient = op.criteria.within.clone().unwrap_or_default();
+    let url = format!("{base}/Patient/{patient}/$everything");
+    let params = op.applied.clone();
+    let cursor = op.cursor.clone();
+    let permit = app.policy.authorize(principal, op)?;
+    let page = app.store.search(&permit).await?;
+    let mut types: Vec<String> = page.entries.iter().map(|s| s.ty.clone()).collect();
+    types.sort();
+    types.dedup();
+    let includes = types
+        .into_iter()
+        .map(|source| Include {
+            reverse: false,
+            source,
+            param: "*".into(),
+            target: None,
+            iterate: false,
+        })
+        .collect();
+    let listing = Listing {
+        base,
+        url,
+        params,
+        cursor: cursor.as_deref(),
+        how: Permission::Search,
+        kind: Kind::Everything,
+        includes,
+        subset: None,
+    };
+    page_reply(app, permit.principal(), asked, listing, page).await
+}
