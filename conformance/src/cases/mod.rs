@@ -5,6 +5,7 @@ mod bad_input;
 mod capabilities;
 mod conditional;
 mod crud;
+mod operations;
 mod search;
 mod security;
 mod transactions;
@@ -58,6 +59,10 @@ pub fn groups() -> Vec<Group> {
         Group {
             name: "transactions",
             cases: transactions::cases(),
+        },
+        Group {
+            name: "operations",
+            cases: operations::cases(),
         },
     ]
 }

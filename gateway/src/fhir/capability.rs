@@ -20,6 +20,42 @@ pub const INTERACTIONS: &[&str] = &[
     "search-type",
 ];
 
+/// The operations `operation::parse` routes (name, OperationDefinition).
+const OPERATIONS: &[(&str, &str)] = &[
+    (
+        "everything",
+        "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    ),
+    (
+        "validate",
+        "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+    ),
+    (
+        "meta",
+        "http://hl7.org/fhir/OperationDefinition/Resource-meta",
+    ),
+    (
+        "meta-add",
+        "http://hl7.org/fhir/OperationDefinition/Resource-meta-add",
+    ),
+    (
+        "meta-delete",
+        "http://hl7.org/fhir/OperationDefinition/Resource-meta-delete",
+    ),
+    (
+        "export",
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+    ),
+    (
+        "patient-export",
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+    ),
+    (
+        "group-export",
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+    ),
+];
+
 /// System-level interactions.
 pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
 
@@ -73,7 +109,8 @@ pub fn capability_statement(config: &Config, structure: &Structure) -> Value {
                 "readHistory": true,
                 "updateCreate": config.rest.update_create,
                 "conditionalCreate": true,
-                "conditionalRead": "not-supported",
+                // `If-None-Match` and `If-Modified-Since`.
+                "conditionalRead": "full-support",
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "searchParam": params,
@@ -90,6 +127,7 @@ pub fn capability_statement(config: &Config, structure: &Structure) -> Value {
         "software": { "name": "Health Hub Utrecht regional FHIR gateway", "version": env!("CARGO_PKG_VERSION") },
         "implementation": { "description": "Regional FHIR R4 gateway" },
         "fhirVersion": "4.0.1",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         // JSON only: XML requests are answered 406/415 with an OperationOutcome.
         "format": ["application/fhir+json", "json"],
         "rest": [{
@@ -106,6 +144,7 @@ pub fn capability_statement(config: &Config, structure: &Structure) -> Value {
             },
             "resource": resources,
             "interaction": SYSTEM_INTERACTIONS.iter().map(|i| json!({ "code": i })).collect::<Vec<_>>(),
+            "operation": OPERATIONS.iter().map(|(name, definition)| json!({ "name": name, "definition": definition })).collect::<Vec<_>>(),
         }]
     })
 }
