@@ -499,7 +499,14 @@ async fn outputs(c: &reqwest::Client, manifest: &Value) -> (BTreeSet<String>, Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_export_levels_filters_jobs_and_rights() {
-    let gw = Gateway::start_with("[export]\nmax_resources_per_file = 2\npage_size = 2\n");
+    let export = "[export]\nmax_resources_per_file = 2\npage_size = 2\n";
+    for config in [export.to_owned(), postgres_toml(&fresh_schema(), export)] {
+        bulk_export_on(&config).await;
+    }
+}
+
+async fn bulk_export_on(config: &str) {
+    let gw = Gateway::start_with(config);
     let base = &gw.base;
     let umcu = as_org("umcu");
     let (pid, prid, ids) = record(&umcu, base).await;
