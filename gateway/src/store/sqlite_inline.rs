@@ -39,6 +39,9 @@ pub fn open(path: &Path, flags: OpenFlags) -> Result<Connection> {
     conn.pragma_update(None, "cache_size", -65536)?;
     conn.pragma_update(None, "mmap_size", super::sqlite::MMAP_BYTES)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Index inserts are multi-row statements whose text depends on the row count: rusqlite's
+    // default cache of 16 statements would prepare most of them again on every write.
+    conn.set_prepared_statement_cache_capacity(512);
     Ok(conn)
 }
 
