@@ -1017,9 +1017,21 @@ fn push_fulltext(q: &mut Sql, f: &FullText) {
 }
 
 /// One INSERT of several rows of text values (`None` when there are no rows).
+/// `INSERT` of index rows, many per statement. On SQLite, `OR FAIL`: a multi-row statement that
+/// could abort needs a statement journal (a temporary file written page by page: 44 `pwrite`s per
+/// resource on an import) so that it can undo its own rows; with `FAIL` it need not, and a failure
+/// still undoes everything, since every write runs in its own savepoint that is then rolled back.
+fn insert_index(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => "INSERT OR FAIL INTO ",
+        Dialect::Postgres => "INSERT INTO ",
+    }
+}
+
 fn insert_rows(d: Dialect, head: &str, rows: &[Vec<&str>]) -> Option<Sql> {
     (!rows.is_empty()).then(|| {
-        let mut q = Sql::new(d, head);
+        let mut q = Sql::new(d, insert_index(d));
+        q.push(head);
         q.push(" VALUES ");
         for (i, row) in rows.iter().enumerate() {
             q.push(if i == 0 { "(" } else { ", (" });
@@ -1043,7 +1055,7 @@ pub fn insert_tokens(d: Dialect, ty: &str, id: &str, tokens: &[(String, String)]
         .collect();
     insert_rows(
         d,
-        "INSERT INTO token_index (type, id, param, system, value)",
+        "token_index (type, id, param, system, value)",
         &rows,
     )
 }
@@ -1054,10 +1066,8 @@ pub fn insert_search_index(d: Dialect, ty: &str, id: &str, entries: &[Entry]) ->
     entries
         .chunks(500)
         .map(|chunk| {
-            let mut q = Sql::new(
-                d,
-                "INSERT INTO search_index (type, id, param, system, value, raw, low, high) VALUES ",
-            );
+            let mut q = Sql::new(d, insert_index(d));
+            q.push("search_index (type, id, param, system, value, raw, low, high) VALUES ");
             for (i, e) in chunk.iter().enumerate() {
                 q.push(if i == 0 { "(" } else { ", (" });
                 q.text(ty)
@@ -1108,7 +1118,7 @@ pub fn current_after(d: Dialect, ty: &str, id: &str, limit: i64) -> Sql {
 /// The patient compartments a resource is in, one multi-row INSERT (`None` when there are none).
 pub fn insert_compartment(d: Dialect, ty: &str, id: &str, patients: &[String]) -> Option<Sql> {
     let rows: Vec<Vec<&str>> = patients.iter().map(|p| vec![ty, id, p.as_str()]).collect();
-    insert_rows(d, "INSERT INTO compartment (type, id, patient)", &rows)
+    insert_rows(d, "compartment (type, id, patient)", &rows)
 }
 
 pub fn read(d: Dialect, ty: &str, id: &str) -> Sql {
