@@ -1053,11 +1053,7 @@ pub fn insert_tokens(d: Dialect, ty: &str, id: &str, tokens: &[(String, String)]
         .iter()
         .map(|(s, v)| vec![ty, id, "identifier", s.as_str(), v.as_str()])
         .collect();
-    insert_rows(
-        d,
-        "token_index (type, id, param, system, value)",
-        &rows,
-    )
+    insert_rows(d, "token_index (type, id, param, system, value)", &rows)
 }
 
 /// The search index rows of a resource, as multi-row INSERTs of at most 500 rows (8 parameters
