@@ -30,7 +30,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct Export {
     /// Resources per output file; a type with more gets several files (so a download is
-    /// bounded, and so is the memory that serves it).
+    /// bounded, and so is the memory that serves it: a file is sent from memory whole).
     pub max_resources_per_file: u64,
     /// Resources read, disclosed and written per step (the memory an export holds at once).
     pub page_size: u32,
@@ -43,7 +43,7 @@ pub struct Export {
 impl Default for Export {
     fn default() -> Self {
         Export {
-            max_resources_per_file: 50_000,
+            max_resources_per_file: 10_000,
             page_size: 500,
             max_running_jobs: 2,
             retention_secs: 24 * 3600,

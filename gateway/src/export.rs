@@ -6,7 +6,7 @@
 //! they go and split at `export.max_resources_per_file`, and the only set that grows is the keys
 //! of the few resources in more than one exported patient's compartment (written once).
 //!
-//! Jobs live in this process (a restart forgets them; their directories are removed at start).
+//! Jobs live in this process (a restart forgets them; `serve` removes their directories at start).
 
 use crate::app::App;
 use crate::audit::Access;
@@ -89,14 +89,18 @@ pub struct Plan {
 }
 
 impl Exports {
-    /// Jobs under `data_dir/exports`; what an earlier process left there is removed.
+    /// Jobs under `data_dir/exports`.
     pub fn new(data_dir: &std::path::Path) -> Exports {
-        let dir = data_dir.join("exports");
-        let _ = std::fs::remove_dir_all(&dir);
         Exports {
-            dir,
+            dir: data_dir.join("exports"),
             jobs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Removes what an earlier server process left (its jobs died with it). Only `serve` calls
+    /// this: `gateway import` builds an app on the same data directory while a server may run.
+    pub fn clear_leftovers(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {

@@ -250,6 +250,7 @@ async fn serve(cfg: Config) {
         .unwrap_or_default();
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(data = %app.config.data_dir.display(), "FHIR R4 base at {scheme}://{addr}/fhir");
+    app.exports.clear_leftovers();
     gateway::server::serve(app.share(), listener, tls, shutdown_signal()).await;
 }
 
