@@ -38,7 +38,7 @@ pub struct EntryRequest {
 /// Parses a Bundle of type batch or transaction; entries beyond `limits.max_bundle_entries`
 /// refuse the whole bundle (413).
 pub fn parse(
-    bundle: Value,
+    mut bundle: Value,
     base: &str,
     config: &Config,
     structure: &Structure,
@@ -54,9 +54,9 @@ pub fn parse(
         }
         None => return Err(Error::invalid("the Bundle has no type")),
     };
-    let entries = match bundle.get("entry") {
+    let entries = match bundle.get_mut("entry").map(Value::take) {
         None => Vec::new(),
-        Some(Value::Array(e)) => e.clone(),
+        Some(Value::Array(e)) => e,
         Some(_) => return Err(Error::invalid("Bundle.entry must be a list")),
     };
     let max = config.limits.max_bundle_entries as usize;
@@ -67,7 +67,7 @@ pub fn parse(
         )));
     }
     let entries = entries
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, e)| entry(e, base, config, structure, i))
         .collect();
@@ -80,11 +80,19 @@ pub fn place(i: usize) -> String {
 }
 
 /// One entry; whatever is wrong with it stays with it (a batch answers that entry alone).
-fn entry(e: &Value, base: &str, config: &Config, structure: &Structure, i: usize) -> EntryRequest {
+fn entry(
+    mut e: Value,
+    base: &str,
+    config: &Config,
+    structure: &Structure,
+    i: usize,
+) -> EntryRequest {
     let full_url = e.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
-    let (method, url, request) = match method_and_url(e) {
+    // The resource is moved out of the entry, not copied, nor written out and parsed again.
+    let resource = e.get_mut("resource").map(Value::take);
+    let (method, url, request) = match method_and_url(&e) {
         Ok((method, url, request)) => {
-            let parsed = sub_request(e, request, &method, &url, base, config, structure);
+            let parsed = sub_request(resource, request, &method, &url, base, config, structure);
             (method, url, parsed)
         }
         Err(err) => (Method::GET, String::new(), Err(err)),
@@ -123,7 +131,7 @@ fn method_and_url(e: &Value) -> Result<(Method, String, &Value)> {
 }
 
 fn sub_request(
-    e: &Value,
+    resource: Option<Value>,
     request: &Value,
     method: &Method,
     url: &str,
@@ -164,18 +172,20 @@ fn sub_request(
             headers.insert(name, v);
         }
     }
-    let body = match (method.as_str(), e.get("resource")) {
+    let mut parsed = None;
+    let body = match (method.as_str(), resource) {
         ("POST" | "PUT", Some(r)) => {
             headers.insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/fhir+json"),
             );
-            serde_json::to_vec(r).map_err(Error::internal)?
+            parsed = Some(r);
+            Vec::new()
         }
         ("POST" | "PUT", None) => {
             return Err(Error::invalid("a POST or PUT entry needs a resource"));
         }
-        ("PATCH", Some(r)) => patch_body(r, &mut headers)?,
+        ("PATCH", Some(r)) => patch_body(&r, &mut headers)?,
         ("PATCH", None) => {
             return Err(Error::invalid(
                 "a PATCH entry needs a Binary (JSON Patch) or Parameters (FHIRPath Patch) resource",
@@ -189,6 +199,7 @@ fn sub_request(
         query,
         headers: &headers,
         body: &body,
+        parsed: std::cell::RefCell::new(parsed),
     };
     let req = parse_request(&raw, base.to_owned(), config, structure)?;
     if matches!(req.op, super::operation::Operation::Bundle(_)) {

@@ -2,7 +2,6 @@
 //! its `Parameters` body. `operation::parse` routes to these; `rest::operations` and
 //! `rest::export` carry them out.
 
-use super::json::parse_resource;
 use super::operation::{Raw, header};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -67,10 +66,10 @@ pub fn operation_params(
     config: &Config,
 ) -> Result<Vec<(String, String)>> {
     let mut out = query.to_vec();
-    if raw.body.is_empty() {
+    if !raw.has_body() {
         return Ok(out);
     }
-    let body = parse_resource(raw.body, config.limits.max_json_depth)?;
+    let body = crate::fhir::operation::body_resource_any(raw, config)?;
     if body["resourceType"] != "Parameters" {
         return Err(Error::invalid(
             "an operation's body must be a Parameters resource",
@@ -120,7 +119,7 @@ pub fn validate(
             other => return Err(Error::invalid(format!("$validate does not take '{other}'"))),
         }
     }
-    if !raw.body.is_empty() {
+    if raw.has_body() {
         let body = crate::fhir::operation::body_resource_any(raw, config)?;
         if body["resourceType"] == "Parameters" && ty != "Parameters" {
             for p in body["parameter"].as_array().into_iter().flatten() {

@@ -230,6 +230,16 @@ pub struct Raw<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
+    /// The body already parsed: a Bundle entry's resource, taken from the parsed Bundle instead
+    /// of being written out and read again (`body` is then empty).
+    pub parsed: std::cell::RefCell<Option<Value>>,
+}
+
+impl Raw<'_> {
+    /// Whether the request carries a body (bytes or an already parsed resource).
+    pub fn has_body(&self) -> bool {
+        !self.body.is_empty() || self.parsed.borrow().is_some()
+    }
 }
 
 /// Parses a request. `structure` says which resource types exist.
@@ -296,7 +306,7 @@ pub fn parse(
             )?
         }
         (&Method::GET | &Method::POST, [ty, id, "$meta"]) => {
-            if !raw.body.is_empty() && m == Method::POST {
+            if raw.has_body() && m == Method::POST {
                 named::operation_params(raw, &[], config)?;
             }
             Operation::Meta(Read {
@@ -307,7 +317,7 @@ pub fn parse(
         (&Method::POST, [ty, id, op @ ("$meta-add" | "$meta-delete")]) => {
             let ty = type_of(ty)?;
             let id = id_of(id)?;
-            let body = crate::fhir::json::parse_resource(raw.body, config.limits.max_json_depth)?;
+            let body = body_resource_any(raw, config)?;
             Operation::Patch(crate::fhir::patch::Patch {
                 body: crate::fhir::patch::PatchBody::Meta {
                     add: *op == "$meta-add",
@@ -655,7 +665,11 @@ pub(crate) fn body_resource_any(raw: &Raw<'_>, config: &Config) -> Result<Value>
             ));
         }
     }
-    let resource = parse_resource(raw.body, config.limits.max_json_depth)?;
+    let parsed = raw.parsed.borrow_mut().take();
+    let resource = match parsed {
+        Some(v) => v,
+        None => parse_resource(raw.body, config.limits.max_json_depth)?,
+    };
     if resource
         .get("resourceType")
         .and_then(Value::as_str)

@@ -324,6 +324,7 @@ async fn fhir_request(
         query: parts.uri.query(),
         headers: &parts.headers,
         body: &bytes,
+        parsed: Default::default(),
     };
     let base = base_url(app, &parts.headers, is_tls);
     let request = match parse(&raw, base, &app.config, &app.structure) {
