@@ -323,14 +323,7 @@ impl Run<'_> {
             .policy
             .disclose(self.principal, self.asked, stored, Permission::Read)
             .await?;
-        let group: serde_json::Value = d
-            .get()
-            .body
-            .as_ref()
-            .map(|b| serde_json::from_slice(b))
-            .transpose()
-            .map_err(Error::internal)?
-            .unwrap_or_default();
+        let group = d.get().json()?;
         let mut out: Vec<String> = Vec::new();
         for m in group["member"].as_array().into_iter().flatten() {
             if m["inactive"] == true {

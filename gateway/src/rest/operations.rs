@@ -29,14 +29,7 @@ pub async fn meta(app: &App, principal: &Principal, asked: &Asked, op: Read) -> 
     if deleted {
         return Err(Error::gone(format!("{what} was deleted")));
     }
-    let resource: Value = d
-        .get()
-        .body
-        .as_ref()
-        .map(|b| serde_json::from_slice(b))
-        .transpose()
-        .map_err(Error::internal)?
-        .unwrap_or(Value::Null);
+    let resource = d.get().json()?;
     let parameters = crate::fhir::meta::parameters(&crate::fhir::meta::of(&resource));
     let doc = app
         .policy

@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::fhir::operation::{Return, Target, Update};
 use crate::fhir::patch::{Patch, apply};
 use crate::policy::{Asked, Principal};
-use serde_json::Value;
 
 const TRIES: usize = 3;
 
@@ -48,11 +47,13 @@ pub async fn prepare(app: &App, principal: &Principal, op: &Patch) -> Result<Upd
             current.version
         )));
     }
-    let body = current
-        .body
-        .as_ref()
-        .ok_or_else(|| Error::gone(format!("{}/{} was deleted", current.ty, current.id)))?;
-    let resource: Value = serde_json::from_slice(body).map_err(Error::internal)?;
+    if current.is_deleted() {
+        return Err(Error::gone(format!(
+            "{}/{} was deleted",
+            current.ty, current.id
+        )));
+    }
+    let resource = current.json()?;
     let patched = apply(&op.body, &resource, &app.structure)?;
     if patched.get("resourceType") != resource.get("resourceType")
         || patched.get("id") != resource.get("id")

@@ -61,6 +61,15 @@ impl Stored {
     pub fn is_deleted(&self) -> bool {
         self.body.is_none()
     }
+
+    /// The stored JSON as a value (`Null` for a deletion). The store wrote it, so text that does
+    /// not parse is the server's fault.
+    pub fn json(&self) -> crate::error::Result<serde_json::Value> {
+        match &self.body {
+            Some(b) => serde_json::from_slice(b).map_err(crate::error::Error::internal),
+            None => Ok(serde_json::Value::Null),
+        }
+    }
 }
 
 #[derive(Debug)]
