@@ -110,7 +110,10 @@ fn outcome(status: u16) -> &'static str {
 /// The AuditEvent of one request.
 pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
     let recorded = now_ms();
-    let id = uuid::Uuid::new_v4().to_string();
+    // Time-ordered (v7): consecutive events land on the right edge of `audit_log`'s id index
+    // instead of dirtying a random page of it per event, which every commit then writes twice
+    // (WAL frame and checkpoint).
+    let id = uuid::Uuid::now_v7().to_string();
     let (who, org, agent_key, purpose) = match principal {
         Principal::Anonymous => (
             json!({ "display": "anonymous" }),
