@@ -86,7 +86,7 @@ fn rank(f: &Path) -> usize {
 }
 
 /// Per file, the line ranges `[from, to)` already imported (a Bundle file is the one line 0).
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 struct State {
     done: BTreeMap<String, Vec<(u64, u64)>>,
 }
@@ -144,8 +144,122 @@ struct Chunk {
     /// The lines of the file this chunk covers, `[from, upto)`.
     from: u64,
     upto: u64,
-    bundle: Value,
+    /// None when there is nothing left to write (every line imported before, or a Bundle file
+    /// done before).
+    bundle: Option<Value>,
     resources: u64,
+    /// Lines a previous run had imported.
+    skipped: u64,
+    /// Lines that are not FHIR resources.
+    ignored: u64,
+}
+
+/// Reads the files into chunks, on a thread of its own: parsing runs beside the writes, a few
+/// chunks ahead, and memory stays bounded whatever the files' size.
+struct Reader {
+    files: Vec<PathBuf>,
+    chunk: usize,
+    /// What earlier runs imported.
+    done: State,
+    resource_types: std::collections::BTreeSet<String>,
+    progress: indicatif::ProgressBar,
+}
+
+impl Reader {
+    /// Sends the chunks in file order; stops at the first unreadable file or line, or when the
+    /// importer stops listening.
+    fn run(self, out: &tokio::sync::mpsc::Sender<Result<Chunk>>) {
+        for f in &self.files {
+            if let Err(e) = self.file(f, out) {
+                let _ = out.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+
+    fn file(&self, f: &Path, out: &tokio::sync::mpsc::Sender<Result<Chunk>>) -> Result<()> {
+        let k = key(f);
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| Error::invalid(format!("{}: {e}", f.display())))?;
+        let send = |c: Chunk| out.blocking_send(Ok(c)).is_ok();
+        if f.extension().is_some_and(|x| x == "json") {
+            self.progress.inc_length(1);
+            let done = self.done.is_done(&k, 0);
+            let bundle = if done {
+                None
+            } else {
+                Some(
+                    serde_json::from_str::<Value>(&text)
+                        .map_err(|e| Error::invalid(format!("{}: {e}", f.display())))?,
+                )
+            };
+            let n = bundle
+                .as_ref()
+                .and_then(|b| b["entry"].as_array())
+                .map_or(0, |e| e.len()) as u64;
+            send(Chunk {
+                file: k,
+                units: u64::from(!done),
+                from: 0,
+                upto: 1,
+                bundle,
+                resources: n,
+                skipped: u64::from(done),
+                ignored: 0,
+            });
+            return Ok(());
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        self.progress.inc_length(lines.len() as u64);
+        let mut at = 0;
+        while at < lines.len() {
+            let end = (at + self.chunk).min(lines.len());
+            let mut entries = Vec::with_capacity(end - at);
+            let (mut skipped, mut ignored) = (0, 0);
+            for (n, line) in lines[at..end].iter().enumerate() {
+                if self.done.is_done(&k, (at + n) as u64) {
+                    skipped += 1;
+                    continue;
+                }
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let r: Value = serde_json::from_str(line).map_err(|e| {
+                    Error::invalid(format!("{} line {}: {e}", f.display(), at + n + 1))
+                })?;
+                let ty = r["resourceType"]
+                    .as_str()
+                    .filter(|t| self.resource_types.contains(*t));
+                let (method, url) = match (ty, r["id"].as_str()) {
+                    (Some(ty), Some(id)) => ("PUT", format!("{ty}/{id}")),
+                    (Some(ty), None) => ("POST", ty.to_owned()),
+                    _ => {
+                        ignored += 1;
+                        continue;
+                    }
+                };
+                entries.push(json!({"resource": r, "request": {"method": method, "url": url}}));
+            }
+            let resources = entries.len() as u64;
+            let sent = send(Chunk {
+                file: k.clone(),
+                units: (end - at) as u64 - skipped,
+                from: at as u64,
+                upto: end as u64,
+                bundle: (resources > 0).then(
+                    || json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+                ),
+                resources,
+                skipped,
+                ignored,
+            });
+            if !sent {
+                return Ok(());
+            }
+            at = end;
+        }
+        Ok(())
+    }
 }
 
 /// Imports the files as `principal`; `progress` shows lines done of all lines.
@@ -165,106 +279,65 @@ pub async fn run(
         files: files.len(),
         ..Default::default()
     };
-    let mut chunks = Vec::new();
-    for f in files {
-        let k = key(f);
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| Error::invalid(format!("{}: {e}", f.display())))?;
-        if f.extension().is_some_and(|x| x == "json") {
-            progress.inc_length(1);
-            if state.is_done(&k, 0) {
-                summary.skipped += 1;
-                progress.inc(1);
-                continue;
-            }
-            let bundle: Value = serde_json::from_str(&text)
-                .map_err(|e| Error::invalid(format!("{}: {e}", f.display())))?;
-            let n = bundle["entry"].as_array().map_or(0, |e| e.len()) as u64;
-            chunks.push(Chunk {
-                file: k,
-                units: 1,
-                from: 0,
-                upto: 1,
-                bundle,
-                resources: n,
-            });
-            continue;
-        }
-        let lines: Vec<&str> = text.lines().collect();
-        progress.inc_length(lines.len() as u64);
-        let mut at = 0;
-        while at < lines.len() {
-            let end = (at + chunk).min(lines.len());
-            let mut entries = Vec::with_capacity(end - at);
-            let mut skipped = 0;
-            for (n, line) in lines[at..end].iter().enumerate() {
-                if state.is_done(&k, (at + n) as u64) {
-                    skipped += 1;
-                    continue;
-                }
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let r: Value = serde_json::from_str(line).map_err(|e| {
-                    Error::invalid(format!("{} line {}: {e}", f.display(), at + n + 1))
-                })?;
-                match (r["resourceType"].as_str(), r["id"].as_str()) {
-                    (Some(ty), Some(id)) if app.structure.is_resource_type(ty) => {
-                        let url = format!("{ty}/{id}");
-                        entries
-                            .push(json!({"resource": r, "request": {"method": "PUT", "url": url}}));
-                    }
-                    (Some(ty), None) if app.structure.is_resource_type(ty) => {
-                        let url = ty.to_owned();
-                        entries.push(
-                            json!({"resource": r, "request": {"method": "POST", "url": url}}),
-                        );
-                    }
-                    _ => summary.ignored += 1,
-                }
-            }
-            summary.skipped += skipped;
-            progress.inc(skipped);
-            chunks.push(Chunk {
-                file: k.clone(),
-                units: (end - at) as u64 - skipped,
-                from: at as u64,
-                upto: end as u64,
-                resources: entries.len() as u64,
-                bundle: json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
-            });
-            at = end;
-        }
-    }
-    // Two in flight. After a failure no new chunk starts; the one beside it is still recorded.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Chunk>>(4);
+    let reader = Reader {
+        files: files.to_vec(),
+        chunk,
+        done: state.clone(),
+        resource_types: app.structure.resource_types().map(str::to_owned).collect(),
+        progress: progress.clone(),
+    };
+    let reading = tokio::task::spawn_blocking(move || reader.run(&sender));
+    let chunks =
+        futures::stream::unfold(
+            receiver,
+            |mut r| async move { r.recv().await.map(|c| (c, r)) },
+        );
+    // Two in flight, so that one is prepared (validated, indexed) while the other is written.
+    // After a failure no new chunk starts; the one beside it is still recorded.
     let stop = std::sync::atomic::AtomicBool::new(false);
     let stop = &stop;
-    let mut results = futures::stream::iter(chunks)
-        .map(|c| async move {
-            let r = if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                None
-            } else {
-                Some(submit(app, principal, c.bundle).await)
-            };
-            (c.file, c.from, c.upto, c.units, c.resources, r)
-        })
-        .buffered(2);
+    let mut results = Box::pin(
+        chunks
+            .map(|c| async move {
+                let mut c = match c {
+                    Ok(c) => c,
+                    Err(e) => return (None, Some(Err(e))),
+                };
+                let r = match c.bundle.take() {
+                    _ if stop.load(std::sync::atomic::Ordering::SeqCst) => None,
+                    None => Some(Ok(())),
+                    Some(bundle) => Some(submit(app, principal, bundle).await),
+                };
+                (Some(c), r)
+            })
+            .buffered(2),
+    );
     let mut failed = None;
-    while let Some((file, from, upto, units, resources, r)) = results.next().await {
+    while let Some((c, r)) = results.next().await {
+        let file = c.as_ref().map(|c| c.file.clone()).unwrap_or_default();
         match r {
             None => {}
             Some(Err(e)) => {
                 stop.store(true, std::sync::atomic::Ordering::SeqCst);
-                failed.get_or_insert(e.at(&file));
+                failed.get_or_insert(if file.is_empty() { e } else { e.at(&file) });
             }
             Some(Ok(())) => {
-                state.add(&file, from, upto);
-                state.save(&state_path)?;
-                summary.resources += resources;
-                progress.inc(units);
+                let c = c.expect("a chunk when it succeeded");
+                summary.skipped += c.skipped;
+                summary.ignored += c.ignored;
+                progress.inc(c.skipped);
+                if c.units > 0 {
+                    state.add(&c.file, c.from, c.upto);
+                    state.save(&state_path)?;
+                }
+                summary.resources += c.resources;
+                progress.inc(c.units);
             }
         }
     }
+    drop(results);
+    let _ = reading.await;
     if let Some(e) = failed {
         return Err(e);
     }

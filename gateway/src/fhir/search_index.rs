@@ -67,7 +67,7 @@ pub fn entries(ty: &str, resource: &Value) -> Vec<Entry> {
 }
 
 fn rows(param: &str, kind: Kind, item: &Item, out: &mut Vec<Entry>) {
-    let v = item.to_json();
+    let v = item.json();
     match kind {
         Kind::String => strings(&v, &mut |s| {
             out.push(Entry {
@@ -142,7 +142,7 @@ fn composite(def: &search_params::Definition, item: &Item, out: &mut Vec<Entry>)
     let Some([(ka, ea), (kb, eb)]) = search_params::composite_pair(def) else {
         return;
     };
-    let within = item.to_json();
+    let within = item.json();
     let part = |kind: Kind, e: &crate::fhir::fhirpath::FhirPath| {
         let mut rows_of = Vec::new();
         for v in e.evaluate_for_search(&within).unwrap_or_default() {

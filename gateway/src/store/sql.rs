@@ -703,14 +703,137 @@ pub fn after_insert(
     seq: i64,
     indexing: Option<&Indexing>,
 ) -> Vec<Sql> {
+    let mut out = after_insert_but_fulltext(d, stored, seq, indexing);
+    if stored.version > 1 {
+        out.extend(clear_fulltext(d, &stored.ty, &stored.id));
+    }
+    if let Some(ix) = indexing {
+        out.extend(insert_fulltext(
+            d,
+            &stored.ty,
+            &stored.id,
+            &ix.narrative,
+            &ix.content,
+        ));
+    }
+    out
+}
+
+/// As [`after_insert`], without the full-text rows, which the caller writes with
+/// [`FullTextBatch`].
+pub fn after_insert_but_fulltext(
+    d: Dialect,
+    stored: &crate::store::Stored,
+    seq: i64,
+    indexing: Option<&Indexing>,
+) -> Vec<Sql> {
     let mut out = vec![upsert_current(d, stored, seq)];
     // A first version has no index rows to clear (ids are never reused: a deleted resource's
     // next version is 2 or more); on a bulk import that spares five statements per resource.
     if stored.version > 1 {
-        out.extend(clear_statements(d, &stored.ty, &stored.id));
+        for index in [Index::Token, Index::Compartment, Index::Search] {
+            out.push(clear_index(d, index, &stored.ty, &stored.id));
+        }
     }
     out.extend(insert_index_statements(d, stored, indexing));
     out
+}
+
+/// The full-text rows of a group of SQLite writes, written together at the end.
+///
+/// FTS5 moves its pending terms to a new on-disk segment whenever a statement opens a
+/// statement savepoint, and every write to a virtual table does: one `INSERT` per resource
+/// made a segment per resource, and merging them was a fifth of a bulk import's writer time.
+/// Batched, a group makes one segment per table.
+#[derive(Debug, Default)]
+pub struct FullTextBatch {
+    /// Resources whose committed rows are removed first (a later version or a deletion).
+    clear: Vec<(String, String)>,
+    /// (type, id) -> (narrative, content) of the newest version written, None when that was a
+    /// deletion.
+    texts: indexmap::IndexMap<(String, String), Option<(String, String)>>,
+}
+
+impl FullTextBatch {
+    /// Records what a write does to the full-text rows of `stored`.
+    pub fn add(&mut self, stored: &crate::store::Stored, indexing: Option<&Indexing>) {
+        let key = (stored.ty.clone(), stored.id.clone());
+        if stored.version > 1 && !self.clear.contains(&key) {
+            self.clear.push(key.clone());
+        }
+        let texts = indexing.map(|ix| (ix.narrative.clone(), ix.content.clone()));
+        self.texts.insert(key, texts);
+    }
+
+    /// Takes over `later`'s rows, as if its writes had been recorded here after these.
+    pub fn absorb(&mut self, later: &mut FullTextBatch) {
+        for key in later.clear.drain(..) {
+            if !self.clear.contains(&key) {
+                self.clear.push(key);
+            }
+        }
+        self.texts.extend(later.texts.drain(..));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clear.is_empty() && self.texts.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.clear.clear();
+        self.texts.clear();
+    }
+
+    /// The statements, at most `ROWS` resources each; the batch is left empty.
+    pub fn take_statements(&mut self) -> Vec<Sql> {
+        const ROWS: usize = 300;
+        let d = Dialect::Sqlite;
+        let mut out: Vec<Sql> = self
+            .clear
+            .drain(..)
+            .flat_map(|(ty, id)| clear_fulltext(d, &ty, &id))
+            .collect();
+        let texts: Vec<_> = self
+            .texts
+            .drain(..)
+            .filter_map(|(k, t)| Some((k, t?)))
+            .collect();
+        for part in texts.chunks(ROWS) {
+            let mut doc = Sql::new(d, "INSERT OR IGNORE INTO fulltext_doc (type, id) VALUES ");
+            for (n, ((ty, id), _)) in part.iter().enumerate() {
+                doc.push(if n == 0 { "(" } else { ", (" })
+                    .text(ty)
+                    .push(", ")
+                    .text(id)
+                    .push(")");
+            }
+            out.push(doc);
+            for (table, pick) in [("text_fts", 0usize), ("content_fts", 1usize)] {
+                let rows: Vec<_> = part
+                    .iter()
+                    .map(|(k, t)| (k, if pick == 0 { &t.0 } else { &t.1 }))
+                    .filter(|(_, text)| !text.is_empty())
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                let mut q = Sql::new(d, "INSERT INTO ");
+                q.push(table).push(" (rowid, body) VALUES ");
+                for (n, ((ty, id), text)) in rows.into_iter().enumerate() {
+                    q.push(if n == 0 { "(" } else { ", (" })
+                        .push("(SELECT doc FROM fulltext_doc WHERE type = ")
+                        .text(ty)
+                        .push(" AND id = ")
+                        .text(id)
+                        .push("), ")
+                        .text(text)
+                        .push(")");
+                }
+                out.push(q);
+            }
+        }
+        out
+    }
 }
 
 /// The statements that remove a resource's index rows.
@@ -732,6 +855,15 @@ pub fn index_statements(
 ) -> Vec<Sql> {
     let mut out = clear_statements(d, &stored.ty, &stored.id);
     out.extend(insert_index_statements(d, stored, indexing));
+    if let Some(ix) = indexing {
+        out.extend(insert_fulltext(
+            d,
+            &stored.ty,
+            &stored.id,
+            &ix.narrative,
+            &ix.content,
+        ));
+    }
     out
 }
 
@@ -746,7 +878,6 @@ fn insert_index_statements(
     let Some(ix) = indexing else {
         return out;
     };
-    out.extend(insert_fulltext(d, ty, id, &ix.narrative, &ix.content));
     let mut patients = ix.patients.clone();
     if ty == "Patient" {
         patients.insert(0, id.to_owned());
@@ -1315,6 +1446,7 @@ pub(crate) use relational_common;
 mod tests {
     use super::*;
     use crate::fhir::search::Token;
+    use crate::store::WriteMethod;
 
     #[test]
     fn placeholders_follow_the_dialect_and_values_are_bound() {
@@ -1407,5 +1539,88 @@ mod tests {
                 .text
                 .starts_with("DELETE FROM compartment WHERE")
         );
+    }
+
+    fn version(
+        ty: &str,
+        id: &str,
+        version: u64,
+        body: Option<serde_json::Value>,
+    ) -> crate::store::Stored {
+        crate::store::Stored {
+            ty: ty.into(),
+            id: id.into(),
+            version,
+            last_updated: time::OffsetDateTime::UNIX_EPOCH,
+            method: if body.is_some() {
+                WriteMethod::Put
+            } else {
+                WriteMethod::Delete
+            },
+            body: body.map(|b| bytes::Bytes::from(b.to_string())),
+        }
+    }
+
+    fn texts_of(statements: &[Sql]) -> Vec<String> {
+        statements
+            .iter()
+            .flat_map(|s| s.binds.iter())
+            .filter_map(|b| match b {
+                Bind::Text(t) if t.contains(' ') || t.chars().all(char::is_lowercase) => {
+                    Some(t.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_text_batch_writes_the_newest_text_once_and_clears_what_was_committed() {
+        let pat =
+            |word: &str| serde_json::json!({"resourceType": "Patient", "name": [{"text": word}]});
+        let mut group = FullTextBatch::default();
+        // Job 1 creates p1 and p2.
+        let mut job = FullTextBatch::default();
+        for id in ["p1", "p2"] {
+            let body = pat(if id == "p1" { "alpha" } else { "gamma" });
+            job.add(
+                &version("Patient", id, 1, Some(body.clone())),
+                Some(&Indexing::of("Patient", &body)),
+            );
+        }
+        group.absorb(&mut job);
+        assert!(job.is_empty());
+        // Job 2 updates p1 and deletes p2; p3 existed before the group and is updated.
+        let beta = pat("beta");
+        job.add(
+            &version("Patient", "p1", 2, Some(beta.clone())),
+            Some(&Indexing::of("Patient", &beta)),
+        );
+        job.add(&version("Patient", "p2", 2, None), None);
+        job.add(
+            &version("Patient", "p3", 4, Some(beta.clone())),
+            Some(&Indexing::of("Patient", &beta)),
+        );
+        group.absorb(&mut job);
+        let statements = group.take_statements();
+        assert!(group.is_empty());
+        // Committed rows of the updated and deleted resources are removed first ...
+        let deletes: Vec<&Sql> = statements
+            .iter()
+            .take_while(|s| s.text.starts_with("DELETE"))
+            .collect();
+        assert_eq!(deletes.len(), 6, "{statements:?}");
+        // ... then one statement per table carries every new text: p1's newest and p3's, not p2's.
+        let inserts: Vec<&Sql> = statements
+            .iter()
+            .filter(|s| s.text.starts_with("INSERT INTO content_fts"))
+            .collect();
+        assert_eq!(inserts.len(), 1);
+        let words = texts_of(&statements).join(" ");
+        assert!(
+            words.contains("beta") && !words.contains("alpha") && !words.contains("gamma"),
+            "{words}"
+        );
+        assert_eq!(inserts[0].text.matches("SELECT doc").count(), 2);
     }
 }

@@ -8,13 +8,16 @@
 
 use super::parse::Expr;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 /// One value of a FHIRPath collection.
 #[derive(Debug, Clone)]
-pub enum Item {
-    /// An element or resource (JSON object), with its FHIR type when known.
-    Node(Value, Option<String>),
+pub enum Item<'a> {
+    /// An element or resource (JSON object), with its FHIR type when known. Borrowed from the
+    /// evaluated resource (indexing evaluates dozens of expressions per write: copying the
+    /// resource for each was a fifth of the import's CPU); owned when built during evaluation.
+    Node(Cow<'a, Value>, Option<String>),
     Bool(bool),
     Int(i64),
     /// Decimal, with its text (`1.50` stays `1.50`).
@@ -26,14 +29,29 @@ pub enum Item {
     Quantity(f64, String),
 }
 
-pub type Collection = Vec<Item>;
-type R = Result<Collection, String>;
+pub type Collection<'a> = Vec<Item<'a>>;
+type R<'a> = Result<Collection<'a>, String>;
 
-impl Item {
+impl Item<'_> {
+    /// The item without a borrow of the evaluated resource.
+    pub fn into_owned(self) -> Item<'static> {
+        match self {
+            Item::Node(v, ty) => Item::Node(Cow::Owned(v.into_owned()), ty),
+            Item::Bool(b) => Item::Bool(b),
+            Item::Int(i) => Item::Int(i),
+            Item::Dec(d, t) => Item::Dec(d, t),
+            Item::Str(s) => Item::Str(s),
+            Item::Date(s) => Item::Date(s),
+            Item::DateTime(s) => Item::DateTime(s),
+            Item::Time(s) => Item::Time(s),
+            Item::Quantity(v, u) => Item::Quantity(v, u),
+        }
+    }
+
     /// The item as JSON (for search indexing and results).
     pub fn to_json(&self) -> Value {
         match self {
-            Item::Node(v, _) => v.clone(),
+            Item::Node(v, _) => v.as_ref().clone(),
             Item::Bool(b) => Value::Bool(*b),
             Item::Int(i) => Value::from(*i),
             Item::Dec(_, t) => serde_json::from_str(t).unwrap_or(Value::Null),
@@ -41,6 +59,14 @@ impl Item {
                 Value::String(s.clone())
             }
             Item::Quantity(v, u) => serde_json::json!({ "value": v, "unit": u }),
+        }
+    }
+
+    /// The item as JSON, without a copy when it is an element.
+    pub fn json(&self) -> Cow<'_, Value> {
+        match self {
+            Item::Node(v, _) => Cow::Borrowed(v.as_ref()),
+            other => Cow::Owned(other.to_json()),
         }
     }
 
@@ -80,7 +106,7 @@ impl Item {
 }
 
 /// A JSON value found in a resource as an item; `ty` from a choice suffix or the element.
-fn from_json(v: &Value, ty: Option<String>) -> Item {
+fn from_json(v: &Value, ty: Option<String>) -> Item<'_> {
     match v {
         Value::Bool(b) => Item::Bool(*b),
         Value::Number(n) => {
@@ -98,7 +124,7 @@ fn from_json(v: &Value, ty: Option<String>) -> Item {
         },
         _ => {
             let ty = ty.or_else(|| v.get("resourceType")?.as_str().map(str::to_owned));
-            Item::Node(v.clone(), ty)
+            Item::Node(Cow::Borrowed(v), ty)
         }
     }
 }
@@ -112,14 +138,14 @@ pub struct Env<'a> {
     pub lenient_casts: bool,
 }
 
-struct Frame {
-    this: Option<Item>,
+struct Frame<'a> {
+    this: Option<Item<'a>>,
     index: usize,
-    total: Option<Collection>,
+    total: Option<Collection<'a>>,
 }
 
 /// Evaluates `e` on the resource.
-pub fn evaluate(e: &Expr, resource: &Value, lenient_casts: bool) -> R {
+pub fn evaluate<'a>(e: &Expr, resource: &'a Value, lenient_casts: bool) -> R<'a> {
     let env = Env {
         resource,
         lenient_casts,
@@ -133,7 +159,7 @@ pub fn evaluate(e: &Expr, resource: &Value, lenient_casts: bool) -> R {
     eval(e, &root, &env, &frame)
 }
 
-fn eval(e: &Expr, input: &Collection, env: &Env, f: &Frame) -> R {
+fn eval<'a>(e: &Expr, input: &Collection<'a>, env: &Env<'a>, f: &Frame<'a>) -> R<'a> {
     Ok(match e {
         Expr::Empty => vec![],
         Expr::Bool(b) => vec![Item::Bool(*b)],
@@ -256,7 +282,7 @@ fn is_type(item: &Item, ty: &str) -> bool {
     }
 }
 
-fn type_op(op: &str, v: Collection, ty: &str) -> Collection {
+fn type_op<'a>(op: &str, v: Collection<'a>, ty: &str) -> Collection<'a> {
     let Some(item) = v.into_iter().next() else {
         return vec![];
     };
@@ -275,7 +301,7 @@ fn type_op(op: &str, v: Collection, ty: &str) -> Collection {
 
 /// `name` on each item: the element, a choice element (`value` → `valueQuantity`), or at the root
 /// a type name that filters (`Patient` on a Patient is the Patient).
-fn navigate(base: &Collection, name: &str, root: bool) -> Collection {
+fn navigate<'a>(base: &Collection<'a>, name: &str, root: bool) -> Collection<'a> {
     let mut out = Vec::new();
     for item in base {
         let Item::Node(v, ty) = item else { continue };
@@ -289,21 +315,33 @@ fn navigate(base: &Collection, name: &str, root: bool) -> Collection {
                 continue;
             }
         }
-        let Some(obj) = v.as_object() else { continue };
-        if let Some(found) = obj.get(name) {
-            push_json(&mut out, found, element_type(name));
-            continue;
-        }
-        // A choice element: `value` finds `valueQuantity`, typed Quantity.
-        for (k, val) in obj {
-            if let Some(suffix) = k.strip_prefix(name)
-                && suffix.starts_with(|c: char| c.is_ascii_uppercase())
-            {
-                push_json(&mut out, val, Some(choice_type(suffix)));
+        match v {
+            Cow::Borrowed(v) => members(&mut out, v, name),
+            Cow::Owned(v) => {
+                let mut found = Vec::new();
+                members(&mut found, v, name);
+                out.extend(found.into_iter().map(|i| -> Item<'a> { i.into_owned() }));
             }
         }
     }
     out
+}
+
+/// The element `name` of `v`, or its choice elements (`value` finds `valueQuantity`, typed
+/// Quantity).
+fn members<'a>(out: &mut Collection<'a>, v: &'a Value, name: &str) {
+    let Some(obj) = v.as_object() else { return };
+    if let Some(found) = obj.get(name) {
+        push_json(out, found, element_type(name));
+        return;
+    }
+    for (k, val) in obj {
+        if let Some(suffix) = k.strip_prefix(name)
+            && suffix.starts_with(|c: char| c.is_ascii_uppercase())
+        {
+            push_json(out, val, Some(choice_type(suffix)));
+        }
+    }
 }
 
 /// Types that an element's name alone tells (enough for the date-typed search elements).
@@ -348,7 +386,7 @@ fn choice_type(suffix: &str) -> String {
     }
 }
 
-fn push_json(out: &mut Collection, v: &Value, ty: Option<String>) {
+fn push_json<'a>(out: &mut Collection<'a>, v: &'a Value, ty: Option<String>) {
     match v {
         Value::Array(items) => out.extend(items.iter().map(|i| from_json(i, ty.clone()))),
         Value::Null => {}
@@ -366,11 +404,18 @@ fn singleton_bool(c: &Collection) -> Result<Option<bool>, String> {
     }
 }
 
-fn bools(b: Option<bool>) -> Collection {
+fn bools(b: Option<bool>) -> Collection<'static> {
     b.map(Item::Bool).into_iter().collect()
 }
 
-fn binary(op: &str, l: &Expr, r: &Expr, input: &Collection, env: &Env, f: &Frame) -> R {
+fn binary<'a>(
+    op: &str,
+    l: &Expr,
+    r: &Expr,
+    input: &Collection<'a>,
+    env: &Env<'a>,
+    f: &Frame<'a>,
+) -> R<'a> {
     let lv = eval(l, input, env, f)?;
     match op {
         "and" | "or" | "xor" | "implies" => {
@@ -456,7 +501,7 @@ fn binary(op: &str, l: &Expr, r: &Expr, input: &Collection, env: &Env, f: &Frame
     })
 }
 
-fn arithmetic(op: &str, lv: &Collection, rv: &Collection) -> R {
+fn arithmetic(op: &str, lv: &Collection, rv: &Collection) -> R<'static> {
     let (Some(a), Some(b)) = (lv.first(), rv.first()) else {
         return Ok(vec![]);
     };
@@ -505,7 +550,7 @@ fn arithmetic(op: &str, lv: &Collection, rv: &Collection) -> R {
     Ok(vec![])
 }
 
-fn dec(x: f64) -> Item {
+fn dec(x: f64) -> Item<'static> {
     let mut t = format!("{x}");
     if !t.contains('.') && !t.contains('e') {
         t.push_str(".0");
@@ -513,7 +558,7 @@ fn dec(x: f64) -> Item {
     Item::Dec(x, t)
 }
 
-fn union(a: Collection, b: Collection) -> Collection {
+fn union<'a>(a: Collection<'a>, b: Collection<'a>) -> Collection<'a> {
     let mut out: Collection = Vec::new();
     for i in a.into_iter().chain(b) {
         if !out.iter().any(|o| equal(o, &i) == Some(true)) {
@@ -694,7 +739,7 @@ fn text(i: &Item) -> String {
     }
 }
 
-fn arg(args: &[Expr], i: usize, input: &Collection, env: &Env, f: &Frame) -> R {
+fn arg<'a>(args: &[Expr], i: usize, input: &Collection<'a>, env: &Env<'a>, f: &Frame<'a>) -> R<'a> {
     match args.get(i) {
         Some(e) => eval(e, input, env, f),
         None => Err(format!("missing argument {}", i + 1)),
@@ -737,12 +782,12 @@ fn int_arg(
 }
 
 /// Evaluates `e` with each item of `base` as `$this`.
-fn per_item<'a>(
-    base: &'a Collection,
-    e: &'a Expr,
-    env: &'a Env,
-    total: Option<&'a Collection>,
-) -> impl Iterator<Item = (usize, &'a Item, R)> + 'a {
+fn per_item<'b, 'a: 'b>(
+    base: &'b Collection<'a>,
+    e: &'b Expr,
+    env: &'b Env<'a>,
+    total: Option<&'b Collection<'a>>,
+) -> impl Iterator<Item = (usize, &'b Item<'a>, R<'a>)> + 'b {
     base.iter().enumerate().map(move |(i, item)| {
         let frame = Frame {
             this: Some(item.clone()),
@@ -761,14 +806,14 @@ fn single_string(base: &Collection) -> Result<Option<String>, String> {
     }
 }
 
-fn call(
+fn call<'a>(
     name: &str,
-    base: &Collection,
+    base: &Collection<'a>,
     args: &[Expr],
-    input: &Collection,
-    env: &Env,
-    f: &Frame,
-) -> R {
+    input: &Collection<'a>,
+    env: &Env<'a>,
+    f: &Frame<'a>,
+) -> R<'a> {
     let one_bool = |b: bool| Ok(vec![Item::Bool(b)]);
     match name {
         "empty" => one_bool(base.is_empty()),
@@ -1231,22 +1276,32 @@ fn call(
     }
 }
 
-fn children(i: &Item) -> Collection {
-    let mut out = Vec::new();
-    if let Item::Node(Value::Object(m), _) = i {
-        for (k, v) in m {
-            if k == "resourceType" {
-                continue;
+fn children<'a>(i: &Item<'a>) -> Collection<'a> {
+    fn of<'b>(out: &mut Collection<'b>, v: &'b Value) {
+        if let Value::Object(m) = v {
+            for (k, v) in m {
+                if k != "resourceType" {
+                    push_json(out, v, None);
+                }
             }
-            push_json(&mut out, v, None);
         }
+    }
+    let mut out = Vec::new();
+    match i {
+        Item::Node(Cow::Borrowed(v), _) => of(&mut out, v),
+        Item::Node(Cow::Owned(v), _) => {
+            let mut found = Vec::new();
+            of(&mut found, v);
+            out.extend(found.into_iter().map(|i| -> Item<'a> { i.into_owned() }));
+        }
+        _ => {}
     }
     out
 }
 
 /// `resolve()`: a contained resource for `#id`, otherwise a stand-in of the referenced type (the
 /// gateway does not fetch here; search expressions only ask `resolve() is Type`).
-fn resolve(i: &Item, env: &Env) -> Option<Item> {
+fn resolve<'a>(i: &Item, env: &Env<'a>) -> Option<Item<'a>> {
     let reference = match i {
         Item::Node(v, _) => v.get("reference")?.as_str()?.to_owned(),
         Item::Str(s) => s.clone(),
@@ -1266,7 +1321,7 @@ fn resolve(i: &Item, env: &Env) -> Option<Item> {
     let ty = parts[at];
     let id = parts.get(at + 1)?;
     Some(Item::Node(
-        serde_json::json!({ "resourceType": ty, "id": id }),
+        Cow::Owned(serde_json::json!({ "resourceType": ty, "id": id })),
         Some(ty.to_owned()),
     ))
 }

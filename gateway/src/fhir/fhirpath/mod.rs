@@ -31,19 +31,25 @@ impl FhirPath {
     }
 
     /// The collection the expression yields on `resource`.
-    pub fn evaluate(&self, resource: &serde_json::Value) -> Result<Vec<Item>, String> {
+    pub fn evaluate<'a>(&self, resource: &'a serde_json::Value) -> Result<Vec<Item<'a>>, String> {
         eval::evaluate(&self.expr, resource, false)
     }
 
     /// As [`FhirPath::evaluate`], but `as` over several items keeps those of the type, as R4's
     /// search parameter expressions need (see `eval::Env`).
-    pub fn evaluate_for_search(&self, resource: &serde_json::Value) -> Result<Vec<Item>, String> {
+    pub fn evaluate_for_search<'a>(
+        &self,
+        resource: &'a serde_json::Value,
+    ) -> Result<Vec<Item<'a>>, String> {
         eval::evaluate(&self.expr, resource, true)
     }
 }
 
 /// Evaluates a parsed expression on an element (or resource) as its root.
-pub fn evaluate_expr(expr: &Expr, node: &serde_json::Value) -> Result<Vec<Item>, String> {
+pub fn evaluate_expr<'a>(
+    expr: &Expr,
+    node: &'a serde_json::Value,
+) -> Result<Vec<Item<'a>>, String> {
     eval::evaluate(expr, node, false)
 }
 
