@@ -4,6 +4,10 @@ Suites:
   reads     point reads: gateway on SQLite, gateway on PostgreSQL, bare hyper server
   creates   creates: gateway on SQLite, gateway on PostgreSQL, bare hyper server (POST answered)
   replicas  creates/s with 1, 2 and 4 gateway replicas on one PostgreSQL
+  import    `gateway import` of the Synthea population in ../shared/synthea (--import-data), fresh
+            data directory per round, beside a baseline that stores the same NDJSON lines as
+            plain rows in SQLite (WAL, synchronous=FULL, one transaction per 500 lines, no
+            validation, indexing, policy or audit): resources/s, medians
   search    a carebundle population (default ~1,000,000 resources, made once with
             bench/carebundle_ndjson.py into --search-data) loaded over REST with bench-load (writes/s
             with indexing), then the first page of Observation?patient=X&category=laboratory and
@@ -192,6 +196,55 @@ def timed_get(url, token=None):
     return (time.perf_counter() - started) * 1000, body
 
 
+def bare_import(data, path):
+    """The floor: every NDJSON line into one SQLite table, as the gateway commits (WAL, FULL)."""
+    import sqlite3
+    started = time.perf_counter()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE r (type TEXT, id TEXT, body BLOB, PRIMARY KEY (type, id))")
+    n = 0
+    for name in sorted(os.listdir(data)):
+        if not name.endswith(".ndjson"):
+            continue
+        lines = [l for l in open(os.path.join(data, name), encoding="utf-8") if l.strip()]
+        for at in range(0, len(lines), 500):
+            rows = []
+            for line in lines[at:at + 500]:
+                r = json.loads(line)
+                if "resourceType" in r:
+                    rows.append((r["resourceType"], r.get("id") or str(uuid.uuid4()), json.dumps(r).encode()))
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO r VALUES (?, ?, ?)", rows)
+            db.execute("COMMIT")
+            n += len(rows)
+    db.close()
+    return n / (time.perf_counter() - started)
+
+
+def import_suite(args, workdir, report):
+    data = args.import_data
+    results = {"gateway import": [], "bare SQLite rows": []}
+    cfg = os.path.join(workdir, "import.toml")
+    open(cfg, "w").write("[auth]\ndemo = true\n")
+    for r in range(args.rounds):
+        target = os.path.join(workdir, f"import-{r}")
+        out = subprocess.run([GATEWAY, "import", "--config", cfg, "--data", target, data],
+                             capture_output=True, text=True, check=True).stdout
+        rate = float(re.search(r"\(([\d.]+) resources/s\)", out).group(1))
+        results["gateway import"].append(rate)
+        results["bare SQLite rows"].append(bare_import(data, os.path.join(workdir, f"bare-{r}.db")))
+        print(f"  round {r + 1}/{args.rounds}: gateway {rate:.0f}/s, bare {results['bare SQLite rows'][-1]:.0f}/s", file=sys.stderr)
+    base = statistics.median(results["bare SQLite rows"])
+    lines = [f"### Import of {data} ({args.rounds} rounds, fresh data directory each)", "",
+             "| what | resources/s (median) | min | max | vs bare |", "|---|---|---|---|---|"]
+    for name, rates in results.items():
+        med = statistics.median(rates)
+        lines.append(f"| {name} | {med:.0f} | {min(rates):.0f} | {max(rates):.0f} | {med / base * 100:.1f} % |")
+    report.append("\n".join(lines) + "\n")
+
+
 def search_suite(args, workdir, bare, servers, report):
     data = args.search_data
     if not os.path.exists(os.path.join(data, "Patient.ndjson")):
@@ -254,6 +307,7 @@ def main():
     ap.add_argument("--search-patients", type=int, default=22400)
     ap.add_argument("--search-stores", default="sqlite,postgres")
     ap.add_argument("--search-connections", type=int, default=8)
+    ap.add_argument("--import-data", default=os.path.join(ROOT, "../shared/synthea/10-patients"))
     args = ap.parse_args()
     global TOKEN
     TOKEN = demo_token()
@@ -301,6 +355,8 @@ def main():
             }
             report.append(table("Creates (POST Patient, validated, durable before the answer)",
                                 alternate(targets, args.rounds, args.seconds, args.connections)))
+        if "import" in suites:
+            import_suite(args, workdir, report)
         if "search" in suites:
             search_suite(args, workdir, bare, servers, report)
         if "replicas" in suites:

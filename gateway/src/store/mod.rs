@@ -310,13 +310,9 @@ pub fn new_version(
 /// and `lastUpdated`; the client's tags, profiles, security labels and source kept), the rest in
 /// the order sent.
 pub fn stamp(resource: &Value, id: &str, version: u64, last_updated: OffsetDateTime) -> Bytes {
-    let mut out = Map::new();
-    let src = resource.as_object().cloned().unwrap_or_default();
-    out.insert(
-        "resourceType".into(),
-        src.get("resourceType").cloned().unwrap_or(Value::Null),
-    );
-    out.insert("id".into(), Value::String(id.to_owned()));
+    use serde::ser::{SerializeMap, Serializer};
+    let empty = Map::new();
+    let src = resource.as_object().unwrap_or(&empty);
     let mut meta = Map::new();
     meta.insert("versionId".into(), Value::String(version.to_string()));
     meta.insert(
@@ -330,13 +326,27 @@ pub fn stamp(resource: &Value, id: &str, version: u64, last_updated: OffsetDateT
             }
         }
     }
-    out.insert("meta".into(), Value::Object(meta));
-    for (k, v) in src {
-        if !matches!(k.as_str(), "resourceType" | "id" | "meta") {
-            out.insert(k, v);
+    // Written straight from the borrowed resource: this runs on the store's single writer
+    // thread, where copying the resource first cost a tenth of a bulk import's writer time.
+    let mut out = Vec::with_capacity(1024);
+    let mut ser = serde_json::Serializer::new(&mut out);
+    let written = (|| {
+        let mut map = ser.serialize_map(None)?;
+        map.serialize_entry(
+            "resourceType",
+            src.get("resourceType").unwrap_or(&Value::Null),
+        )?;
+        map.serialize_entry("id", id)?;
+        map.serialize_entry("meta", &meta)?;
+        for (k, v) in src {
+            if !matches!(k.as_str(), "resourceType" | "id" | "meta") {
+                map.serialize_entry(k, v)?;
+            }
         }
-    }
-    Bytes::from(serde_json::to_vec(&Value::Object(out)).expect("a JSON value serializes"))
+        map.end()
+    })();
+    written.expect("a JSON value serializes");
+    Bytes::from(out)
 }
 
 /// FHIR instant in UTC with millisecond precision (what the store keeps).

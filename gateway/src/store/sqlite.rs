@@ -181,10 +181,12 @@ impl SqliteStore {
         let (writer, reader) = pools(&main, 8).await?;
         migrate(&writer, MIGRATIONS).await?;
         move_audit_log(&writer, &audit).await?;
-        let group = GroupWriter::start(super::sqlite_inline::open(
-            &main,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
-        )?);
+        let group_conn =
+            super::sqlite_inline::open(&main, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        // Checkpoint every ~40 MB of WAL rather than 4 MB: index pages written by many
+        // consecutive groups are copied into the database once.
+        group_conn.pragma_update(None, "wal_autocheckpoint", 10000)?;
+        let group = GroupWriter::start(group_conn);
         let store = SqliteStore {
             writer,
             group,
