@@ -4,12 +4,15 @@
 //! Everything goes through the same path as a client's transaction (`rest::execute`): parsed,
 //! validated, permitted for the operator's principal, written in one store transaction per chunk,
 //! and audited. NDJSON lines become `PUT [type]/[id]` entries (ids kept, so references between
-//! files hold), `chunk` lines a transaction; two chunks are in flight so that one is prepared
-//! (validated, indexed) while the other is written.
+//! files hold), `chunk` lines a transaction; files are read and parsed on a thread of their own a
+//! few chunks ahead, and two chunks are in flight so that one is prepared (validated, indexed)
+//! while the other is written.
 //!
 //! Resumable: after each chunk commits, the line ranges done per file are written to
-//! `DATA/import-state.json` (replaced atomically); a second run skips those lines. A failed chunk
-//! stops the import; the chunk in flight beside it is still waited for and recorded.
+//! `DATA/import-state.json` (replaced atomically); a second run skips those lines. A failed chunk,
+//! or a file or line that cannot be read, stops the import there; what was committed before stays
+//! (and is skipped by the next run), and the chunk in flight beside it is still waited for and
+//! recorded.
 
 use crate::app::App;
 use crate::audit::Access;
