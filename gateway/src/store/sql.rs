@@ -831,38 +831,7 @@ impl FullTextBatch {
             .filter_map(|(k, t)| Some((k, t?)))
             .collect();
         for part in texts.chunks(ROWS) {
-            let mut doc = Sql::new(d, "INSERT OR IGNORE INTO fulltext_doc (type, id) VALUES ");
-            for (n, ((ty, id), _)) in part.iter().enumerate() {
-                doc.push(if n == 0 { "(" } else { ", (" })
-                    .text(ty)
-                    .push(", ")
-                    .text(id)
-                    .push(")");
-            }
-            out.push(doc);
-            for (table, pick) in [("text_fts", 0usize), ("content_fts", 1usize)] {
-                let rows: Vec<_> = part
-                    .iter()
-                    .map(|(k, t)| (k, if pick == 0 { &t.0 } else { &t.1 }))
-                    .filter(|(_, text)| !text.is_empty())
-                    .collect();
-                if rows.is_empty() {
-                    continue;
-                }
-                let mut q = Sql::new(d, "INSERT INTO ");
-                q.push(table).push(" (rowid, body) VALUES ");
-                for (n, ((ty, id), text)) in rows.into_iter().enumerate() {
-                    q.push(if n == 0 { "(" } else { ", (" })
-                        .push("(SELECT doc FROM fulltext_doc WHERE type = ")
-                        .text(ty)
-                        .push(" AND id = ")
-                        .text(id)
-                        .push("), ")
-                        .text(text)
-                        .push(")");
-                }
-                out.push(q);
-            }
+            out.extend(sqlite_fulltext_inserts(part));
         }
         out
     }
@@ -1100,27 +1069,10 @@ fn clear_fulltext(d: Dialect, ty: &str, id: &str) -> Vec<Sql> {
 
 fn insert_fulltext(d: Dialect, ty: &str, id: &str, narrative: &str, content: &str) -> Vec<Sql> {
     match d {
-        Dialect::Sqlite => {
-            let mut doc = Sql::new(d, "INSERT OR IGNORE INTO fulltext_doc (type, id) VALUES (");
-            doc.text(ty).push(", ").text(id).push(")");
-            let mut out = vec![doc];
-            for (table, text) in [("text_fts", narrative), ("content_fts", content)] {
-                if text.is_empty() {
-                    continue;
-                }
-                let mut q = Sql::new(d, "INSERT INTO ");
-                q.push(table)
-                    .push(" (rowid, body) VALUES ((SELECT doc FROM fulltext_doc WHERE type = ")
-                    .text(ty)
-                    .push(" AND id = ")
-                    .text(id)
-                    .push("), ")
-                    .text(text)
-                    .push(")");
-                out.push(q);
-            }
-            out
-        }
+        Dialect::Sqlite => sqlite_fulltext_inserts(&[(
+            (ty.to_owned(), id.to_owned()),
+            (narrative.to_owned(), content.to_owned()),
+        )]),
         Dialect::Postgres => {
             let mut q = Sql::new(
                 d,
@@ -1137,6 +1089,48 @@ fn insert_fulltext(d: Dialect, ty: &str, id: &str, narrative: &str, content: &st
             vec![q]
         }
     }
+}
+
+/// ((type, id), (narrative, content)) of one resource.
+type FullTextRow = ((String, String), (String, String));
+
+/// SQLite: the document numbers of `rows`, then one
+/// multi-row insert per FTS5 table of the texts that are not empty.
+fn sqlite_fulltext_inserts(rows: &[FullTextRow]) -> Vec<Sql> {
+    let d = Dialect::Sqlite;
+    let mut doc = Sql::new(d, "INSERT OR IGNORE INTO fulltext_doc (type, id) VALUES ");
+    for (n, ((ty, id), _)) in rows.iter().enumerate() {
+        doc.push(if n == 0 { "(" } else { ", (" })
+            .text(ty)
+            .push(", ")
+            .text(id)
+            .push(")");
+    }
+    let mut out = vec![doc];
+    for (table, narrative) in [("text_fts", true), ("content_fts", false)] {
+        let mut q = Sql::new(d, "INSERT INTO ");
+        q.push(table).push(" (rowid, body) VALUES ");
+        let mut n = 0;
+        for ((ty, id), (text, content)) in rows {
+            let body = if narrative { text } else { content };
+            if body.is_empty() {
+                continue;
+            }
+            q.push(if n == 0 { "(" } else { ", (" })
+                .push("(SELECT doc FROM fulltext_doc WHERE type = ")
+                .text(ty)
+                .push(" AND id = ")
+                .text(id)
+                .push("), ")
+                .text(body)
+                .push(")");
+            n += 1;
+        }
+        if n > 0 {
+            out.push(q);
+        }
+    }
+    out
 }
 
 /// `_text` / `_content`: every word of one of the alternatives occurs.
