@@ -278,6 +278,35 @@ pub async fn run(
     std::fs::create_dir_all(&app.config.data_dir)
         .map_err(|e| Error::internal(format!("{}: {e}", app.config.data_dir.display())))?;
     let mut state = State::load(&state_path);
+    app.store.bulk_load(true).await?;
+    let outcome = load(
+        app,
+        principal,
+        files,
+        chunk,
+        progress,
+        &mut state,
+        &state_path,
+    )
+    .await;
+    // Back to normal service whether or not the load went through.
+    let restored = app.store.bulk_load(false).await;
+    let mut summary = outcome?;
+    restored?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The import proper: chunks read ahead on a thread, two submitted at a time.
+async fn load(
+    app: &App,
+    principal: &Principal,
+    files: &[PathBuf],
+    chunk: usize,
+    progress: &indicatif::ProgressBar,
+    state: &mut State,
+    state_path: &Path,
+) -> Result<Summary> {
     let mut summary = Summary {
         files: files.len(),
         ..Default::default()
@@ -332,7 +361,7 @@ pub async fn run(
                 progress.inc(c.skipped);
                 if c.units > 0 {
                     state.add(&c.file, c.from, c.upto);
-                    state.save(&state_path)?;
+                    state.save(state_path)?;
                 }
                 summary.resources += c.resources;
                 progress.inc(c.units);
@@ -344,7 +373,6 @@ pub async fn run(
     if let Some(e) = failed {
         return Err(e);
     }
-    summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 

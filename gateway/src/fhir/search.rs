@@ -53,6 +53,17 @@ pub fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The [`words`] of `text`, each appended to `out` after a space (no list of words on the way).
+pub fn push_words(text: &str, out: &mut String) {
+    for w in fold(text)
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        out.push(' ');
+        out.push_str(w);
+    }
+}
+
 /// One occurrence of an indexed parameter: its alternatives (comma-separated) ORed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Clause {

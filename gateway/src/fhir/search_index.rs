@@ -328,18 +328,18 @@ fn collect_text(v: &Value, out: &mut String) {
             }
         }
         Value::Array(a) => a.iter().for_each(|x| collect_text(x, out)),
-        Value::String(s) if out.len() < MAX_TEXT => {
-            for w in crate::fhir::search::words(s) {
-                out.push(' ');
-                out.push_str(&w);
-            }
-        }
+        Value::String(s) if out.len() < MAX_TEXT => crate::fhir::search::push_words(s, out),
         _ => {}
     }
 }
 
 /// Lower case without diacritics: what string search compares (`Müller` is found by `muller`).
 pub fn fold(s: &str) -> String {
+    // Most indexed text is ASCII, where folding is lower-casing (a fifth of the text indexing
+    // time of an import went to the general path, char by char).
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
     s.chars()
         .flat_map(char::to_lowercase)
         .map(|c| match c {
@@ -477,6 +477,16 @@ pub fn precision_range(s: &str) -> Option<(f64, f64)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn fold_lowercases_and_drops_diacritics_on_both_paths() {
+        assert_eq!(fold("Jansen-DE Vries 12"), "jansen-de vries 12");
+        assert_eq!(fold("Müller ÅSTRÖM Łódź"), "muller astrom lodz");
+        // The ASCII shortcut gives what the general path gives.
+        let ascii: String = (0u8..128).map(char::from).collect();
+        let general: String = ascii.chars().flat_map(char::to_lowercase).collect();
+        assert_eq!(fold(&ascii), general);
+    }
 
     fn of<'a>(e: &'a [Entry], p: &str) -> Vec<&'a Entry> {
         e.iter().filter(|x| x.param == p).collect()

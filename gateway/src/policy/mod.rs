@@ -91,6 +91,10 @@ impl<T> Permit<T> {
     pub fn principal(&self) -> &Principal {
         &self.principal
     }
+    /// The permitted operation, for the store call that carries it out (the permit is used up).
+    pub fn into_op(self) -> T {
+        self.op
+    }
 }
 
 /// A permit for the policy's own reads (a patient's consents, a BSN): never handed out, and what

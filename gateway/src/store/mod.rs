@@ -113,6 +113,11 @@ pub trait Store: Send + Sync {
     /// changed, or for data written before the index existed); returns how many. Maintenance:
     /// it discloses nothing, so it takes no permit.
     async fn reindex(&self) -> Result<u64>;
+    /// Tunes the store for a bulk load (`gateway import`) while `on`, and back to normal service
+    /// afterwards. A store with nothing to tune ignores it.
+    async fn bulk_load(&self, _on: bool) -> Result<()> {
+        Ok(())
+    }
 
     /// A transaction Bundle's writes, all or none, in one store transaction (see
     /// [`writes::transaction`] for the order and how references are resolved); one outcome per
@@ -171,10 +176,10 @@ impl Transaction {
             .writes
             .into_iter()
             .map(|w| writes::TxEntry {
-                op: match &w.permit {
-                    TxPermit::Create(p) => writes::TxOp::Create(p.op().clone()),
-                    TxPermit::Update(p) => writes::TxOp::Update(p.op().clone()),
-                    TxPermit::Delete(p) => writes::TxOp::Delete(p.op().clone()),
+                op: match w.permit {
+                    TxPermit::Create(p) => writes::TxOp::Create(p.into_op()),
+                    TxPermit::Update(p) => writes::TxOp::Update(p.into_op()),
+                    TxPermit::Delete(p) => writes::TxOp::Delete(p.into_op()),
                 },
                 place: w.place,
                 full_url: w.full_url,

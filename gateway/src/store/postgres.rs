@@ -151,6 +151,15 @@ CREATE INDEX search_index_value ON search_index (type, param, value, id, system)
 DROP INDEX token_index_lookup;
 CREATE INDEX token_index_lookup ON token_index (type, param, value, id, system);
 "#,
+    // The range index holds only rows with a range (dates, numbers, quantities: ~1 in 6); tokens,
+    // strings and references had an entry each under a NULL that no search reads. A condition
+    // on `s.low` implies `low IS NOT NULL`, so the planner uses it wherever it could use `low`
+    // before; one on `s.high` alone used only its (type, param) prefix, which the value index
+    // has too. A write inserts ~20 % fewer index entries.
+    r#"
+DROP INDEX search_index_range;
+CREATE INDEX search_index_range ON search_index (type, param, low) WHERE low IS NOT NULL;
+"#,
 ];
 
 pub struct PostgresStore {

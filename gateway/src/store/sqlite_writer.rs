@@ -110,6 +110,51 @@ impl GroupWriter {
     }
 }
 
+/// Sets the writer connection's WAL checkpoint interval, in pages (a pragma, so it runs inside
+/// the group's transaction without writing anything).
+struct CheckpointInterval {
+    pages: u32,
+    outcome: Option<std::result::Result<(), String>>,
+    reply: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+impl Job for CheckpointInterval {
+    fn run(&mut self, tx: &mut InlineTx) -> bool {
+        let r = tx
+            .conn
+            .pragma_update(None, "wal_autocheckpoint", self.pages)
+            .map_err(|e| e.to_string());
+        let ok = r.is_ok();
+        self.outcome = Some(r);
+        ok
+    }
+
+    fn deliver(self: Box<Self>, committed: std::result::Result<(), String>) {
+        let r = committed
+            .and(self.outcome.unwrap_or(Ok(())))
+            .map_err(|e| Error::store(e, false));
+        let _ = self.reply.send(r);
+    }
+}
+
+impl GroupWriter {
+    /// Checkpoints the WAL every `pages` pages from the next group on (SQLite's default: 1,000).
+    pub async fn checkpoint_every(&self, pages: u32) -> Result<()> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = CheckpointInterval {
+            pages,
+            outcome: None,
+            reply,
+        };
+        self.jobs
+            .send(Box::new(job))
+            .map_err(|_| Error::store("the SQLite writer has stopped", false))?;
+        answer
+            .await
+            .map_err(|_| Error::store("the SQLite writer has stopped", false))?
+    }
+}
+
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
     let mut tx = InlineTx {
         conn,
