@@ -123,7 +123,21 @@ fn content_words(r: &Value) -> Vec<String> {
         match v {
             Value::Object(m) => m
                 .iter()
-                .filter(|(k, _)| !["div", "data", "resourceType", "id"].contains(&k.as_str()))
+                // What the gateway documents: machine identifiers (code systems, references,
+                // canonical URLs, profiles) are not content.
+                .filter(|(k, _)| {
+                    ![
+                        "div",
+                        "data",
+                        "resourceType",
+                        "id",
+                        "system",
+                        "reference",
+                        "url",
+                        "profile",
+                    ]
+                    .contains(&k.as_str())
+                })
                 .for_each(|(_, x)| walk(x, out)),
             Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
             Value::String(s) => out.extend(words_of(s)),

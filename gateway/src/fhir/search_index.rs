@@ -317,12 +317,27 @@ fn strip_markup(html: &str) -> String {
     out
 }
 
+/// Elements whose strings `_content` does not search (see [`collect_text`]).
+pub const NOT_CONTENT: &[&str] = &[
+    "div",
+    "data",
+    "resourceType",
+    "id",
+    "system",
+    "reference",
+    "url",
+    "profile",
+];
+
 fn collect_text(v: &Value, out: &mut String) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                // The narrative is in already; attachments' data is base64, not text.
-                if k != "div" && k != "data" && k != "resourceType" && k != "id" {
+                // The narrative is in already; attachments' data is base64, not text; code
+                // systems, references, canonical URLs and profiles are machine identifiers
+                // (`http://loinc.org`, `urn:uuid:...`) whose pieces would be a third of the
+                // words and find nothing a reader looks for.
+                if !NOT_CONTENT.contains(&k.as_str()) {
                     collect_text(x, out);
                 }
             }
@@ -477,6 +492,31 @@ pub fn precision_range(s: &str) -> Option<(f64, f64)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn content_leaves_out_machine_identifiers() {
+        let (_, content) = texts(&json!({
+            "resourceType": "Observation",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6",
+                                 "display": "Systolic blood pressure"}]},
+            "subject": {"reference": "urn:uuid:5c1e", "display": "Jan Jansen"},
+            "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/bp"]}
+        }));
+        let words: Vec<&str> = content.split_whitespace().collect();
+        for w in ["systolic", "blood", "pressure", "8480", "jan", "jansen"] {
+            assert!(words.contains(&w), "{w} in {content}");
+        }
+        for w in [
+            "loinc",
+            "http",
+            "urn",
+            "uuid",
+            "5c1e",
+            "structuredefinition",
+        ] {
+            assert!(!words.contains(&w), "{w} in {content}");
+        }
+    }
 
     #[test]
     fn fold_lowercases_and_drops_diacritics_on_both_paths() {
