@@ -23,6 +23,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What an import did.
@@ -267,7 +268,7 @@ impl Reader {
 
 /// Imports the files as `principal`; `progress` shows lines done of all lines.
 pub async fn run(
-    app: &App,
+    app: &Arc<App>,
     principal: &Principal,
     files: &[PathBuf],
     chunk: usize,
@@ -299,7 +300,7 @@ pub async fn run(
 
 /// The import proper: chunks read ahead on a thread, two submitted at a time.
 async fn load(
-    app: &App,
+    app: &Arc<App>,
     principal: &Principal,
     files: &[PathBuf],
     chunk: usize,
@@ -325,8 +326,11 @@ async fn load(
             receiver,
             |mut r| async move { r.recv().await.map(|c| (c, r)) },
         );
-    // Two in flight, so that one is prepared (validated, indexed) while the other is written.
-    // After a failure no new chunk starts; the one beside it is still recorded.
+    // Three in flight, each on a task of its own: two are prepared (parsed, validated, indexed)
+    // on both cores while the third is written by the store's one writer. (Polled inside this
+    // one task instead, the preparation ran on one thread and the writer waited: ~70 % of two
+    // cores used.) After a failure no new chunk starts; those beside it are still recorded.
+    // Chunks may commit out of order; the state records line ranges, so a resume is exact.
     let stop = std::sync::atomic::AtomicBool::new(false);
     let stop = &stop;
     let mut results = Box::pin(
@@ -339,11 +343,18 @@ async fn load(
                 let r = match c.bundle.take() {
                     _ if stop.load(std::sync::atomic::Ordering::SeqCst) => None,
                     None => Some(Ok(())),
-                    Some(bundle) => Some(submit(app, principal, bundle).await),
+                    Some(bundle) => {
+                        let (app, principal) = (app.clone(), principal.clone());
+                        let task =
+                            tokio::spawn(async move { submit(&app, &principal, bundle).await });
+                        Some(task.await.unwrap_or_else(|e| {
+                            Err(Error::internal(format!("an import task failed: {e}")))
+                        }))
+                    }
                 };
                 (Some(c), r)
             })
-            .buffered(2),
+            .buffered(3),
     );
     let mut failed = None;
     while let Some((c, r)) = results.next().await {

@@ -294,7 +294,7 @@ fn import(
         .progress_chars("=> "),
     );
     let summary = runtime.block_on(async {
-        let app = App::build(cfg).await?;
+        let app = App::build(cfg).await?.share();
         let principal = gateway::policy::local_operator(organization);
         gateway::import::run(&app, &principal, &files, chunk, &bar).await
     });
