@@ -2,12 +2,26 @@
 //! SQL database, a municipal REST or iWmo/iJw source) onto FHIR R4.
 //!
 //! Every adapter kind is one folder with the same files:
-//! `config.rs` (its config section and JSON Schema), `mapping.rs` (backend shape <-> FHIR, with
-//! fhir-sdk's typed models, which live in this crate only), `source.rs` (the connection) and
-//! `tests.rs`. The gateway reaches an adapter only through its policy chokepoint.
+//! `config.rs` (its config section; the JSON Schema is `schemas/adapter.schema.json`),
+//! `mapping.rs` (backend shape <-> FHIR), `source.rs` (the connection) and `tests.rs`.
 //!
-//! This release declares what an adapter offers and how its health is reported; the calls the
-//! gateway makes (read, search, write with a permit) arrive with the first adapter kind.
+//! Ids and references of a backend are moved into the gateway's namespace by the adapter: a
+//! backend's `Patient/123` is `Patient/{adapter name}.123` at the gateway ([`namespace`]), so a
+//! client follows every reference through the gateway, and the gateway knows from an id alone
+//! which backend holds it.
+//!
+//! The gateway holds its adapters privately in its federation module and calls them only with a
+//! policy permit; whatever they return is disclosed through the same policy function as local
+//! data. Nothing here decides access.
+
+pub mod breaker;
+pub mod error;
+pub mod namespace;
+pub mod upstream_fhir;
+
+pub use error::{AdapterError, ConfigError, Failure};
+use serde_json::Value;
+use std::sync::Arc;
 
 use std::fmt;
 
@@ -62,13 +76,99 @@ impl fmt::Display for Health {
     }
 }
 
+/// The organisation whose data a backend holds (it becomes the holder of every resource the
+/// adapter returns, which the gateway's consent rules decide on).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Organization {
+    /// Identifier system (URA, AGB, ...) and value.
+    pub system: String,
+    pub value: String,
+    /// hospital, gp, vvt, youth-care, municipality, ggd.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+}
+
+/// One page of a backend's search answer, already in the gateway's namespace.
+#[derive(Debug, Clone, Default)]
+pub struct SearchPage {
+    /// Matches (search mode `match`), in the backend's order.
+    pub matches: Vec<Value>,
+    /// Resources the backend added (`_include`, search mode `include`).
+    pub included: Vec<Value>,
+    /// The backend's total, when it said one.
+    pub total: Option<u64>,
+    /// An opaque token for the backend's next page (given back to [`Adapter::search`]).
+    pub next: Option<String>,
+}
+
 /// One configured backend.
 #[async_trait::async_trait]
 pub trait Adapter: Send + Sync {
-    /// The name operators gave it in the config (used in logs, `meta.source` and outcomes).
+    /// The name operators gave it in the config: the prefix of its ids at the gateway, and the
+    /// name in logs and in the outcomes that report it.
     fn name(&self) -> &str;
+    /// Who holds the data this backend serves.
+    fn organization(&self) -> &Organization;
+    /// Where the data comes from (`meta.source` of what it returns).
+    fn source(&self) -> &str;
     fn capabilities(&self) -> &Capabilities;
     async fn health(&self) -> Health;
+    /// The resource `Type/id`, `id` in the gateway's namespace; `None` when the backend has none
+    /// (or it is gone).
+    async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Value>, AdapterError>;
+    /// A search with FHIR search parameters, values in the gateway's namespace (references
+    /// are rewritten back before they reach the backend). `page` is a [`SearchPage::next`].
+    async fn search(
+        &self,
+        resource_type: &str,
+        params: &[(String, String)],
+        page: Option<&str>,
+    ) -> Result<SearchPage, AdapterError>;
+}
+
+/// The JSON Schema of an adapter config section (all kinds), compiled into the binary.
+pub const SCHEMA: &str = include_str!("../../schemas/adapter.schema.json");
+
+/// Builds every adapter of the config, each section checked against [`SCHEMA`] first. Names must
+/// be unique and usable as an id prefix.
+pub fn build_all(sections: &[Value]) -> Result<Vec<Arc<dyn Adapter>>, ConfigError> {
+    let schema: Value = serde_json::from_str(SCHEMA).map_err(|e| ConfigError {
+        name: None,
+        message: format!("adapter schema: {e}"),
+    })?;
+    let validator = jsonschema::validator_for(&schema).map_err(|e| ConfigError {
+        name: None,
+        message: format!("adapter schema: {e}"),
+    })?;
+    let mut out: Vec<Arc<dyn Adapter>> = Vec::new();
+    for section in sections {
+        let name = section["name"].as_str().map(str::to_owned);
+        if let Some(e) = validator.iter_errors(section).next() {
+            return Err(ConfigError {
+                name,
+                message: format!("{} at {}", e, e.instance_path()),
+            });
+        }
+        let name = name.unwrap_or_default();
+        if out.iter().any(|a| a.name() == name) {
+            return Err(ConfigError {
+                name: Some(name),
+                message: "two adapters with one name".into(),
+            });
+        }
+        let adapter: Arc<dyn Adapter> = match section["kind"].as_str() {
+            Some("fhir") => Arc::new(upstream_fhir::UpstreamFhir::from_config(section)?),
+            other => {
+                return Err(ConfigError {
+                    name: Some(name),
+                    message: format!("unknown adapter kind {other:?}"),
+                });
+            }
+        };
+        out.push(adapter);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
