@@ -22,6 +22,8 @@ pub struct App {
     pub auditor: Auditor,
     /// Bulk data export jobs.
     pub exports: crate::export::Exports,
+    /// Backends behind adapters, reached only with a permit (see `federation`).
+    pub federation: crate::federation::Federation,
     /// Rebuilt when custom SearchParameters are installed.
     capability: std::sync::RwLock<Value>,
     /// This app itself, once it is shared (`App::share`): background jobs hold it.
@@ -63,6 +65,7 @@ impl App {
 
     pub async fn build(config: Config) -> Result<App> {
         let structure = Structure::load(config.limits.max_validation_errors as usize)?;
+        let federation = crate::federation::Federation::build(&config)?;
         let store = open_store(&config).await?;
         let capability = capability_statement(&config, &structure);
         let auth = Authenticator::new(&config.auth)?;
@@ -77,6 +80,7 @@ impl App {
             auth,
             auditor,
             exports: crate::export::Exports::new(&config_dir),
+            federation,
             capability: std::sync::RwLock::new(capability),
             me: std::sync::OnceLock::new(),
         };

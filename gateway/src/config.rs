@@ -23,6 +23,9 @@ pub struct Config {
     pub tls: Option<Tls>,
     pub consent: ConsentPolicy,
     pub export: Export,
+    /// Backends behind adapters (`[[adapters]]`), each section checked against
+    /// `schemas/adapter.schema.json` when the adapters are built.
+    pub adapters: Vec<serde_json::Value>,
 }
 
 /// Bulk data `$export` (see `export.rs`).
@@ -227,6 +230,7 @@ impl Default for Config {
             tls: None,
             consent: ConsentPolicy::default(),
             export: Export::default(),
+            adapters: Vec::new(),
         }
     }
 }

@@ -169,6 +169,20 @@ impl Error {
         }
     }
 
+    /// A backend behind an adapter failed (502, or 504 when it timed out): the client learns
+    /// which backend, never what it said.
+    pub fn upstream(status: StatusCode, message: impl Into<String>) -> Error {
+        let code = if status == StatusCode::GATEWAY_TIMEOUT {
+            "timeout"
+        } else {
+            "transient"
+        };
+        Error {
+            origin: Origin::Upstream,
+            ..Error::client(status, code, message)
+        }
+    }
+
     pub fn internal(detail: impl fmt::Display) -> Error {
         Error {
             status: StatusCode::INTERNAL_SERVER_ERROR,

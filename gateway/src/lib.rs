@@ -8,6 +8,7 @@ pub mod audit;
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod federation;
 pub mod fhir;
 pub mod import;
 pub mod policy;

@@ -185,14 +185,16 @@ impl Adapter for UpstreamFhir {
     }
 
     async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Value>, AdapterError> {
-        let Some(inner) = namespace::inward(&self.config.name, id) else {
+        // A valid FHIR id needs no escaping in a path; anything else cannot be the backend's.
+        let Some(inner) =
+            namespace::inward(&self.config.name, id).filter(|i| namespace::valid_id(i))
+        else {
             return Ok(None);
         };
-        let url = format!(
-            "{}/{resource_type}/{}",
-            self.config.base_url,
-            percent_encoding::utf8_percent_encode(inner, percent_encoding::NON_ALPHANUMERIC)
-        );
+        if !resource_type.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Ok(None);
+        }
+        let url = format!("{}/{resource_type}/{inner}", self.config.base_url);
         match self.source.get(&url).await? {
             Answer::Gone => Ok(None),
             Answer::Found(mut r) => {

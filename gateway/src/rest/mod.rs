@@ -68,6 +68,30 @@ impl Reply {
         }
     }
 
+    /// Appends `OperationOutcome` entries (search mode `outcome`) to a searchset reply: what
+    /// the gateway says about the search itself (a backend that failed or was not asked). They
+    /// carry no patient data, so there is nothing to disclose.
+    fn add_outcome_entries(&mut self, outcomes: Vec<Value>) -> Result<()> {
+        let Some(Payload::Json(bundle)) = &mut self.body else {
+            return Err(Error::internal(
+                "outcome entries on a reply that is not a Bundle",
+            ));
+        };
+        let entries = bundle
+            .as_object_mut()
+            .ok_or_else(|| Error::internal("a searchset that is not an object"))?
+            .entry("entry")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(entries) = entries {
+            entries.extend(
+                outcomes
+                    .into_iter()
+                    .map(|o| serde_json::json!({"resource": o, "search": {"mode": "outcome"}})),
+            );
+        }
+        Ok(())
+    }
+
     /// A stored version the policy released.
     fn resource(status: StatusCode, d: Disclosed<Stored>) -> Reply {
         let (entities, patients) = audit_refs(std::slice::from_ref(&d));
@@ -209,7 +233,12 @@ async fn interaction(
         Operation::Read(op) => {
             let what = format!("{}/{}", op.ty, op.id);
             let permit = policy.authorize(principal, op)?;
-            match app.store.read(&permit).await? {
+            let found = if app.federation.holds(&permit.op().id) {
+                app.federation.read(&permit).await?
+            } else {
+                app.store.read(&permit).await?
+            };
+            match found {
                 None => Err(Error::not_found(format!("{what} is not known"))),
                 Some(s) if s.is_deleted() => {
                     policy
@@ -362,7 +391,27 @@ async fn interaction(
             let includes = op.includes.clone();
             let subset = op.subset.clone();
             let permit = policy.authorize(principal, op)?;
-            let page = app.store.search(&permit).await?;
+            // Backends are asked on the first page only (see `federation::search`), and not
+            // for a search inside a patient's compartment: their ids are not the gateway's.
+            let fan_out = !app.federation.is_empty()
+                && cursor.is_none()
+                && permit.op().audit.is_none()
+                && permit.op().criteria.compartment.is_none()
+                && permit.op().criteria.within.is_none();
+            let (page, fanned) = if fan_out {
+                let (local, fanned) =
+                    futures::join!(app.store.search(&permit), app.federation.search(&permit));
+                (local?, Some(fanned))
+            } else {
+                (app.store.search(&permit).await?, None)
+            };
+            let mut page = page;
+            let mut outcomes = Vec::new();
+            if let Some(f) = fanned {
+                page.total = page.total.zip(f.total).map(|(a, b)| a + b);
+                page.entries.extend(f.matches);
+                outcomes = f.outcomes;
+            }
             let listing = Listing {
                 base: &req.base,
                 url,
@@ -373,7 +422,11 @@ async fn interaction(
                 includes,
                 subset,
             };
-            page_reply(app, permit.principal(), asked, listing, page).await
+            let mut reply = page_reply(app, permit.principal(), asked, listing, page).await?;
+            if !outcomes.is_empty() {
+                reply.add_outcome_entries(outcomes)?;
+            }
+            Ok(reply)
         }
     }
 }

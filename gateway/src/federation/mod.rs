@@ -1,0 +1,233 @@
+//! Federation: the backends behind adapters, reached only from here and only with a policy
+//! permit. The adapters are private to this module, so a path to a backend that skips the policy
+//! does not compile; what they return is stamped with its holder here (a backend cannot claim to
+//! be another organisation) and then disclosed by the caller through the same policy function as
+//! local data.
+//!
+//! A search fans out to every backend that can answer it, in parallel with the local store; a
+//! backend that fails, times out or cannot evaluate the search is named in an `OperationOutcome`
+//! entry (search mode `outcome`), never a silent gap.
+
+use crate::config::{Config, Organization};
+use crate::error::{Error, Result};
+use crate::fhir::operation::{Read, Search};
+use crate::policy::Permit;
+use crate::store::{Stored, WriteMethod};
+use adapters::{Adapter, AdapterError, Health, Interaction};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+pub struct Federation {
+    adapters: Vec<Arc<dyn Adapter>>,
+}
+
+/// What the backends answered to one search.
+#[derive(Debug, Default)]
+pub struct Fanned {
+    pub matches: Vec<Stored>,
+    /// The sum of the backends' totals, when every backend asked said one.
+    pub total: Option<u64>,
+    /// One `OperationOutcome` per backend that failed or was not asked, for the bundle.
+    pub outcomes: Vec<Value>,
+}
+
+/// Search parameters that shape the answer rather than select; not sent to a backend.
+const RESULT_PARAMS: &[&str] = &[
+    "_count",
+    "_total",
+    "_sort",
+    "_summary",
+    "_elements",
+    "_include",
+    "_revinclude",
+    "_format",
+    "_pretty",
+];
+
+impl Federation {
+    /// The adapters of the config, each section checked against its schema.
+    pub fn build(config: &Config) -> Result<Federation> {
+        let adapters = adapters::build_all(&config.adapters)
+            .map_err(|e| Error::internal(format!("config: {e}")))?;
+        Ok(Federation { adapters })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.adapters.is_empty()
+    }
+
+    fn owner(&self, id: &str) -> Option<&Arc<dyn Adapter>> {
+        let name = adapters::namespace::adapter_of(id)?;
+        self.adapters.iter().find(|a| a.name() == name)
+    }
+
+    /// Whether `id` names a resource held by a backend (its prefix is an adapter's name).
+    pub fn holds(&self, id: &str) -> bool {
+        self.owner(id).is_some()
+    }
+
+    /// Each backend's health, for readiness and operators.
+    pub async fn health(&self) -> Vec<(String, Health)> {
+        let checks = self
+            .adapters
+            .iter()
+            .map(|a| async move { (a.name().to_owned(), a.health().await) });
+        futures::future::join_all(checks).await
+    }
+
+    /// A permitted read of a resource a backend holds.
+    pub async fn read(&self, permit: &Permit<Read>) -> Result<Option<Stored>> {
+        let op = permit.op();
+        let Some(a) = self.owner(&op.id) else {
+            return Ok(None);
+        };
+        if !a.capabilities().serves(&op.ty, Interaction::Read) {
+            return Ok(None);
+        }
+        match a.read(&op.ty, &op.id).await {
+            Ok(Some(r)) => Ok(Some(stored(a.as_ref(), &op.ty, r)?)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(upstream(&e)),
+        }
+    }
+
+    /// A permitted search, fanned out to every backend that serves the type. Only the first
+    /// page of each backend is asked (the local store's cursor pages the rest of the local
+    /// matches); a backend with more says so in an outcome.
+    pub async fn search(&self, permit: &Permit<Search>) -> Fanned {
+        let op = permit.op();
+        let mut out = Fanned::default();
+        let params: Vec<(String, String)> = op
+            .applied
+            .iter()
+            .filter(|(k, _)| !RESULT_PARAMS.contains(&k.as_str()))
+            .cloned()
+            .chain(std::iter::once(("_count".to_owned(), op.count.to_string())))
+            .collect();
+        let mut asked = Vec::new();
+        for a in &self.adapters {
+            let Some(cap) = a.capabilities().resources.iter().find(|r| {
+                r.resource_type == op.ty && r.interactions.contains(&Interaction::Search)
+            }) else {
+                continue;
+            };
+            let unsupported: Vec<&str> = params
+                .iter()
+                .map(|(k, _)| k.split(':').next().unwrap_or(k))
+                .filter(|k| *k != "_count" && !cap.search_params.iter().any(|p| p == k))
+                .collect();
+            if !unsupported.is_empty() {
+                out.outcomes.push(outcome(
+                    "information",
+                    "not-supported",
+                    &format!(
+                        "backend {} was not asked: it cannot evaluate {}",
+                        a.name(),
+                        unsupported.join(", ")
+                    ),
+                ));
+                continue;
+            }
+            asked.push(a.clone());
+        }
+        let calls = asked.iter().map(|a| {
+            let params = &params;
+            async move { (a, a.search(&op.ty, params, None).await) }
+        });
+        let mut total = Some(0u64);
+        for (a, r) in futures::future::join_all(calls).await {
+            match r {
+                Ok(page) => {
+                    total = total.zip(page.total).map(|(t, n)| t + n);
+                    if page.next.is_some() {
+                        out.outcomes.push(outcome(
+                            "information",
+                            "incomplete",
+                            &format!(
+                                "backend {} has more matches than this page holds; narrow the search",
+                                a.name()
+                            ),
+                        ));
+                    }
+                    for r in page.matches {
+                        match stored(a.as_ref(), &op.ty, r) {
+                            Ok(s) => out.matches.push(s),
+                            Err(e) => {
+                                tracing::warn!(backend = a.name(), error = %e.log_detail(), "dropped")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %e.backend, error = %e.detail, "backend search failed");
+                    total = None;
+                    out.outcomes.push(outcome(
+                        "warning",
+                        if e.status() == 504 {
+                            "timeout"
+                        } else {
+                            "transient"
+                        },
+                        &format!("{e}: the results leave out what it holds"),
+                    ));
+                }
+            }
+        }
+        out.total = if asked.is_empty() { Some(0) } else { total };
+        out
+    }
+}
+
+/// A backend's resource as a version the policy can disclose: holder stamped, server meta kept.
+fn stored(a: &dyn Adapter, ty: &str, mut r: Value) -> Result<Stored> {
+    if r["resourceType"] != ty {
+        return Err(Error::internal(format!(
+            "backend {} answered a {} to a {ty} search",
+            a.name(),
+            r["resourceType"]
+        )));
+    }
+    let org = a.organization();
+    crate::policy::regional::stamp_holder(
+        &mut r,
+        &Organization {
+            system: org.system.clone(),
+            value: org.value.clone(),
+            kind: org.kind.clone(),
+            name: org.name.clone(),
+        },
+    );
+    let id = r["id"].as_str().unwrap_or_default().to_owned();
+    let version = r["meta"]["versionId"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let last_updated = r["meta"]["lastUpdated"]
+        .as_str()
+        .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(crate::store::now_ms);
+    let body = serde_json::to_vec(&r).map_err(Error::internal)?;
+    Ok(Stored {
+        ty: ty.to_owned(),
+        id,
+        version,
+        last_updated,
+        method: WriteMethod::parse("PUT"),
+        body: Some(body.into()),
+    })
+}
+
+/// A backend that was the whole answer failed: 502 or 504 naming it, nothing of what it said.
+fn upstream(e: &AdapterError) -> Error {
+    tracing::warn!(backend = %e.backend, error = %e.detail, "backend call failed");
+    let status = http::StatusCode::from_u16(e.status()).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    Error::upstream(status, e.to_string())
+}
+
+fn outcome(severity: &str, code: &str, text: &str) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": text}]
+    })
+}

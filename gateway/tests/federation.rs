@@ -1,0 +1,331 @@
+//! Federation end to end: a second gateway process is the partner's FHIR server (St. Antonius);
+//! the gateway under test reads and searches it through the upstream-FHIR adapter, authenticated
+//! with SMART Backend Services against a token endpoint in this test, and discloses what comes
+//! back through its own policy.
+
+mod common;
+
+use common::{Gateway, client_with, token};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const DEMO_KEY: &str = "src/policy/demo/demo-issuer.key.pem";
+
+/// A SMART token endpoint: checks the client assertion (signature with the client's key, iss,
+/// sub, aud, grant type) and answers with a demo token of the partner's organisation, which the
+/// partner's gateway trusts. Counts the tokens it issued.
+async fn token_endpoint(issued: Arc<AtomicUsize>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    let aud = url.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (issued, aud) = (issued.clone(), aud.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (issued, aud) = (issued.clone(), aud.clone());
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let form: std::collections::HashMap<String, String> =
+                                form_urlencoded::parse(&body).into_owned().collect();
+                            let ok = form.get("grant_type").map(String::as_str)
+                                == Some("client_credentials")
+                                && form.get("client_assertion_type").map(String::as_str)
+                                    == Some(
+                                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                                    )
+                                && check_assertion(
+                                    form.get("client_assertion")
+                                        .map(String::as_str)
+                                        .unwrap_or(""),
+                                    &aud,
+                                );
+                            let (status, body) = if ok {
+                                issued.fetch_add(1, Ordering::SeqCst);
+                                (
+                                    200,
+                                    json!({"access_token": token("system/*.rs", "antonius", None),
+                                         "token_type": "bearer", "expires_in": 300,
+                                         "scope": form["scope"]}),
+                                )
+                            } else {
+                                (400, json!({"error": "invalid_client"}))
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("Content-Type", "application/json")
+                                    .body(Full::new(bytes::Bytes::from(body.to_string())))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+fn check_assertion(jwt: &str, aud: &str) -> bool {
+    let keys = gateway::policy::demo::jwks();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&keys.keys[0]).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&[aud]);
+    v.set_issuer(&["gateway-under-test"]);
+    v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    match jsonwebtoken::decode::<Value>(jwt, &key, &v) {
+        Ok(t) => t.claims["sub"] == "gateway-under-test" && t.claims["jti"].is_string(),
+        Err(_) => false,
+    }
+}
+
+fn adapter_config(upstream: &str, token_url: &str) -> String {
+    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEMO_KEY);
+    format!(
+        r#"
+[[adapters]]
+name = "antonius"
+kind = "fhir"
+base_url = "{upstream}"
+timeout_ms = 2000
+retries = 1
+resources = [
+  {{ type = "Patient", search_params = ["identifier", "name", "_id"] }},
+  {{ type = "Observation", search_params = ["patient", "subject", "category", "code"] }},
+]
+[adapters.organization]
+system = "http://fhir.nl/fhir/NamingSystem/ura"
+value = "90000002"
+type = "hospital"
+name = "St. Antonius (partner server)"
+[adapters.auth]
+kind = "smart-backend"
+token_url = "{token_url}"
+client_id = "gateway-under-test"
+private_key_file = "{}"
+algorithm = "ES256"
+scope = "system/*.rs"
+"#,
+        key.display()
+    )
+}
+
+async fn post(c: &reqwest::Client, base: &str, r: Value) -> String {
+    let resp = c
+        .post(format!("{base}/{}", r["resourceType"].as_str().unwrap()))
+        .header("Content-Type", "application/fhir+json")
+        .header("Prefer", "return=representation")
+        .json(&r)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn lab(patient: &str, code: &str) -> Value {
+    json!({
+        "resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "valueQuantity": {"value": 7.1, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"}
+    })
+}
+
+fn ids(bundle: &Value, mode: &str) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == mode)
+        .map(|e| match mode {
+            "outcome" => e["resource"]["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            _ => e["resource"]["id"].as_str().unwrap().to_owned(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_partner_server_is_read_and_searched_through_the_policy() {
+    // The partner: its own gateway and store, holding one patient with a lab result.
+    let mut partner = Gateway::start();
+    let as_partner = client_with(&token("system/*.cruds", "antonius", None));
+    let p = post(
+        &as_partner,
+        &partner.base,
+        json!({"resourceType": "Patient",
+        "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "999911120"}],
+        "name": [{"family": "Jansen"}]}),
+    )
+    .await;
+    let o = post(&as_partner, &partner.base, lab(&p, "2345-7")).await;
+
+    let issued = Arc::new(AtomicUsize::new(0));
+    let token_url = token_endpoint(issued.clone()).await;
+    let gw = Gateway::start_with(&adapter_config(&partner.base, &token_url));
+    // The gateway's own data: a patient and lab result held by the demo hospital UMCU.
+    let as_umcu = client_with(&token("system/*.cruds", "umcu", None));
+    let local_p = post(
+        &as_umcu,
+        &gw.base,
+        json!({"resourceType": "Patient", "name": [{"family": "Lokaal"}]}),
+    )
+    .await;
+    let local_o = post(&as_umcu, &gw.base, lab(&local_p, "2345-7")).await;
+
+    // Read: the partner's resource in the gateway's namespace, with where it came from and who
+    // holds it. The St. Antonius token sees its own organisation's data.
+    let as_antonius = client_with(&token("system/*.rs", "antonius", None));
+    let r: Value = as_antonius
+        .get(format!("{}/Observation/antonius.{o}", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["id"], format!("antonius.{o}"), "{r}");
+    assert_eq!(r["subject"]["reference"], format!("Patient/antonius.{p}"));
+    assert_eq!(r["meta"]["source"], partner.base.as_str());
+    let holder = r["meta"]["tag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["system"] == "https://healthhub-utrecht.nl/fhir/CodeSystem/holder")
+        .unwrap();
+    assert_eq!(
+        holder["code"],
+        "http://fhir.nl/fhir/NamingSystem/ura|90000002"
+    );
+    // The reference can be followed through the gateway.
+    let patient = as_antonius
+        .get(format!("{}/Patient/antonius.{p}", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patient.status(), 200);
+    let missing = as_antonius
+        .get(format!("{}/Patient/antonius.nope", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // Search fans out and merges: the local lab result and the partner's, in one bundle.
+    let b: Value = as_antonius
+        .get(format!("{}/Observation?category=laboratory", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let matches = ids(&b, "match");
+    assert!(matches.contains(&format!("antonius.{o}")), "{b}");
+    // Whether the local UMCU result shows to St. Antonius is the consent rules' business; the
+    // holder (UMCU) sees its own.
+    let b_umcu: Value = as_umcu
+        .get(format!("{}/Observation?category=laboratory", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let umcu_matches = ids(&b_umcu, "match");
+    assert!(umcu_matches.contains(&local_o), "{b_umcu}");
+    // ... but not St. Antonius' lab result: medical data of another holder, no consent.
+    assert!(!umcu_matches.contains(&format!("antonius.{o}")), "{b_umcu}");
+    let denied = as_umcu
+        .get(format!("{}/Observation/antonius.{o}", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        denied.status() == 403 || denied.status() == 404,
+        "{}",
+        denied.status()
+    );
+    // Search by a reference into the partner: rewritten back for it.
+    let b: Value = as_antonius
+        .get(format!(
+            "{}/Observation?patient=Patient/antonius.{p}",
+            gw.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids(&b, "match"), vec![format!("antonius.{o}")], "{b}");
+    // A parameter the partner cannot evaluate: it is not asked, and the bundle says so.
+    let b: Value = as_antonius
+        .get(format!("{}/Observation?status=final", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let notes = ids(&b, "outcome");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("antonius") && n.contains("status")),
+        "{b}"
+    );
+    // One token for all of this: cached until it nears expiry.
+    assert_eq!(issued.load(Ordering::SeqCst), 1);
+
+    // The partner goes down: the search still answers, with what the gateway holds and an
+    // outcome naming the backend; a read of the partner's resource is a 502 naming it.
+    partner.terminate();
+    let started = Instant::now();
+    let resp = as_umcu
+        .get(format!("{}/Observation?category=laboratory", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let b: Value = resp.json().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "no hang");
+    assert!(ids(&b, "match").contains(&local_o), "{b}");
+    let notes = ids(&b, "outcome");
+    assert!(notes.iter().any(|n| n.contains("backend antonius")), "{b}");
+    assert!(
+        b.get("total").is_none(),
+        "a partial result has no total: {b}"
+    );
+    let resp = as_antonius
+        .get(format!("{}/Patient/antonius.{p}", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("OperationOutcome") && text.contains("antonius"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&partner.addr),
+        "no backend internals: {text}"
+    );
+}
