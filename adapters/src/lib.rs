@@ -125,6 +125,22 @@ pub trait Adapter: Send + Sync {
         params: &[(String, String)],
         page: Option<&str>,
     ) -> Result<SearchPage, AdapterError>;
+    /// The response cache's counters, when the adapter caches.
+    fn cache_stats(&self) -> Option<CacheStats> {
+        None
+    }
+}
+
+/// How a response cache has done since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    /// Answered from the cache without asking the backend.
+    pub hits: u64,
+    /// Not in the cache: asked the backend.
+    pub misses: u64,
+    /// In the cache but no longer fresh: the backend confirmed it unchanged (304).
+    pub revalidated: u64,
+    pub entries: u64,
 }
 
 /// The JSON Schema of an adapter config section (all kinds), compiled into the binary.

@@ -145,6 +145,17 @@ fn lab(patient: &str, code: &str) -> Value {
     })
 }
 
+async fn cache_stats(gw: &Gateway) -> Value {
+    let s: Value = reqwest::get(format!("http://{}/federation", gw.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["backends"][0]["name"], "antonius", "{s}");
+    s["backends"][0]["cache"].clone()
+}
+
 fn ids(bundle: &Value, mode: &str) -> Vec<String> {
     bundle["entry"]
         .as_array()
@@ -252,6 +263,9 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
     assert!(umcu_matches.contains(&local_o), "{b_umcu}");
     // ... but not St. Antonius' lab result: medical data of another holder, no consent.
     assert!(!umcu_matches.contains(&format!("antonius.{o}")), "{b_umcu}");
+    // The same read from the cache (St. Antonius' read put it there): still decided by the
+    // policy for the token that asks, so UMCU gets nothing.
+    let before = cache_stats(&gw).await["hits"].as_u64().unwrap();
     let denied = as_umcu
         .get(format!("{}/Observation/antonius.{o}", gw.base))
         .send()
@@ -262,6 +276,18 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
         "{}",
         denied.status()
     );
+    assert!(!denied.text().await.unwrap().contains("2345-7"));
+    assert_eq!(cache_stats(&gw).await["hits"].as_u64().unwrap(), before + 1);
+    let again: Value = as_antonius
+        .get(format!("{}/Observation/antonius.{o}", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["id"], format!("antonius.{o}"));
+    assert_eq!(cache_stats(&gw).await["hits"].as_u64().unwrap(), before + 2);
     // Search by a reference into the partner: rewritten back for it.
     let b: Value = as_antonius
         .get(format!(
@@ -298,8 +324,12 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
     // outcome naming the backend; a read of the partner's resource is a 502 naming it.
     partner.terminate();
     let started = Instant::now();
+    // (A search not asked before: an answer still fresh in the cache would be served.)
     let resp = as_umcu
-        .get(format!("{}/Observation?category=laboratory", gw.base))
+        .get(format!(
+            "{}/Observation?category=laboratory&code=2345-7",
+            gw.base
+        ))
         .send()
         .await
         .unwrap();
@@ -313,8 +343,15 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
         b.get("total").is_none(),
         "a partial result has no total: {b}"
     );
-    let resp = as_antonius
+    // A read the cache still holds fresh is served from it; one it does not is a 502.
+    let cached = as_antonius
         .get(format!("{}/Patient/antonius.{p}", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), 200);
+    let resp = as_antonius
+        .get(format!("{}/Patient/antonius.never-read", gw.base))
         .send()
         .await
         .unwrap();

@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub breaker: Breaker,
     #[serde(default)]
+    pub cache: Cache,
+    #[serde(default)]
     pub tls: Tls,
     #[serde(default)]
     pub auth: Auth,
@@ -49,6 +51,29 @@ impl Default for Breaker {
         Breaker {
             failures: failures(),
             open_ms: open_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Cache {
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    #[serde(default = "max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "fresh_ms")]
+    pub fresh_ms: u64,
+    #[serde(default = "keep_ms")]
+    pub keep_ms: u64,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            enabled: enabled(),
+            max_bytes: max_bytes(),
+            fresh_ms: fresh_ms(),
+            keep_ms: keep_ms(),
         }
     }
 }
@@ -96,6 +121,18 @@ fn failures() -> u32 {
 }
 fn open_ms() -> u64 {
     30_000
+}
+fn enabled() -> bool {
+    true
+}
+fn max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn fresh_ms() -> u64 {
+    5_000
+}
+fn keep_ms() -> u64 {
+    300_000
 }
 fn algorithm() -> String {
     "RS384".into()

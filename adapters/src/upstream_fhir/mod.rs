@@ -184,6 +184,10 @@ impl Adapter for UpstreamFhir {
         }
     }
 
+    fn cache_stats(&self) -> Option<crate::CacheStats> {
+        self.source.cache_stats()
+    }
+
     async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Value>, AdapterError> {
         // A valid FHIR id needs no escaping in a path; anything else cannot be the backend's.
         let Some(inner) =

@@ -4,9 +4,12 @@
 //! authentication with the access token cached until shortly before it expires.
 
 use super::config::{Config, SmartBackend};
+use crate::CacheStats;
 use crate::breaker::Breaker;
 use crate::error::{AdapterError, Failure};
 use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -17,6 +20,39 @@ pub struct Source {
     max_response_bytes: usize,
     breaker: Breaker,
     auth: Option<Auth>,
+    cache: Option<Cache>,
+}
+
+/// One GET at the backend.
+enum Fetched {
+    Found {
+        body: Value,
+        etag: Option<String>,
+        size: usize,
+        /// `Cache-Control: no-store` was not said.
+        store: bool,
+    },
+    NotModified,
+    Gone,
+}
+
+/// An answer kept in the cache.
+struct Cached {
+    etag: Option<String>,
+    body: Arc<Value>,
+    size: usize,
+    fetched: Instant,
+}
+
+/// The response cache: keyed by URL. Every call the adapter makes carries the gateway's one
+/// service identity, so an answer does not depend on who asked the gateway; who may see it is
+/// decided on every response, cached or not, by the gateway's policy after the adapter returns.
+struct Cache {
+    entries: moka::future::Cache<String, Arc<Cached>>,
+    fresh: Duration,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    revalidated: AtomicU64,
 }
 
 /// What a GET answered.
@@ -62,6 +98,19 @@ impl Source {
             max_response_bytes: c.max_response_bytes,
             breaker: Breaker::new(c.breaker.failures, Duration::from_millis(c.breaker.open_ms)),
             auth,
+            cache: (c.cache.enabled && c.cache.max_bytes > 0).then(|| Cache {
+                entries: moka::future::Cache::builder()
+                    .max_capacity(c.cache.max_bytes)
+                    .weigher(|_: &String, v: &Arc<Cached>| {
+                        u32::try_from(v.size).unwrap_or(u32::MAX)
+                    })
+                    .time_to_live(Duration::from_millis(c.cache.keep_ms))
+                    .build(),
+                fresh: Duration::from_millis(c.cache.fresh_ms),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                revalidated: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -73,14 +122,91 @@ impl Source {
         self.breaker.is_open()
     }
 
-    /// GET `url` (a FHIR read or search), with retries and the breaker.
+    /// GET `url` (a FHIR read or search): from the cache while fresh, revalidated with
+    /// `If-None-Match` after that, otherwise from the backend, with retries and the breaker.
     pub async fn get(&self, url: &str) -> Result<Answer, AdapterError> {
+        let cached = match &self.cache {
+            Some(c) => c.entries.get(url).await,
+            None => None,
+        };
+        if let (Some(c), Some(hit)) = (&self.cache, &cached)
+            && hit.fetched.elapsed() < c.fresh
+        {
+            c.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Answer::Found(hit.body.as_ref().clone()));
+        }
+        let etag = cached.as_ref().and_then(|c| c.etag.clone());
+        let fetched = self.get_retrying(url, etag.as_deref()).await?;
+        let Some(cache) = &self.cache else {
+            return Ok(match fetched {
+                Fetched::Found { body, .. } => Answer::Found(body),
+                Fetched::Gone | Fetched::NotModified => Answer::Gone,
+            });
+        };
+        match fetched {
+            Fetched::NotModified => match cached {
+                Some(old) => {
+                    cache.revalidated.fetch_add(1, Ordering::Relaxed);
+                    let body = old.body.as_ref().clone();
+                    let renewed = Cached {
+                        etag: old.etag.clone(),
+                        body: old.body.clone(),
+                        size: old.size,
+                        fetched: Instant::now(),
+                    };
+                    cache
+                        .entries
+                        .insert(url.to_owned(), Arc::new(renewed))
+                        .await;
+                    Ok(Answer::Found(body))
+                }
+                // A 304 to a request without a validator is the backend's error.
+                None => Err(self.fail(Failure::Protocol, "304 without a validator")),
+            },
+            Fetched::Gone => {
+                cache.entries.invalidate(url).await;
+                Ok(Answer::Gone)
+            }
+            Fetched::Found {
+                body,
+                etag,
+                size,
+                store,
+            } => {
+                cache.misses.fetch_add(1, Ordering::Relaxed);
+                if store {
+                    let entry = Cached {
+                        etag,
+                        body: Arc::new(body.clone()),
+                        size,
+                        fetched: Instant::now(),
+                    };
+                    cache.entries.insert(url.to_owned(), Arc::new(entry)).await;
+                } else {
+                    cache.entries.invalidate(url).await;
+                }
+                Ok(Answer::Found(body))
+            }
+        }
+    }
+
+    /// The cache's counters, when there is a cache.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(|c| CacheStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            revalidated: c.revalidated.load(Ordering::Relaxed),
+            entries: c.entries.entry_count(),
+        })
+    }
+
+    async fn get_retrying(&self, url: &str, etag: Option<&str>) -> Result<Fetched, AdapterError> {
         let mut attempt = 0;
         loop {
             if !self.breaker.allow() {
                 return Err(self.fail(Failure::Unavailable, "circuit open"));
             }
-            let r = self.get_once(url).await;
+            let r = self.get_once(url, etag).await;
             let fault = r.as_ref().err().is_some_and(AdapterError::is_backend_fault);
             self.breaker.record(!fault);
             match r {
@@ -94,8 +220,11 @@ impl Source {
         }
     }
 
-    async fn get_once(&self, url: &str) -> Result<Answer, AdapterError> {
+    async fn get_once(&self, url: &str, etag: Option<&str>) -> Result<Fetched, AdapterError> {
         let mut req = self.http.get(url).header("Accept", "application/fhir+json");
+        if let Some(etag) = etag {
+            req = req.header("If-None-Match", etag);
+        }
         if let Some(auth) = &self.auth {
             let token = auth.token(&self.http, &self.name).await?;
             req = req.bearer_auth(token);
@@ -103,7 +232,8 @@ impl Source {
         let mut resp = req.send().await.map_err(|e| self.transport(e))?;
         let status = resp.status().as_u16();
         match status {
-            404 | 410 => return Ok(Answer::Gone),
+            304 => return Ok(Fetched::NotModified),
+            404 | 410 => return Ok(Fetched::Gone),
             401 | 403 => {
                 if let Some(auth) = &self.auth {
                     // The token may have been revoked early: the next call fetches a new one.
@@ -114,6 +244,14 @@ impl Source {
             200..=299 => {}
             s => return Err(self.fail(Failure::Status(s), format!("status {s}"))),
         }
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let etag = header("etag");
+        let store = !header("cache-control").is_some_and(|c| c.contains("no-store"));
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
             if body.len() + chunk.len() > self.max_response_bytes {
@@ -121,8 +259,14 @@ impl Source {
             }
             body.extend_from_slice(&chunk);
         }
+        let size = body.len();
         serde_json::from_slice(&body)
-            .map(Answer::Found)
+            .map(|body| Fetched::Found {
+                body,
+                etag,
+                size,
+                store,
+            })
             .map_err(|e| self.fail(Failure::Protocol, format!("not JSON: {e}")))
     }
 
@@ -135,10 +279,10 @@ impl Source {
         self.fail(kind, e.to_string())
     }
 
-    /// Whether the backend answers its CapabilityStatement (the health check).
+    /// Whether the backend answers its CapabilityStatement (the health check; never cached).
     pub async fn metadata(&self, base: &str) -> Result<(), AdapterError> {
-        match self.get_once(&format!("{base}/metadata")).await? {
-            Answer::Found(v) if v["resourceType"] == "CapabilityStatement" => Ok(()),
+        match self.get_once(&format!("{base}/metadata"), None).await? {
+            Fetched::Found { body, .. } if body["resourceType"] == "CapabilityStatement" => Ok(()),
             _ => Err(self.fail(Failure::Protocol, "no CapabilityStatement at /metadata")),
         }
     }

@@ -125,3 +125,144 @@ fn search_values_pointing_elsewhere_are_not_sent() {
     assert!(!a.is_own_url("https://fhir.antonius.example/r4.evil.example/x"));
     assert!(!a.is_own_url("https://evil.example/r4"));
 }
+
+/// A partner server in the test: answers `Patient/p1` with an ETag and honours If-None-Match;
+/// `Patient/flaky` fails with 503 `fail_first` times first; `Patient/slow` answers after 3 s.
+/// Counts the requests it got.
+async fn partner(fail_first: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use http_body_util::Full;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/fhir", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let flaky = std::sync::Arc::new(AtomicUsize::new(fail_first));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (count, flaky) = (counted.clone(), flaky.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (count, flaky) = (count.clone(), flaky.clone());
+                        async move {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            let path = req.uri().path().to_owned();
+                            let r = hyper::Response::builder()
+                                .header("Content-Type", "application/fhir+json");
+                            let resp = match path.as_str() {
+                            "/fhir/Patient/p1" if req.headers().get("if-none-match").is_some_and(|v| v == "W/\"1\"") => {
+                                r.status(304).body(Full::new(bytes::Bytes::new()))
+                            }
+                            "/fhir/Patient/p1" => r.header("ETag", "W/\"1\"").body(Full::new(bytes::Bytes::from(
+                                r#"{"resourceType":"Patient","id":"p1","meta":{"versionId":"1"}}"#,
+                            ))),
+                            "/fhir/Patient/flaky" if flaky.load(Ordering::SeqCst) > 0 => {
+                                flaky.fetch_sub(1, Ordering::SeqCst);
+                                r.status(503).body(Full::new(bytes::Bytes::from("{\"internal\":\"secret\"}")))
+                            }
+                            "/fhir/Patient/flaky" => r.body(Full::new(bytes::Bytes::from(
+                                r#"{"resourceType":"Patient","id":"flaky"}"#,
+                            ))),
+                            "/fhir/Patient/slow" => {
+                                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                                r.body(Full::new(bytes::Bytes::from(r#"{"resourceType":"Patient","id":"slow"}"#)))
+                            }
+                            _ => r.status(404).body(Full::new(bytes::Bytes::new())),
+                        };
+                            Ok::<_, std::convert::Infallible>(resp.unwrap())
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (base, count)
+}
+
+fn adapter(base: &str, extra: Value) -> UpstreamFhir {
+    let mut s = section(base);
+    for (k, v) in extra.as_object().unwrap() {
+        s[k] = v.clone();
+    }
+    UpstreamFhir::from_config(&s).unwrap()
+}
+
+#[tokio::test]
+async fn stale_answers_are_revalidated_with_if_none_match() {
+    use std::sync::atomic::Ordering;
+    let (base, count) = partner(0).await;
+    let a = adapter(&base, json!({"cache": {"fresh_ms": 0}}));
+    for _ in 0..3 {
+        let p = a.read("Patient", "antonius.p1").await.unwrap().unwrap();
+        assert_eq!(p["id"], "antonius.p1");
+    }
+    let s = a.cache_stats().unwrap();
+    assert_eq!((s.misses, s.revalidated, s.hits), (1, 2, 0), "{s:?}");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        3,
+        "every read asked, two got 304"
+    );
+    // Fresh for a while: answered without asking.
+    let a = adapter(&base, json!({"cache": {"fresh_ms": 60000}}));
+    for _ in 0..3 {
+        a.read("Patient", "antonius.p1").await.unwrap().unwrap();
+    }
+    let s = a.cache_stats().unwrap();
+    assert_eq!((s.misses, s.hits), (1, 2), "{s:?}");
+    assert_eq!(count.load(Ordering::SeqCst), 4);
+    // No cache at all when disabled.
+    let a = adapter(&base, json!({"cache": {"enabled": false}}));
+    a.read("Patient", "antonius.p1").await.unwrap().unwrap();
+    assert!(a.cache_stats().is_none());
+    // Not found is None, not an error.
+    assert!(
+        a.read("Patient", "antonius.nobody")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        a.read("Patient", "umcu.p1").await.unwrap().is_none(),
+        "not this backend's id"
+    );
+}
+
+#[tokio::test]
+async fn faults_are_retried_then_break_the_circuit_and_time_out() {
+    let (base, _) = partner(1).await;
+    // One 503, then fine: a retry hides it.
+    let a = adapter(&base, json!({"retries": 1}));
+    assert_eq!(
+        a.read("Patient", "antonius.flaky").await.unwrap().unwrap()["id"],
+        "antonius.flaky"
+    );
+    // Without retries the 503 is a 502 naming the backend, not carrying its body.
+    let (base, _) = partner(5).await;
+    let a = adapter(
+        &base,
+        json!({"retries": 0, "breaker": {"failures": 2, "open_ms": 60000}}),
+    );
+    let e = a.read("Patient", "antonius.flaky").await.unwrap_err();
+    assert_eq!((e.status(), e.kind.clone()), (502, Failure::Status(503)));
+    assert!(
+        !e.to_string().contains("secret") && e.to_string().contains("antonius"),
+        "{e}"
+    );
+    // A second fault opens the circuit: the next call is refused without asking.
+    a.read("Patient", "antonius.flaky").await.unwrap_err();
+    let e = a.read("Patient", "antonius.p1").await.unwrap_err();
+    assert_eq!(e.kind, Failure::Unavailable);
+    assert!(matches!(a.health().await, Health::Down(_)));
+    // A slow backend is cut off at the time-out: 504.
+    let (base, _) = partner(0).await;
+    let a = adapter(&base, json!({"timeout_ms": 300, "retries": 0}));
+    let started = std::time::Instant::now();
+    let e = a.read("Patient", "antonius.slow").await.unwrap_err();
+    assert_eq!((e.status(), e.kind.clone()), (504, Failure::Timeout));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}

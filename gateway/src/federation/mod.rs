@@ -76,6 +76,26 @@ impl Federation {
         futures::future::join_all(checks).await
     }
 
+    /// For operators (`GET /federation`): each backend's health and cache counters. Names and
+    /// counts only, no data.
+    pub async fn status(&self) -> Value {
+        let health = self.health().await;
+        let backends: Vec<Value> = self
+            .adapters
+            .iter()
+            .zip(health)
+            .map(|(a, (_, h))| {
+                json!({
+                    "name": a.name(),
+                    "organization": a.organization().name,
+                    "health": h.to_string(),
+                    "cache": a.cache_stats(),
+                })
+            })
+            .collect();
+        json!({ "backends": backends })
+    }
+
     /// A permitted read of a resource a backend holds.
     pub async fn read(&self, permit: &Permit<Read>) -> Result<Option<Stored>> {
         let op = permit.op();

@@ -183,6 +183,8 @@ async fn pipeline(
     let path = parts.uri.path();
     match path {
         "/healthz" => return respond::json(StatusCode::OK, &json!({ "status": "pass" })),
+        // Backends' health and cache counters, for operators (no data, like /readyz).
+        "/federation" => return respond::json(StatusCode::OK, &app.federation.status().await),
         "/readyz" => {
             return match app.store.ping().await {
                 Ok(()) => respond::json(StatusCode::OK, &json!({ "status": "pass" })),
