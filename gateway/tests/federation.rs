@@ -317,6 +317,63 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
             .any(|n| n.contains("antonius") && n.contains("status")),
         "{b}"
     );
+    // Paging across backends with one cursor: two more results at the partner, two per page.
+    let p2 = post(
+        &as_partner,
+        &partner.base,
+        json!({"resourceType": "Patient", "name": [{"family": "Twee"}]}),
+    )
+    .await;
+    let mut expected = vec![format!("antonius.{o}")];
+    for code in ["718-7", "2160-0"] {
+        expected.push(format!(
+            "antonius.{}",
+            post(&as_partner, &partner.base, lab(&p2, code)).await
+        ));
+    }
+    let mut seen = Vec::new();
+    let mut url = format!("{}/Observation?category=laboratory&_count=2", gw.base);
+    let mut pages = 0;
+    for _ in 0..5 {
+        pages += 1;
+        let b: Value = as_antonius
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            ids(&b, "match")
+                .into_iter()
+                .filter(|i| i.starts_with("antonius.")),
+        );
+        match b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+        {
+            Some(next) => url = next["url"].as_str().unwrap().to_owned(),
+            None => break,
+        }
+    }
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected, "every partner result once, over the pages");
+    assert_eq!(pages, 2, "two per page");
+    // A forged federated cursor is refused, not followed.
+    let forged = as_antonius
+        .get(format!(
+            "{}/Observation?category=laboratory&_cursor=~bm90LWpzb24",
+            gw.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+
     // One token for all of this: cached until it nears expiry.
     assert_eq!(issued.load(Ordering::SeqCst), 1);
 

@@ -15,6 +15,7 @@ use crate::policy::Permit;
 use crate::store::{Stored, WriteMethod};
 use adapters::{Adapter, AdapterError, Health, Interaction};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
@@ -30,6 +31,49 @@ pub struct Fanned {
     pub total: Option<u64>,
     /// One `OperationOutcome` per backend that failed or was not asked, for the bundle.
     pub outcomes: Vec<Value>,
+    /// Each backend's token for its next page, by adapter name.
+    pub next: BTreeMap<String, String>,
+}
+
+/// The cursor of a federated search's next page: the local store's own cursor (or that the
+/// local matches are done) and each backend's next-page token. Sent to the client as `_cursor`
+/// (`~` and URL-safe base64 of JSON); a backend token is only ever fetched under that backend's
+/// configured base (the adapter checks), and what it returns is disclosed like any answer.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    #[serde(rename = "d", default)]
+    pub local_done: bool,
+    #[serde(rename = "b", default)]
+    pub backends: BTreeMap<String, String>,
+}
+
+impl Cursor {
+    const PREFIX: &str = "~";
+
+    /// `None` for a cursor that is not a federated one (the local store's own).
+    pub fn decode(s: &str) -> Result<Option<Cursor>> {
+        use base64::Engine;
+        let Some(rest) = s.strip_prefix(Self::PREFIX) else {
+            return Ok(None);
+        };
+        let bad = || Error::invalid("_cursor is not one this server gave out");
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(rest)
+            .map_err(|_| bad())?;
+        serde_json::from_slice(&json).map(Some).map_err(|_| bad())
+    }
+
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).expect("a cursor serializes");
+        format!(
+            "{}{}",
+            Self::PREFIX,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
+    }
 }
 
 /// Search parameters that shape the answer rather than select; not sent to a backend.
@@ -112,10 +156,13 @@ impl Federation {
         }
     }
 
-    /// A permitted search, fanned out to every backend that serves the type. Only the first
-    /// page of each backend is asked (the local store's cursor pages the rest of the local
-    /// matches); a backend with more says so in an outcome.
-    pub async fn search(&self, permit: &Permit<Search>) -> Fanned {
+    /// A permitted search, fanned out to every backend that serves the type; or, with `pages`
+    /// (from a federated cursor), to the backends named there, each for its next page.
+    pub async fn search(
+        &self,
+        permit: &Permit<Search>,
+        pages: Option<&BTreeMap<String, String>>,
+    ) -> Fanned {
         let op = permit.op();
         let mut out = Fanned::default();
         let params: Vec<(String, String)> = op
@@ -127,6 +174,12 @@ impl Federation {
             .collect();
         let mut asked = Vec::new();
         for a in &self.adapters {
+            if let Some(pages) = pages {
+                if pages.contains_key(a.name()) {
+                    asked.push(a.clone());
+                }
+                continue;
+            }
             let Some(cap) = a.capabilities().resources.iter().find(|r| {
                 r.resource_type == op.ty && r.interactions.contains(&Interaction::Search)
             }) else {
@@ -153,22 +206,16 @@ impl Federation {
         }
         let calls = asked.iter().map(|a| {
             let params = &params;
-            async move { (a, a.search(&op.ty, params, None).await) }
+            let page = pages.and_then(|p| p.get(a.name())).map(String::as_str);
+            async move { (a, a.search(&op.ty, params, page).await) }
         });
         let mut total = Some(0u64);
         for (a, r) in futures::future::join_all(calls).await {
             match r {
                 Ok(page) => {
                     total = total.zip(page.total).map(|(t, n)| t + n);
-                    if page.next.is_some() {
-                        out.outcomes.push(outcome(
-                            "information",
-                            "incomplete",
-                            &format!(
-                                "backend {} has more matches than this page holds; narrow the search",
-                                a.name()
-                            ),
-                        ));
+                    if let Some(next) = page.next {
+                        out.next.insert(a.name().to_owned(), next);
                     }
                     for r in page.matches {
                         match stored(a.as_ref(), &op.ty, r) {

@@ -388,22 +388,39 @@ async fn interaction(
             };
             let params = op.applied.clone();
             let cursor = op.cursor.clone();
+            // A cursor of a federated search holds the local store's cursor and each backend's.
+            let federated = match cursor.as_deref().map(crate::federation::Cursor::decode) {
+                Some(c) => c?,
+                None => None,
+            };
+            if let Some(f) = &federated {
+                op.cursor = f.local.clone();
+            }
             let includes = op.includes.clone();
             let subset = op.subset.clone();
             let permit = policy.authorize(principal, op)?;
-            // Backends are asked on the first page only (see `federation::search`), and not
-            // for a search inside a patient's compartment: their ids are not the gateway's.
+            // Backends are asked from the first page on, and on later pages through the
+            // federated cursor; not for a search inside a patient's compartment (their ids are
+            // not the gateway's).
             let fan_out = !app.federation.is_empty()
-                && cursor.is_none()
+                && (cursor.is_none() || federated.is_some())
                 && permit.op().audit.is_none()
                 && permit.op().criteria.compartment.is_none()
                 && permit.op().criteria.within.is_none();
+            let local_done = federated.as_ref().is_some_and(|f| f.local_done);
+            let local = async {
+                if local_done {
+                    Ok(crate::store::Page::default())
+                } else {
+                    app.store.search(&permit).await
+                }
+            };
             let (page, fanned) = if fan_out {
-                let (local, fanned) =
-                    futures::join!(app.store.search(&permit), app.federation.search(&permit));
+                let pages = federated.as_ref().map(|f| &f.backends);
+                let (local, fanned) = futures::join!(local, app.federation.search(&permit, pages));
                 (local?, Some(fanned))
             } else {
-                (app.store.search(&permit).await?, None)
+                (local.await?, None)
             };
             let mut page = page;
             let mut outcomes = Vec::new();
@@ -411,6 +428,16 @@ async fn interaction(
                 page.total = page.total.zip(f.total).map(|(a, b)| a + b);
                 page.entries.extend(f.matches);
                 outcomes = f.outcomes;
+                if !f.next.is_empty() {
+                    page.next = Some(
+                        crate::federation::Cursor {
+                            local_done: page.next.is_none(),
+                            local: page.next.take(),
+                            backends: f.next,
+                        }
+                        .encode(),
+                    );
+                }
             }
             let listing = Listing {
                 base: &req.base,
