@@ -374,6 +374,62 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
         .unwrap();
     assert_eq!(forged.status(), 400);
 
+    // Identity linking by BSN: UMCU holds its own record of the partner's patient (same BSN,
+    // another family name), and the patient consents to sharing. A search for the patient's
+    // lab results at UMCU's record gathers the partner's too, and reports the disagreement.
+    let linked_p = post(
+        &as_umcu,
+        &gw.base,
+        json!({"resourceType": "Patient",
+        "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "999911120"}],
+        "name": [{"family": "Pietersen"}]}),
+    )
+    .await;
+    let linked_o = post(&as_umcu, &gw.base, lab(&linked_p, "2345-7")).await;
+    let query = format!("{}/Observation?patient=Patient/{linked_p}", gw.base);
+    let before: Value = as_umcu
+        .get(&query)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&before, "match"),
+        vec![linked_o.clone()],
+        "no consent yet: {before}"
+    );
+    post(&as_umcu, &gw.base, json!({"resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/antonius.{p}")},
+        "policy": [{"uri": "https://healthhub-utrecht.nl/consent-policy"}],
+        "provision": {"type": "permit"}})).await;
+    let b: Value = as_umcu
+        .get(&query)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut got = ids(&b, "match");
+    got.sort();
+    let mut want = vec![linked_o.clone(), format!("antonius.{o}")];
+    want.sort();
+    assert_eq!(got, want, "{b}");
+    let notes = ids(&b, "outcome");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains(&format!("Patient/antonius.{p}")) && n.contains("family name")),
+        "{b}"
+    );
+    // The self link is the search as asked, not as widened.
+    let self_link = b["link"][0]["url"].as_str().unwrap();
+    assert!(!self_link.contains("antonius"), "{self_link}");
+
     // One token for all of this: cached until it nears expiry.
     assert_eq!(issued.load(Ordering::SeqCst), 1);
 

@@ -5,6 +5,7 @@
 mod batch;
 mod export;
 mod include;
+mod link;
 mod operations;
 mod patch;
 
@@ -396,6 +397,19 @@ async fn interaction(
             if let Some(f) = &federated {
                 op.cursor = f.local.clone();
             }
+            // One person, several organisations: a search for one patient's data gathers from
+            // every Patient linked to it by BSN (on every page, so the pages stay one search).
+            let mut link_notes = Vec::new();
+            if op.audit.is_none()
+                && op.criteria.compartment.is_none()
+                && let Some(patient) = link::patient_of(&op)
+                && let Some(linked) = link::linked(app, principal, asked, &patient).await?
+            {
+                link::widen(&mut op, &linked);
+                if cursor.is_none() {
+                    link_notes = linked.conflicts;
+                }
+            }
             let includes = op.includes.clone();
             let subset = op.subset.clone();
             let permit = policy.authorize(principal, op)?;
@@ -423,11 +437,11 @@ async fn interaction(
                 (local.await?, None)
             };
             let mut page = page;
-            let mut outcomes = Vec::new();
+            let mut outcomes = link_notes;
             if let Some(f) = fanned {
                 page.total = page.total.zip(f.total).map(|(a, b)| a + b);
                 page.entries.extend(f.matches);
-                outcomes = f.outcomes;
+                outcomes.extend(f.outcomes);
                 if !f.next.is_empty() {
                     page.next = Some(
                         crate::federation::Cursor {

@@ -1,0 +1,249 @@
+//! Identity linking by BSN: Patients that different organisations hold (in the gateway's store or
+//! behind adapters) with the same BSN are one person. A search for one patient's data
+//! (`Observation?patient=X`) is widened to every Patient linked to X, so it gathers from every
+//! organisation that holds data; each result is still disclosed by the policy (consent decides).
+//!
+//! The links are found with the asking principal's own rights: X must be readable and Patients
+//! searchable by it, or the search stays as asked. Linked Patients whose demographics disagree
+//! with X's (birth date, gender, family name) are reported in an outcome, never merged silently.
+
+use crate::app::App;
+use crate::error::Result;
+use crate::fhir::operation::{Read, Search};
+use crate::fhir::search::{ClauseKind, Criteria, Pred, Token};
+use crate::policy::privacy::BSN_SYSTEM;
+use crate::policy::scopes::Permission;
+use crate::policy::{Asked, Principal};
+use serde_json::{Value, json};
+
+/// The reference parameters a patient's data is searched by.
+const PATIENT_PARAMS: &[&str] = &["patient", "subject", "subject:Patient"];
+
+/// At most this many linked Patients are looked for (one person, a few organisations).
+const MAX_LINKED: u32 = 50;
+
+/// Patients linked to one.
+#[derive(Debug, Default)]
+pub struct Linked {
+    /// Gateway ids (local and `{adapter}.{id}`) of the other Patients with the same BSN.
+    pub others: Vec<String>,
+    /// One outcome per linked Patient whose demographics disagree.
+    pub conflicts: Vec<Value>,
+}
+
+/// The single Patient a search is for, if it names one (`patient=Patient/X` or `patient=X`).
+pub fn patient_of(op: &Search) -> Option<String> {
+    let mut found = None;
+    for (k, v) in &op.applied {
+        if PATIENT_PARAMS.contains(&k.as_str()) {
+            if found.is_some() || v.contains(',') {
+                return None;
+            }
+            let id = v.strip_prefix("Patient/").unwrap_or(v);
+            if id.contains('/') || id.is_empty() {
+                return None;
+            }
+            found = Some(id.to_owned());
+        }
+    }
+    found
+}
+
+/// Widens `op` to the linked Patients: the local criteria and the parameters backends get.
+pub fn widen(op: &mut Search, linked: &Linked) {
+    if linked.others.is_empty() {
+        return;
+    }
+    let refs: Vec<String> = linked
+        .others
+        .iter()
+        .map(|id| format!("Patient/{id}"))
+        .collect();
+    for c in &mut op.criteria.clauses {
+        if PATIENT_PARAMS.contains(&c.param.as_str())
+            && let ClauseKind::Any(preds) = &mut c.how
+        {
+            preds.push(Pred::Reference(refs.clone()));
+        }
+    }
+    for (k, v) in &mut op.applied {
+        if PATIENT_PARAMS.contains(&k.as_str()) {
+            for r in &refs {
+                v.push(',');
+                v.push_str(r);
+            }
+        }
+    }
+}
+
+/// The Patients linked to `patient` by BSN, as far as `principal` may see them.
+pub async fn linked(
+    app: &App,
+    principal: &Principal,
+    asked: &Asked,
+    patient: &str,
+) -> Result<Option<Linked>> {
+    let policy = &app.policy;
+    let read = Read {
+        ty: "Patient".into(),
+        id: patient.to_owned(),
+    };
+    let Ok(permit) = policy.authorize(principal, read) else {
+        return Ok(None);
+    };
+    let found = if app.federation.holds(patient) {
+        // A backend that is down links nothing; the search itself reports it.
+        app.federation.read(&permit).await.ok().flatten()
+    } else {
+        app.store.read(&permit).await?
+    };
+    let Some(found) = found.filter(|s| !s.is_deleted()) else {
+        return Ok(None);
+    };
+    let Ok(me) = policy
+        .disclose(principal, asked, found, Permission::Read)
+        .await
+    else {
+        return Ok(None);
+    };
+    let me = me.get().json()?;
+    let Some(bsn) = bsn_of(&me) else {
+        return Ok(None);
+    };
+    let search = Search {
+        ty: "Patient".into(),
+        criteria: Criteria {
+            identifiers: vec![vec![Token {
+                system: Some(BSN_SYSTEM.into()),
+                value: Some(bsn.clone()),
+            }]],
+            compartment: policy.search_compartment(principal, "Patient"),
+            ..Default::default()
+        },
+        count: MAX_LINKED,
+        applied: vec![("identifier".into(), format!("{BSN_SYSTEM}|{bsn}"))],
+        total: false,
+        ..Default::default()
+    };
+    let Ok(permit) = policy.authorize(principal, search) else {
+        return Ok(None);
+    };
+    let (local, remote) = futures::join!(
+        app.store.search(&permit),
+        app.federation.search(&permit, None)
+    );
+    let mut all = local?.entries;
+    all.extend(remote.matches);
+    let seen = policy
+        .disclose_each(principal, asked, all, Permission::Search)
+        .await?;
+    let mut out = Linked::default();
+    for d in seen.entries {
+        let other = d.get().json()?;
+        let id = d.get().id.clone();
+        // Only a Patient that really carries the BSN (a backend may match loosely).
+        if id == patient || bsn_of(&other).as_deref() != Some(bsn.as_str()) {
+            continue;
+        }
+        let differ = differences(&me, &other);
+        if !differ.is_empty() {
+            out.conflicts.push(json!({
+                "resourceType": "OperationOutcome",
+                "issue": [{
+                    "severity": "warning",
+                    "code": "business-rule",
+                    "diagnostics": format!(
+                        "Patient/{id} has the BSN of Patient/{patient} but another {}; its data is included, the records are not merged",
+                        differ.join(", ")
+                    ),
+                }]
+            }));
+        }
+        out.others.push(id);
+    }
+    Ok(Some(out))
+}
+
+fn bsn_of(patient: &Value) -> Option<String> {
+    patient["identifier"]
+        .as_array()?
+        .iter()
+        .find(|i| i["system"] == BSN_SYSTEM)?["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The demographics two records of one person disagree on (where both say something).
+fn differences(a: &Value, b: &Value) -> Vec<&'static str> {
+    let family = |p: &Value| {
+        p["name"][0]["family"]
+            .as_str()
+            .map(crate::fhir::search_index::fold)
+    };
+    let mut out = Vec::new();
+    for (what, x, y) in [
+        (
+            "birthDate",
+            a["birthDate"].as_str().map(str::to_owned),
+            b["birthDate"].as_str().map(str::to_owned),
+        ),
+        (
+            "gender",
+            a["gender"].as_str().map(str::to_owned),
+            b["gender"].as_str().map(str::to_owned),
+        ),
+        ("family name", family(a), family(b)),
+    ] {
+        if let (Some(x), Some(y)) = (x, y)
+            && x != y
+        {
+            out.push(what);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_patient_parameter_is_recognised_and_widened() {
+        let mut op = Search {
+            ty: "Observation".into(),
+            applied: vec![
+                ("patient".into(), "Patient/p1".into()),
+                ("code".into(), "x".into()),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(patient_of(&op).as_deref(), Some("p1"));
+        widen(
+            &mut op,
+            &Linked {
+                others: vec!["antonius.9".into(), "p2".into()],
+                conflicts: vec![],
+            },
+        );
+        assert_eq!(op.applied[0].1, "Patient/p1,Patient/antonius.9,Patient/p2");
+        let two = Search {
+            applied: vec![("patient".into(), "Patient/p1,Patient/p2".into())],
+            ..Default::default()
+        };
+        assert_eq!(patient_of(&two), None);
+    }
+
+    #[test]
+    fn differing_demographics_are_named() {
+        let a =
+            json!({"birthDate": "1980-05-17", "gender": "female", "name": [{"family": "Jänsen"}]});
+        let b =
+            json!({"birthDate": "1980-05-17", "gender": "female", "name": [{"family": "Jansen"}]});
+        assert!(
+            differences(&a, &b).is_empty(),
+            "diacritics are not a conflict"
+        );
+        let c = json!({"birthDate": "1981-05-17", "name": [{"family": "Pietersen"}]});
+        assert_eq!(differences(&a, &c), vec!["birthDate", "family name"]);
+    }
+}
