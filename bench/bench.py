@@ -14,6 +14,10 @@ Suites:
             of Patient?identifier=bsn|N (wrk, --search-connections), and _total=accurate over the
             ~112,000 DiagnosticReports; SQLite and/or PostgreSQL (--search-stores)
 
+  federation a partner gateway (St. Antonius' FHIR server) read directly, beside the same reads
+            through the gateway's upstream-FHIR adapter without a cache and from its cache, and
+            local reads at the gateway (wrk -c--federation-connections, latency at low load)
+
 Rounds alternate between the servers so drift on the machine hits all of them alike; the tables
 report medians over rounds and the ratio to the bare server.
 """
@@ -196,6 +200,94 @@ def timed_get(url, token=None):
     return (time.perf_counter() - started) * 1000, body
 
 
+def token_endpoint(port, token):
+    """A SMART token endpoint for the benchmark: answers every client_credentials request with one
+    demo token of the partner's organisation (the assertion is checked by tests/federation.rs, not
+    here)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json.dumps({"access_token": token, "token_type": "bearer", "expires_in": 3600}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def adapter_config(upstream, token_url, cache):
+    key = os.path.join(ROOT, "gateway/src/policy/demo/demo-issuer.key.pem")
+    return f"""
+[[adapters]]
+name = "antonius"
+kind = "fhir"
+base_url = "{upstream}/fhir"
+resources = [{{ type = "Patient", search_params = ["identifier"] }}]
+[adapters.organization]
+system = "http://fhir.nl/fhir/NamingSystem/ura"
+value = "90000002"
+type = "hospital"
+name = "St. Antonius (bench partner)"
+[adapters.cache]
+{cache}
+[adapters.auth]
+kind = "smart-backend"
+token_url = "{token_url}"
+client_id = "bench-gateway"
+private_key_file = "{key}"
+algorithm = "ES256"
+scope = "system/*.rs"
+"""
+
+
+def federation_suite(args, workdir, servers, report):
+    partner_token = demo_token("system/*.cruds", "antonius")
+    reader = demo_token("system/*.rs", "antonius")
+    partner = gateway("partner", 18290, workdir)
+    servers.append(partner)
+    tokens = token_endpoint(18291, demo_token("system/*.rs", "antonius"))
+    url = "http://127.0.0.1:18291/token"
+    through = gateway("through-no-cache", 18292, workdir, adapter_config(partner.url, url, "enabled = false"))
+    cached = gateway("through-cache", 18293, workdir, adapter_config(partner.url, url, "fresh_ms = 3600000"))
+    servers += [through, cached]
+    print("federation: seeding", file=sys.stderr)
+    remote = [post(partner, dict(PATIENT, identifier=[{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": f"{i:09d}"}]), partner_token)
+              for i in range(200)]
+    local = [post(cached, dict(PATIENT, identifier=[{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": f"{i:09d}"}]), partner_token)
+             for i in range(200)]
+    via = [f"antonius.{i}" for i in remote]
+    targets = {
+        "partner read directly": (partner.url, lua_reads(workdir, "direct", remote, token=partner_token)),
+        "through the adapter, no cache": (through.url, lua_reads(workdir, "through", via, token=reader)),
+        "through the adapter, cache hit": (cached.url, lua_reads(workdir, "cached", via, token=reader)),
+        "local read at the gateway": (cached.url, lua_reads(workdir, "local", local, token=reader)),
+    }
+    c = args.federation_connections
+    for u, script in targets.values():
+        wrk(u, script, 3, c)  # warm-up (fills the cache)
+    results = alternate(targets, args.rounds, args.seconds, c)
+    tokens.shutdown()
+    med = lambda name, f: statistics.median([f(r) for r in results[name]])
+    p50 = lambda name: med(name, lambda r: r["lat"]["50"])
+    rps = lambda name: med(name, lambda r: r["rps"])
+    lines = [table(f"Reads through the upstream-FHIR adapter (GET Patient/[id], 200 patients, wrk -c{c})", results,
+                   baseline="partner read directly").replace("vs bare", "vs partner direct"),
+             f"- adapter read adds **{p50('through the adapter, no cache') - p50('partner read directly'):.2f} ms** at p50 over reading the partner directly (target <= 1 ms)",
+             f"- cache hit vs local read: p50 **{p50('through the adapter, cache hit') / p50('local read at the gateway'):.2f}x**, "
+             f"throughput {rps('local read at the gateway') / rps('through the adapter, cache hit'):.2f}x (target within 1.5x)", ""]
+    report.append("\n".join(lines))
+
+
 def bare_import(data, path):
     """The floor: every NDJSON line into one SQLite table, as the gateway commits (WAL, FULL)."""
     import sqlite3
@@ -307,6 +399,7 @@ def main():
     ap.add_argument("--search-patients", type=int, default=22400)
     ap.add_argument("--search-stores", default="sqlite,postgres")
     ap.add_argument("--search-connections", type=int, default=8)
+    ap.add_argument("--federation-connections", type=int, default=4)
     ap.add_argument("--import-data", default=os.path.join(ROOT, "../shared/synthea/10-patients"))
     args = ap.parse_args()
     global TOKEN
@@ -357,6 +450,8 @@ def main():
                                 alternate(targets, args.rounds, args.seconds, args.connections)))
         if "import" in suites:
             import_suite(args, workdir, report)
+        if "federation" in suites:
+            federation_suite(args, workdir, servers, report)
         if "search" in suites:
             search_suite(args, workdir, bare, servers, report)
         if "replicas" in suites:
