@@ -114,6 +114,19 @@ client_id = "gateway-under-test"
 private_key_file = "{}"
 algorithm = "ES256"
 scope = "system/*.rs"
+
+# A second partner whose server is not there (nothing listens on port 9): every call fails.
+[[adapters]]
+name = "dead"
+kind = "fhir"
+base_url = "http://127.0.0.1:9/fhir"
+retries = 0
+resources = [{{ type = "Patient", search_params = ["identifier", "name", "_id"] }}]
+[adapters.organization]
+system = "http://fhir.nl/fhir/NamingSystem/ura"
+value = "90000009"
+type = "vvt"
+name = "Unreachable care home"
 "#,
         key.display()
     )
@@ -429,6 +442,22 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
     // The self link is the search as asked, not as widened.
     let self_link = b["link"][0]["url"].as_str().unwrap();
     assert!(!self_link.contains("antonius"), "{self_link}");
+
+    // The conformance suite's federation group against this deployment (one partner up, one
+    // down), as a partner would run it.
+    let suite = conformance::client::Fhir::new(
+        &gw.base,
+        &[format!(
+            "Authorization: Bearer {}",
+            token("system/*.rs", "antonius", None)
+        )],
+    )
+    .unwrap();
+    let results = conformance::run(&suite, Some("federation")).await;
+    assert_eq!(results.len(), 4);
+    for r in &results {
+        assert!(r.outcome.is_ok(), "{}: {:?}", r.name, r.outcome);
+    }
 
     // One token for all of this: cached until it nears expiry.
     assert_eq!(issued.load(Ordering::SeqCst), 1);

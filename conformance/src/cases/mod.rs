@@ -5,6 +5,7 @@ mod bad_input;
 mod capabilities;
 mod conditional;
 mod crud;
+pub mod federation;
 mod operations;
 mod search;
 mod security;
@@ -63,6 +64,10 @@ pub fn groups() -> Vec<Group> {
         Group {
             name: "operations",
             cases: operations::cases(),
+        },
+        Group {
+            name: "federation",
+            cases: federation::cases(),
         },
     ]
 }

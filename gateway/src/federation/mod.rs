@@ -129,9 +129,17 @@ impl Federation {
             .iter()
             .zip(health)
             .map(|(a, (_, h))| {
+                let types: Vec<&str> = a
+                    .capabilities()
+                    .resources
+                    .iter()
+                    .filter(|r| r.interactions.contains(&Interaction::Search))
+                    .map(|r| r.resource_type.as_str())
+                    .collect();
                 json!({
                     "name": a.name(),
                     "organization": a.organization().name,
+                    "searchable": types,
                     "health": h.to_string(),
                     "cache": a.cache_stats(),
                 })
