@@ -266,3 +266,121 @@ async fn faults_are_retried_then_break_the_circuit_and_time_out() {
     assert_eq!((e.status(), e.kind.clone()), (504, Failure::Timeout));
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate, all PEM, written to
+/// `dir`: (ca, server cert, server key, client cert, client key) paths.
+fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into()]);
+    let (client_cert, client_key) = leaf(vec!["gateway.example".into()]);
+    let files = [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ]
+    .map(|f| dir.join(f));
+    for (f, pem) in files.iter().zip([
+        ca_cert.pem(),
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+    ]) {
+        std::fs::write(f, pem).unwrap();
+    }
+    files
+}
+
+/// A partner that speaks only TLS and accepts only clients with a certificate of the test CA.
+async fn mtls_partner(files: &[std::path::PathBuf; 5]) -> String {
+    use http_body_util::Full;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&files[0]).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_file(&files[1]).unwrap()],
+            PrivateKeyDer::from_pem_file(&files[2]).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}/fhir", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client without a certificate fails the handshake here.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |_req: hyper::Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            bytes::Bytes::from(r#"{"resourceType":"Patient","id":"p1"}"#),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    base
+}
+
+#[tokio::test]
+async fn tls_with_a_client_certificate_reaches_an_mtls_partner_and_nothing_less_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = certificates(dir.path());
+    let base = mtls_partner(&files).await;
+    let path = |i: usize| files[i].to_str().unwrap().to_owned();
+    let mtls = json!({"ca_file": path(0), "client_cert_file": path(3), "client_key_file": path(4)});
+    let a = adapter(&base, json!({"tls": mtls, "retries": 0}));
+    let p = a.read("Patient", "antonius.p1").await.unwrap().unwrap();
+    assert_eq!(p["id"], "antonius.p1");
+    // Trusting the CA but without a client certificate: the partner refuses the handshake.
+    let a = adapter(&base, json!({"tls": {"ca_file": path(0)}, "retries": 0}));
+    let e = a.read("Patient", "antonius.p1").await.unwrap_err();
+    assert_eq!(e.kind, Failure::Unavailable, "{e:?}");
+    // A client certificate but not trusting the partner's CA: the gateway refuses.
+    let a = adapter(
+        &base,
+        json!({"tls": {"client_cert_file": path(3), "client_key_file": path(4)}, "retries": 0}),
+    );
+    let e = a.read("Patient", "antonius.p1").await.unwrap_err();
+    assert_eq!(e.kind, Failure::Unavailable, "{e:?}");
+    assert!(
+        !e.to_string().contains("certificate"),
+        "no TLS detail for clients: {e}"
+    );
+}
