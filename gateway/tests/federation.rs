@@ -439,6 +439,43 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
             .any(|n| n.contains(&format!("Patient/antonius.{p}")) && n.contains("family name")),
         "{b}"
     );
+    // $everything gathers the person's record from the partner too.
+    let all: Value = as_umcu
+        .get(format!("{}/Patient/{linked_p}/$everything", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut got: Vec<String> = all["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] != "outcome")
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        format!("Patient/{linked_p}"),
+        format!("Observation/{linked_o}"),
+        format!("Patient/antonius.{p}"),
+        format!("Observation/antonius.{o}"),
+    ];
+    want.sort();
+    assert_eq!(got, want, "{all}");
+    assert!(
+        ids(&all, "outcome")
+            .iter()
+            .any(|n| n.contains("family name")),
+        "{all}"
+    );
     // The self link is the search as asked, not as widened.
     let self_link = b["link"][0]["url"].as_str().unwrap();
     assert!(!self_link.contains("antonius"), "{self_link}");

@@ -106,6 +106,23 @@ impl Federation {
         self.adapters.iter().find(|a| a.name() == name)
     }
 
+    /// Resource types some backend can search by `patient` (what `$everything` asks them for).
+    pub fn patient_types(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .adapters
+            .iter()
+            .flat_map(|a| a.capabilities().resources.iter())
+            .filter(|r| {
+                r.interactions.contains(&Interaction::Search)
+                    && r.search_params.iter().any(|p| p == "patient")
+            })
+            .map(|r| r.resource_type.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Whether `id` names a resource held by a backend (its prefix is an adapter's name).
     pub fn holds(&self, id: &str) -> bool {
         self.owner(id).is_some()

@@ -190,8 +190,30 @@ pub async fn everything(
     let url = format!("{base}/Patient/{patient}/$everything");
     let params = op.applied.clone();
     let cursor = op.cursor.clone();
+    let count = op.count;
+    let compartment = op.criteria.compartment.is_some();
     let permit = app.policy.authorize(principal, op)?;
-    let page = app.store.search(&permit).await?;
+    let mut page = app.store.search(&permit).await?;
+    // One person, several organisations: on the first page, what backends hold for the
+    // Patients linked to this one by BSN (each disclosed like the rest of the page).
+    let mut notes = Vec::new();
+    if cursor.is_none()
+        && !compartment
+        && !app.federation.is_empty()
+        && let Some(linked) = super::link::linked(app, principal, asked, &patient).await?
+    {
+        notes = linked.conflicts;
+        // `Patient/[backend id]/$everything` asks for that backend's record too.
+        let remote: Vec<String> = std::iter::once(patient.clone())
+            .chain(linked.others)
+            .filter(|id| app.federation.holds(id))
+            .collect();
+        let (found, outcomes) = from_backends(app, principal, &remote, count).await?;
+        page.entries.extend(found);
+        notes.extend(outcomes);
+        // The count was of the local compartment only.
+        page.total = None;
+    }
     let mut types: Vec<String> = page.entries.iter().map(|s| s.ty.clone()).collect();
     types.sort();
     types.dedup();
@@ -215,5 +237,68 @@ pub async fn everything(
         includes,
         subset: None,
     };
-    page_reply(app, permit.principal(), asked, listing, page).await
+    let mut reply = page_reply(app, permit.principal(), asked, listing, page).await?;
+    if !notes.is_empty() {
+        reply.add_outcome_entries(notes)?;
+    }
+    Ok(reply)
+}
+
+/// The linked Patients at their backends and, for each type a backend searches by `patient`,
+/// their resources (one page each, with the principal's own permits; a type it may not search
+/// is left out as the local part leaves it out). Failures and further pages are reported.
+async fn from_backends(
+    app: &App,
+    principal: &Principal,
+    patients: &[String],
+    count: u32,
+) -> Result<(Vec<crate::store::Stored>, Vec<Value>)> {
+    let (mut found, mut notes) = (Vec::new(), Vec::new());
+    if patients.is_empty() {
+        return Ok((found, notes));
+    }
+    for id in patients {
+        let read = crate::fhir::operation::Read {
+            ty: "Patient".into(),
+            id: id.clone(),
+        };
+        if let Ok(permit) = app.policy.authorize(principal, read)
+            && let Ok(Some(p)) = app.federation.read(&permit).await
+        {
+            found.push(p);
+        }
+    }
+    let refs = patients
+        .iter()
+        .map(|id| format!("Patient/{id}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for ty in app.federation.patient_types() {
+        let op = Search {
+            ty: ty.clone(),
+            count,
+            applied: vec![("patient".into(), refs.clone())],
+            total: false,
+            ..Default::default()
+        };
+        let Ok(permit) = app.policy.authorize(principal, op) else {
+            continue;
+        };
+        let fanned = app.federation.search(&permit, None).await;
+        found.extend(fanned.matches);
+        notes.extend(
+            fanned
+                .outcomes
+                .into_iter()
+                .filter(|o| o["issue"][0]["severity"] != "information"),
+        );
+        for backend in fanned.next.keys() {
+            notes.push(serde_json::json!({
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "information", "code": "incomplete",
+                    "diagnostics": format!("backend {backend} holds more {ty} for this person than one page; search {ty}?patient=[id] to page through them")}]
+            }));
+        }
+    }
+    Ok((found, notes))
 }
