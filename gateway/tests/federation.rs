@@ -439,6 +439,42 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
             .any(|n| n.contains(&format!("Patient/antonius.{p}")) && n.contains("family name")),
         "{b}"
     );
+    // Each record links to the other (Patient.link, seealso), found with the reader's rights.
+    let links = |p: &Value| -> Vec<String> {
+        p["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| l["other"]["reference"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mine: Value = as_umcu
+        .get(format!("{}/Patient/{linked_p}", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        links(&mine),
+        vec![format!("Patient/antonius.{p}")],
+        "{mine}"
+    );
+    let theirs: Value = as_umcu
+        .get(format!("{}/Patient/antonius.{p}", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        links(&theirs),
+        vec![format!("Patient/{linked_p}")],
+        "{theirs}"
+    );
+
     // $everything gathers the person's record from the partner too.
     let all: Value = as_umcu
         .get(format!("{}/Patient/{linked_p}/$everything", gw.base))

@@ -132,6 +132,12 @@ impl<T> Disclosed<T> {
     pub fn patients(&self) -> &[String] {
         &self.patients
     }
+    /// The released value with something added that the principal may also see (a Patient's
+    /// `link`s to records it found with its own permits); the release stays as decided.
+    pub fn amend(mut self, f: impl FnOnce(&mut T)) -> Disclosed<T> {
+        f(&mut self.value);
+        self
+    }
 }
 
 fn disclosed<T>(value: T) -> Disclosed<T> {

@@ -76,6 +76,44 @@ pub fn widen(op: &mut Search, linked: &Linked) {
     }
 }
 
+/// Adds `link` (type `seealso`) to a released Patient for every other Patient with its BSN that
+/// the principal may see, unless the Patient already links to it. Only in deployments with
+/// backends: it costs a search per Patient read.
+pub async fn add_links(
+    app: &App,
+    principal: &Principal,
+    asked: &Asked,
+    patient: crate::policy::Disclosed<crate::store::Stored>,
+) -> Result<crate::policy::Disclosed<crate::store::Stored>> {
+    let s = patient.get();
+    if app.federation.is_empty() || s.ty != "Patient" || s.is_deleted() {
+        return Ok(patient);
+    }
+    let id = s.id.clone();
+    let mut me = s.json()?;
+    let Some(bsn) = bsn_of(&me) else {
+        return Ok(patient);
+    };
+    let found = same_bsn(app, principal, asked, &id, &me, &bsn).await?;
+    let Some(found) = found.filter(|l| !l.others.is_empty()) else {
+        return Ok(patient);
+    };
+    let links = me["link"].as_array().cloned().unwrap_or_default();
+    let mut links = links;
+    for other in &found.others {
+        let reference = format!("Patient/{other}");
+        if !links
+            .iter()
+            .any(|l| l["other"]["reference"] == reference.as_str())
+        {
+            links.push(json!({"other": {"reference": reference}, "type": "seealso"}));
+        }
+    }
+    me["link"] = Value::Array(links);
+    let body = serde_json::to_vec(&me).map_err(crate::error::Error::internal)?;
+    Ok(patient.amend(|s| s.body = Some(body.into())))
+}
+
 /// The Patients linked to `patient` by BSN, as far as `principal` may see them.
 pub async fn linked(
     app: &App,
@@ -110,12 +148,26 @@ pub async fn linked(
     let Some(bsn) = bsn_of(&me) else {
         return Ok(None);
     };
+    same_bsn(app, principal, asked, patient, &me, &bsn).await
+}
+
+/// The other Patients with `bsn` (local and at backends) that `principal` may see, and where
+/// their demographics disagree with `me`'s.
+async fn same_bsn(
+    app: &App,
+    principal: &Principal,
+    asked: &Asked,
+    patient: &str,
+    me: &Value,
+    bsn: &str,
+) -> Result<Option<Linked>> {
+    let policy = &app.policy;
     let search = Search {
         ty: "Patient".into(),
         criteria: Criteria {
             identifiers: vec![vec![Token {
                 system: Some(BSN_SYSTEM.into()),
-                value: Some(bsn.clone()),
+                value: Some(bsn.to_owned()),
             }]],
             compartment: policy.search_compartment(principal, "Patient"),
             ..Default::default()
@@ -142,10 +194,10 @@ pub async fn linked(
         let other = d.get().json()?;
         let id = d.get().id.clone();
         // Only a Patient that really carries the BSN (a backend may match loosely).
-        if id == patient || bsn_of(&other).as_deref() != Some(bsn.as_str()) {
+        if id == patient || bsn_of(&other).as_deref() != Some(bsn) {
             continue;
         }
-        let differ = differences(&me, &other);
+        let differ = differences(me, &other);
         if !differ.is_empty() {
             out.conflicts.push(json!({
                 "resourceType": "OperationOutcome",

@@ -247,12 +247,13 @@ async fn interaction(
                         .await?;
                     Err(Error::gone(format!("{what} was deleted")))
                 }
-                Some(s) => Ok(unchanged.reply(Reply::resource(
-                    StatusCode::OK,
-                    policy
+                Some(s) => {
+                    let d = policy
                         .disclose(permit.principal(), asked, s, Permission::Read)
-                        .await?,
-                ))),
+                        .await?;
+                    let d = link::add_links(app, permit.principal(), asked, d).await?;
+                    Ok(unchanged.reply(Reply::resource(StatusCode::OK, d)))
+                }
             }
         }
         Operation::VRead(op) => {
