@@ -301,6 +301,19 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
         .unwrap();
     assert_eq!(again["id"], format!("antonius.{o}"));
     assert_eq!(cache_stats(&gw).await["hits"].as_u64().unwrap(), before + 2);
+    // _include follows a partner resource's reference to the partner.
+    let b: Value = as_antonius
+        .get(format!(
+            "{}/Observation?patient=Patient/antonius.{p}&_include=Observation:subject",
+            gw.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids(&b, "include"), vec![format!("antonius.{p}")], "{b}");
     // Search by a reference into the partner: rewritten back for it.
     let b: Value = as_antonius
         .get(format!(

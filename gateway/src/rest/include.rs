@@ -118,7 +118,17 @@ async fn referenced(
             let Ok(permit) = app.policy.authorize(principal, Read { ty, id }) else {
                 continue;
             };
-            if let Some(found) = app.store.read(&permit).await?
+            let found = if app.federation.holds(&permit.op().id) {
+                // A backend that fails leaves its resource out of the includes; the matches
+                // are still answered.
+                app.federation.read(&permit).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e.log_detail(), "include from a backend failed");
+                    None
+                })
+            } else {
+                app.store.read(&permit).await?
+            };
+            if let Some(found) = found
                 && !found.is_deleted()
             {
                 out.push(found);
