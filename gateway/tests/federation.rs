@@ -158,6 +158,10 @@ fn lab(patient: &str, code: &str) -> Value {
     })
 }
 
+async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn cache_stats(gw: &Gateway) -> Value {
     let s: Value = reqwest::get(format!("http://{}/federation", gw.addr))
         .await
@@ -362,14 +366,7 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
     let mut pages = 0;
     for _ in 0..5 {
         pages += 1;
-        let b: Value = as_antonius
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let b = get_json(&as_antonius, &url).await;
         seen.extend(
             ids(&b, "match")
                 .into_iter()
@@ -413,14 +410,7 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
     .await;
     let linked_o = post(&as_umcu, &gw.base, lab(&linked_p, "2345-7")).await;
     let query = format!("{}/Observation?patient=Patient/{linked_p}", gw.base);
-    let before: Value = as_umcu
-        .get(&query)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before = get_json(&as_umcu, &query).await;
     assert_eq!(
         ids(&before, "match"),
         vec![linked_o.clone()],
@@ -432,14 +422,7 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
         "patient": {"reference": format!("Patient/antonius.{p}")},
         "policy": [{"uri": "https://healthhub-utrecht.nl/consent-policy"}],
         "provision": {"type": "permit"}})).await;
-    let b: Value = as_umcu
-        .get(&query)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b = get_json(&as_umcu, &query).await;
     let mut got = ids(&b, "match");
     got.sort();
     let mut want = vec![linked_o.clone(), format!("antonius.{o}")];

@@ -101,12 +101,18 @@ impl GroupWriter {
             result: None,
             reply,
         };
-        self.jobs
-            .send(Box::new(job))
-            .map_err(|_| Error::store("the SQLite writer has stopped", false))?;
-        answer
-            .await
-            .map_err(|_| Error::store("the SQLite writer has stopped", false))?
+        self.submit(Box::new(job), answer).await
+    }
+
+    /// Hands `job` to the writer thread and waits for the answer it sends on `answer`.
+    async fn submit<T>(
+        &self,
+        job: Box<dyn Job>,
+        answer: tokio::sync::oneshot::Receiver<Result<T>>,
+    ) -> Result<T> {
+        let stopped = || Error::store("the SQLite writer has stopped", false);
+        self.jobs.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -146,12 +152,7 @@ impl GroupWriter {
             outcome: None,
             reply,
         };
-        self.jobs
-            .send(Box::new(job))
-            .map_err(|_| Error::store("the SQLite writer has stopped", false))?;
-        answer
-            .await
-            .map_err(|_| Error::store("the SQLite writer has stopped", false))?
+        self.submit(Box::new(job), answer).await
     }
 }
 
