@@ -471,7 +471,17 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
         "{theirs}"
     );
 
-    // $everything gathers the person's record from the partner too.
+    // A third record of the person, in this store, held by St. Antonius.
+    let twin = post(
+        &as_partner,
+        &gw.base,
+        json!({"resourceType": "Patient",
+        "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "999911120"}],
+        "name": [{"family": "Jansen"}]}),
+    )
+    .await;
+
+    // $everything gathers the person's records from the partner and from this store too.
     let all: Value = as_umcu
         .get(format!("{}/Patient/{linked_p}/$everything", gw.base))
         .send()
@@ -499,6 +509,7 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
         format!("Observation/{linked_o}"),
         format!("Patient/antonius.{p}"),
         format!("Observation/antonius.{o}"),
+        format!("Patient/{twin}"),
     ];
     want.sort();
     assert_eq!(got, want, "{all}");

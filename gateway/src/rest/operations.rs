@@ -199,18 +199,22 @@ pub async fn everything(
     let mut notes = Vec::new();
     if cursor.is_none()
         && !compartment
-        && !app.federation.is_empty()
         && let Some(linked) = super::link::linked(app, principal, asked, &patient).await?
     {
         notes = linked.conflicts;
         // `Patient/[backend id]/$everything` asks for that backend's record too.
-        let remote: Vec<String> = std::iter::once(patient.clone())
+        let (remote, local): (Vec<String>, Vec<String>) = std::iter::once(patient.clone())
             .chain(linked.others)
-            .filter(|id| app.federation.holds(id))
-            .collect();
+            .partition(|id| app.federation.holds(id));
         let (found, outcomes) = from_backends(app, principal, &remote, count).await?;
         page.entries.extend(found);
         notes.extend(outcomes);
+        // Other organisations' records of the person in this store: their compartments too.
+        for other in local.iter().filter(|id| **id != patient) {
+            let (found, more) = local_compartment(app, principal, other, count).await?;
+            page.entries.extend(found);
+            notes.extend(more);
+        }
         // The count was of the local compartment only.
         page.total = None;
     }
@@ -242,6 +246,41 @@ pub async fn everything(
         reply.add_outcome_entries(notes)?;
     }
     Ok(reply)
+}
+
+/// The first page of a linked local Patient's compartment (the Patient included), with the
+/// principal's own permit; a note when there is more.
+async fn local_compartment(
+    app: &App,
+    principal: &Principal,
+    patient: &str,
+    count: u32,
+) -> Result<(Vec<crate::store::Stored>, Option<Value>)> {
+    let op = Search {
+        ty: crate::fhir::operation::ALL_TYPES.into(),
+        criteria: crate::fhir::search::Criteria {
+            within: Some(patient.to_owned()),
+            compartment: app
+                .policy
+                .search_compartment(principal, crate::fhir::operation::ALL_TYPES),
+            ..Default::default()
+        },
+        count,
+        total: false,
+        ..Default::default()
+    };
+    let Ok(permit) = app.policy.authorize(principal, op) else {
+        return Ok((Vec::new(), None));
+    };
+    let page = app.store.search(&permit).await?;
+    let more = page.next.is_some().then(|| {
+        serde_json::json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "incomplete",
+                "diagnostics": format!("Patient/{patient} (the same person) holds more than one page; ask its own $everything")}]
+        })
+    });
+    Ok((page.entries, more))
 }
 
 /// The linked Patients at their backends and, for each type a backend searches by `patient`,
