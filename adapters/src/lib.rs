@@ -100,6 +100,8 @@ pub struct SearchPage {
     pub total: Option<u64>,
     /// An opaque token for the backend's next page (given back to [`Adapter::search`]).
     pub next: Option<String>,
+    /// What the adapter noticed about the answer and corrected (for an outcome entry).
+    pub warnings: Vec<String>,
 }
 
 /// One configured backend.

@@ -131,6 +131,46 @@ impl UpstreamFhir {
         Ok(page)
     }
 
+    /// A search for some patients' data answers only their data: matches whose `subject` or
+    /// `patient` names another Patient are left out and reported. (helios-hfs 0.2.7's next links
+    /// drop the search parameters, so its second page of `Observation?patient=X` holds other
+    /// patients' results; a server that keeps the search by id, as HAPI does, cannot be checked
+    /// by its links, so the answer is.)
+    fn keep_the_patients(&self, page: &mut SearchPage, params: &[(String, String)]) {
+        let wanted: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| ["patient", "subject", "subject:Patient"].contains(&k.as_str()))
+            .flat_map(|(_, v)| v.split(','))
+            .map(|r| {
+                if r.contains('/') {
+                    r.to_owned()
+                } else {
+                    format!("Patient/{r}")
+                }
+            })
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let before = page.matches.len();
+        page.matches.retain(|r| {
+            let named = ["subject", "patient"]
+                .iter()
+                .filter_map(|k| r[*k]["reference"].as_str())
+                .collect::<Vec<_>>();
+            // A resource that names no patient (a Patient itself) is not judged here.
+            named.is_empty() || named.iter().any(|n| wanted.iter().any(|w| w == n))
+        });
+        let dropped = before - page.matches.len();
+        if dropped > 0 {
+            tracing::warn!(backend = %self.config.name, dropped, "backend answered other patients' data");
+            page.warnings.push(format!(
+                "backend {} answered {dropped} resource(s) of other patients than asked; left out",
+                self.config.name
+            ));
+        }
+    }
+
     /// Only URLs under the configured base are ever fetched (a next link, or a page token that
     /// came back through a client, cannot send the gateway elsewhere).
     fn is_own_url(&self, url: &str) -> bool {
@@ -219,23 +259,25 @@ impl Adapter for UpstreamFhir {
         params: &[(String, String)],
         page: Option<&str>,
     ) -> Result<SearchPage, AdapterError> {
+        let Some(inward) = self.params_inward(params) else {
+            return Ok(SearchPage::default());
+        };
         let url = match page {
             Some(next) if self.is_own_url(next) => next.to_owned(),
             Some(_) => return Err(self.fail(Failure::Unsupported, "foreign page link")),
             None => {
-                let Some(params) = self.params_inward(params) else {
-                    return Ok(SearchPage::default());
-                };
                 let mut q = form_urlencoded::Serializer::new(String::new());
-                for (k, v) in &params {
+                for (k, v) in &inward {
                     q.append_pair(k, v);
                 }
                 format!("{}/{resource_type}?{}", self.config.base_url, q.finish())
             }
         };
-        match self.source.get(&url).await? {
-            Answer::Gone => Err(self.fail(Failure::Status(404), "search answered 404")),
-            Answer::Found(bundle) => self.page_from_bundle(bundle),
-        }
+        let mut page = match self.source.get(&url).await? {
+            Answer::Gone => return Err(self.fail(Failure::Status(404), "search answered 404")),
+            Answer::Found(bundle) => self.page_from_bundle(bundle)?,
+        };
+        self.keep_the_patients(&mut page, params);
+        Ok(page)
     }
 }

@@ -164,6 +164,12 @@ async fn partner(fail_first: usize) -> (String, std::sync::Arc<std::sync::atomic
                             "/fhir/Patient/flaky" => r.body(Full::new(bytes::Bytes::from(
                                 r#"{"resourceType":"Patient","id":"flaky"}"#,
                             ))),
+                            // A search that also answers another patient's result.
+                            "/fhir/Observation" => r.body(Full::new(bytes::Bytes::from(
+                                r#"{"resourceType":"Bundle","type":"searchset","entry":[
+                                  {"resource":{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}},
+                                  {"resource":{"resourceType":"Observation","id":"o2","subject":{"reference":"Patient/p2"}}}]}"#,
+                            ))),
                             "/fhir/Patient/slow" => {
                                 tokio::time::sleep(std::time::Duration::from_secs(3)).await;
                                 r.body(Full::new(bytes::Bytes::from(r#"{"resourceType":"Patient","id":"slow"}"#)))
@@ -383,4 +389,23 @@ async fn tls_with_a_client_certificate_reaches_an_mtls_partner_and_nothing_less_
         !e.to_string().contains("certificate"),
         "no TLS detail for clients: {e}"
     );
+}
+
+#[tokio::test]
+async fn another_patients_data_in_a_patient_search_is_left_out() {
+    let (base, _) = partner(0).await;
+    let a = adapter(&base, json!({}));
+    let params = vec![("patient".to_owned(), "Patient/antonius.p1".to_owned())];
+    let page = a.search("Observation", &params, None).await.unwrap();
+    let ids: Vec<&str> = page
+        .matches
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["antonius.o1"]);
+    assert_eq!(page.warnings.len(), 1, "{:?}", page.warnings);
+    // Without a patient parameter both are answers.
+    let page = a.search("Observation", &[], None).await.unwrap();
+    assert_eq!(page.matches.len(), 2);
+    assert!(page.warnings.is_empty());
 }

@@ -239,6 +239,9 @@ impl Federation {
             match r {
                 Ok(page) => {
                     total = total.zip(page.total).map(|(t, n)| t + n);
+                    for w in &page.warnings {
+                        out.outcomes.push(outcome("warning", "processing", w));
+                    }
                     if let Some(next) = page.next {
                         out.next.insert(a.name().to_owned(), next);
                     }
