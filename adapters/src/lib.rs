@@ -76,9 +76,11 @@ impl fmt::Display for Health {
     }
 }
 
-/// The organisation whose data a backend holds (it becomes the holder of every resource the
-/// adapter returns, which the gateway's consent rules decide on).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+/// An organisation of the region: the one a backend's data is held by (the holder of every
+/// resource the adapter returns, which the gateway's consent rules decide on), and the type the
+/// gateway's config uses for its issuers' organisations too.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Organization {
     /// Identifier system (URA, AGB, ...) and value.
     pub system: String,

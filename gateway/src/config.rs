@@ -100,16 +100,8 @@ pub struct Issuer {
     pub organization: Organization,
 }
 
-/// An organisation of the region, as its issuer speaks for it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Organization {
-    pub system: String,
-    pub value: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub name: String,
-}
+/// An organisation of the region, as its issuer speaks for it (one type with the adapters').
+pub use adapters::Organization;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

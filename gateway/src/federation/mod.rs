@@ -8,7 +8,7 @@
 //! backend that fails, times out or cannot evaluate the search is named in an `OperationOutcome`
 //! entry (search mode `outcome`), never a silent gap.
 
-use crate::config::{Config, Organization};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fhir::operation::{Read, Search};
 use crate::policy::Permit;
@@ -283,16 +283,7 @@ fn stored(a: &dyn Adapter, ty: &str, mut r: Value) -> Result<Stored> {
             r["resourceType"]
         )));
     }
-    let org = a.organization();
-    crate::policy::regional::stamp_holder(
-        &mut r,
-        &Organization {
-            system: org.system.clone(),
-            value: org.value.clone(),
-            kind: org.kind.clone(),
-            name: org.name.clone(),
-        },
-    );
+    crate::policy::regional::stamp_holder(&mut r, a.organization());
     let id = r["id"].as_str().unwrap_or_default().to_owned();
     let version = r["meta"]["versionId"]
         .as_str()
