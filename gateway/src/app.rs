@@ -70,7 +70,10 @@ impl App {
         let capability = capability_statement(&config, &structure);
         let auth = Authenticator::new(&config.auth)?;
         let auditor = Auditor::start(store.clone());
-        let policy = Policy::new(store.clone(), &config)?;
+        let mut policy = Policy::new(store.clone(), &config)?;
+        if !federation.is_empty() {
+            policy = policy.with_directory(federation.directory());
+        }
         let config_dir = config.data_dir.clone();
         let app = App {
             config,

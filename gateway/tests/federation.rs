@@ -304,7 +304,8 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
         .await
         .unwrap();
     assert_eq!(again["id"], format!("antonius.{o}"));
-    assert_eq!(cache_stats(&gw).await["hits"].as_u64().unwrap(), before + 2);
+    // (The Observation, and the Patient whose BSN the audit record names: both cached.)
+    assert_eq!(cache_stats(&gw).await["hits"].as_u64().unwrap(), before + 3);
     // _include follows a partner resource's reference to the partner.
     let b: Value = as_antonius
         .get(format!(
@@ -522,6 +523,37 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
     // The self link is the search as asked, not as widened.
     let self_link = b["link"][0]["url"].as_str().unwrap();
     assert!(!self_link.contains("antonius"), "{self_link}");
+
+    // Consent across organisations: the person's deny, recorded on their UMCU record, governs
+    // St. Antonius' data about them too (one person by BSN, one consent, as Mitz keys it). The
+    // deny names the type, so it is more specific than the permit recorded on the partner's
+    // record. UMCU still sees what it holds itself.
+    let partner_read = format!("{}/Observation/antonius.{o}", gw.base);
+    let status = |c: reqwest::Client, url: String| async move {
+        c.get(url).send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(status(as_umcu.clone(), partner_read.clone()).await, 200);
+    let deny = post(&as_umcu, &gw.base, json!({"resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{linked_p}")},
+        "policy": [{"uri": "https://healthhub-utrecht.nl/consent-policy"}],
+        "provision": {"type": "deny",
+            "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]}}))
+    .await;
+    let b = get_json(&as_umcu, &query).await;
+    assert_eq!(ids(&b, "match"), vec![linked_o.clone()], "{b}");
+    assert!(
+        [403, 404].contains(&status(as_umcu.clone(), partner_read.clone()).await),
+        "the deny on the UMCU record withholds St. Antonius' result"
+    );
+    let gone = as_umcu
+        .delete(format!("{}/Consent/{deny}", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(gone.status().is_success());
+    assert_eq!(status(as_umcu.clone(), partner_read).await, 200);
 
     // The conformance suite's federation group against this deployment (one partner up, one
     // down), as a partner would run it.

@@ -459,6 +459,59 @@ async fn search_by_identifier_and_id() {
     }
 }
 
+/// A compartment search covers the person's linked records too (`compartment_linked`), and
+/// nobody else's.
+#[tokio::test]
+async fn compartment_search_covers_linked_records() {
+    for b in backends().await {
+        let s = b.store.as_ref();
+        let mut ids = Vec::new();
+        for bsn in ["999911120", "999911120", "999911168"] {
+            ids.push(create(s, patient(bsn)).await.id);
+        }
+        let mut obs = Vec::new();
+        for p in &ids {
+            let created = s
+                .create(&permit(Create {
+                    ty: "Observation".into(),
+                    resource: json!({"resourceType": "Observation", "status": "final",
+                        "code": {"text": "x"}, "subject": {"reference": format!("Patient/{p}")}}),
+                    if_none_exist: None,
+                    id: None,
+                }))
+                .await
+                .unwrap();
+            let Created::New(o) = created else {
+                panic!("new")
+            };
+            obs.push(o.id);
+        }
+        let search = |linked: Vec<String>| {
+            permit(Search {
+                ty: "Observation".into(),
+                criteria: Criteria {
+                    compartment: Some(ids[0].clone()),
+                    compartment_linked: linked,
+                    ..Default::default()
+                },
+                count: 10,
+                ..Default::default()
+            })
+        };
+        let found = |page: gateway::store::Page| {
+            let mut v: Vec<String> = page.entries.into_iter().map(|e| e.id).collect();
+            v.sort();
+            v
+        };
+        let alone = found(s.search(&search(vec![])).await.unwrap());
+        assert_eq!(alone, vec![obs[0].clone()], "{}", b.name);
+        let both = found(s.search(&search(vec![ids[1].clone()])).await.unwrap());
+        let mut want = vec![obs[0].clone(), obs[1].clone()];
+        want.sort();
+        assert_eq!(both, want, "{}", b.name);
+    }
+}
+
 /// The search index follows every write: created, re-indexed on update, gone on delete; string
 /// folding and date ranges behave alike on every backend.
 #[tokio::test]

@@ -132,6 +132,7 @@ impl Source {
         if let (Some(c), Some(hit)) = (&self.cache, &cached)
             && hit.fetched.elapsed() < c.fresh
         {
+            tracing::debug!(url, "cache hit");
             c.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Answer::Found(hit.body.as_ref().clone()));
         }

@@ -102,8 +102,7 @@ impl Federation {
     }
 
     fn owner(&self, id: &str) -> Option<&Arc<dyn Adapter>> {
-        let name = adapters::namespace::adapter_of(id)?;
-        self.adapters.iter().find(|a| a.name() == name)
+        owner(&self.adapters, id)
     }
 
     /// Resource types some backend can search by `patient` (what `$everything` asks them for).
@@ -126,6 +125,14 @@ impl Federation {
     /// Whether `id` names a resource held by a backend (its prefix is an adapter's name).
     pub fn holds(&self, id: &str) -> bool {
         self.owner(id).is_some()
+    }
+
+    /// The backends as the policy's directory of their Patients' BSNs (consent across
+    /// organisations). The policy's own lookup, not a disclosure: nothing read leaves it.
+    pub fn directory(&self) -> Arc<dyn crate::policy::privacy::Directory> {
+        Arc::new(Backends {
+            adapters: self.adapters.clone(),
+        })
     }
 
     /// Each backend's health, for readiness and operators.
@@ -316,4 +323,43 @@ fn outcome(severity: &str, code: &str, text: &str) -> Value {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": severity, "code": code, "diagnostics": text}]
     })
+}
+
+/// The adapter whose namespace `id` is in.
+fn owner<'a>(adapters: &'a [Arc<dyn Adapter>], id: &str) -> Option<&'a Arc<dyn Adapter>> {
+    let name = adapters::namespace::adapter_of(id)?;
+    adapters.iter().find(|a| a.name() == name)
+}
+
+/// The backends, as seen by the policy when it needs a backend Patient's BSN.
+struct Backends {
+    adapters: Vec<Arc<dyn Adapter>>,
+}
+
+impl Backends {
+    fn owner(&self, id: &str) -> Option<&Arc<dyn Adapter>> {
+        owner(&self.adapters, id)
+    }
+}
+
+impl crate::policy::privacy::Directory for Backends {
+    fn holds(&self, patient: &str) -> bool {
+        self.owner(patient).is_some()
+    }
+
+    fn bsn_of<'a>(&'a self, patient: &'a str) -> futures::future::BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let a = self.owner(patient)?;
+            if !a.capabilities().serves("Patient", Interaction::Read) {
+                return None;
+            }
+            match a.read("Patient", patient).await {
+                Ok(found) => crate::policy::privacy::bsn_in(&found?),
+                Err(e) => {
+                    tracing::warn!(backend = %e.backend, error = %e.detail, "patient BSN not read");
+                    None
+                }
+            }
+        })
+    }
 }

@@ -24,6 +24,10 @@ pub struct Criteria {
     /// Only resources in this patient's compartment (set by the policy for patient-context
     /// scopes, never from client input).
     pub compartment: Option<String>,
+    /// The same person's other records in this store (Patients with the compartment patient's
+    /// BSN, held for other organisations): their compartments are searched too. Set by the
+    /// policy's linking only, with `compartment`.
+    pub compartment_linked: Vec<String>,
     /// Parameters answered from `search_index` (see `search_index.rs`), ANDed.
     pub clauses: Vec<Clause>,
     /// A compartment search (`Patient/123/Observation`): the patient the client asked for,

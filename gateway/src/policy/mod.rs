@@ -311,6 +311,12 @@ impl Policy {
         })
     }
 
+    /// Backend Patients' BSNs (for consent across organisations) come from `directory`.
+    pub fn with_directory(mut self, directory: Arc<dyn privacy::Directory>) -> Policy {
+        self.privacy.set_directory(directory);
+        self
+    }
+
     /// Every stored SearchParameter: the server's own configuration, read with an internal
     /// permit to install them (`search_params::install`), never disclosed through this call.
     pub async fn search_parameter_resources(&self) -> Result<Vec<Value>> {

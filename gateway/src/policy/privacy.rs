@@ -22,6 +22,16 @@ use std::time::Duration;
 
 pub const BSN_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/bsn";
 
+/// Where the policy learns the BSN of a Patient that a backend holds (`{adapter}.{id}`), so that
+/// the person's consents, recorded on any of their records, govern every organisation's data
+/// about them. Implemented by the federation; what it reads never leaves the policy.
+pub trait Directory: Send + Sync {
+    /// Whether `patient` names a Patient held at a backend.
+    fn holds(&self, patient: &str) -> bool;
+    /// That Patient's BSN (`None`: unknown there, none recorded, or the backend is down).
+    fn bsn_of<'a>(&'a self, patient: &'a str) -> futures::future::BoxFuture<'a, Option<String>>;
+}
+
 /// Purposes of use that ask for emergency access (v3 ActReason).
 const EMERGENCY: [&str; 2] = ["ETREAT", "BTG"];
 
@@ -106,6 +116,7 @@ pub struct Privacy {
     answers: Cache<PdpKey, Verdict>,
     bsns: Cache<String, Option<Arc<str>>>,
     pdp: Option<DecisionPoint>,
+    directory: Option<Arc<dyn Directory>>,
 }
 
 fn cache<K, V>(capacity: u64, ttl_secs: u64) -> Cache<K, V>
@@ -157,7 +168,13 @@ impl Privacy {
             policy,
             orgs,
             pdp,
+            directory: None,
         })
+    }
+
+    /// Backend Patients' BSNs come from `directory`.
+    pub fn set_directory(&mut self, directory: Arc<dyn Directory>) {
+        self.directory = Some(directory);
     }
 
     /// May this resource be released to `token`, as far as the region's rules and the patient's
@@ -267,10 +284,16 @@ impl Privacy {
             })
     }
 
-    /// The rules of every Consent in the patient's compartment.
+    /// The rules of every Consent in the compartment of the patient or of any other record of
+    /// the same person in this store (same BSN): a person's consent is theirs, whichever
+    /// organisation's record it was recorded on (as Mitz keys consent by BSN).
     async fn rules_for(&self, patient: &str) -> Result<Arc<Vec<Rule>>> {
         self.rules
             .try_get_with(patient.to_owned(), async {
+                let linked = match self.bsn_of(patient).await? {
+                    Some(bsn) => self.records_with(&bsn, patient).await?,
+                    None => Vec::new(),
+                };
                 let mut rules = Vec::new();
                 let mut cursor = None;
                 // A patient with more than 10,000 consents is not a patient but an attack; the
@@ -281,6 +304,7 @@ impl Privacy {
                         ty: "Consent".into(),
                         criteria: Criteria {
                             compartment: Some(patient.to_owned()),
+                            compartment_linked: linked.clone(),
                             ..Default::default()
                         },
                         count: 1000,
@@ -314,8 +338,39 @@ impl Privacy {
             .map_err(|e: Arc<Error>| Error::store(format!("consents could not be read: {e}"), true))
     }
 
-    /// The patient's BSN, if the Patient resource carries one.
+    /// The other Patients in this store that carry `bsn` (at most 100: one person, a few
+    /// organisations).
+    async fn records_with(&self, bsn: &str, patient: &str) -> Result<Vec<String>> {
+        let permit = internal_permit(Search {
+            ty: "Patient".into(),
+            criteria: Criteria {
+                identifiers: vec![vec![crate::fhir::search::Token {
+                    system: Some(BSN_SYSTEM.into()),
+                    value: Some(bsn.to_owned()),
+                }]],
+                ..Default::default()
+            },
+            count: 100,
+            ..Default::default()
+        });
+        let page = self.store.search(&permit).await?;
+        Ok(page
+            .entries
+            .into_iter()
+            .filter(|s| s.id != patient && !s.is_deleted())
+            .map(|s| s.id)
+            .collect())
+    }
+
+    /// The patient's BSN, if the Patient resource carries one: from this store, or for a
+    /// backend's Patient from the directory (not cached here: the adapter's cache is, and a
+    /// backend that is down must not leave a "no BSN" behind).
     pub async fn bsn_of(&self, patient: &str) -> Result<Option<Arc<str>>> {
+        if let Some(d) = &self.directory
+            && d.holds(patient)
+        {
+            return Ok(d.bsn_of(patient).await.map(Arc::from));
+        }
         self.bsns
             .try_get_with(patient.to_owned(), async {
                 let permit = internal_permit(Read {
@@ -342,6 +397,9 @@ impl Privacy {
     /// A Patient was written or deleted: its BSN may have changed.
     pub async fn patient_changed(&self, id: &str) {
         self.bsns.invalidate(id).await;
+        // Which records are one person (and so whose consents apply) may have changed too.
+        self.rules.invalidate_all();
+        self.decisions.invalidate_all();
     }
 
     /// The organisation with this identifier, as configured (type `unknown` otherwise).

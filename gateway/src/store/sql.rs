@@ -361,10 +361,30 @@ fn push_compartment(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>) {
         .enumerate()
     {
         if driver != Some(Driver::Compartment(n)) {
-            q.push(" AND EXISTS (SELECT 1 FROM compartment k WHERE k.type = c.type AND k.id = c.id AND k.patient = ");
-            q.text(p).push(")");
+            q.push(" AND EXISTS (SELECT 1 FROM compartment k WHERE k.type = c.type AND k.id = c.id AND k.patient ");
+            push_patients(q, criteria, n, p);
+            q.push(")");
         }
     }
+}
+
+/// `= p`, or `IN (p, linked...)` for the policy's compartment (n = 0) of a person with other
+/// records in this store.
+fn push_patients(q: &mut Sql, criteria: &Criteria, n: usize, p: &str) {
+    let linked = if n == 0 && criteria.compartment.is_some() {
+        criteria.compartment_linked.as_slice()
+    } else {
+        &[]
+    };
+    if linked.is_empty() {
+        q.push("= ").text(p);
+        return;
+    }
+    q.push("IN (").text(p);
+    for other in linked {
+        q.push(", ").text(other);
+    }
+    q.push(")");
 }
 
 /// The condition a search starts from. Every condition is an EXISTS test on the resources of the
@@ -436,8 +456,8 @@ fn push_driver_select(q: &mut Sql, ty: &str, criteria: &Criteria, driver: Driver
                 .nth(n)
                 .map_or("", String::as_str);
             q.push(if all { "k.type, k.id" } else { "k.id" })
-                .push(" FROM compartment k WHERE k.patient = ")
-                .text(p);
+                .push(" FROM compartment k WHERE k.patient ");
+            push_patients(q, criteria, n, p);
             if !all {
                 q.push(" AND k.type = ").text(ty);
             }
