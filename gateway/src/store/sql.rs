@@ -1506,6 +1506,7 @@ mod tests {
     fn placeholders_follow_the_dialect_and_values_are_bound() {
         let c = Criteria {
             compartment: Some("p1".into()),
+            compartment_linked: Vec::new(),
             within: None,
             types: Vec::new(),
             fulltext: vec![FullText {
