@@ -224,11 +224,7 @@ fn main() {
                 cfg.store = s;
             }
             init_logging(&cfg.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| fail(&e.to_string()));
-            runtime.block_on(serve(cfg));
+            runtime().block_on(serve(cfg));
         }
     }
 }
@@ -366,11 +362,18 @@ fn offline(
     if let Some(s) = store {
         cfg.store = s;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    (cfg, runtime())
+}
+
+/// The runtime. Worker stacks of 8 MiB (tokio's default is 2): a request's future nests the
+/// handler, a bundle's entries and the policy's lookups, and unoptimised builds lay them out far
+/// larger than release ones. Only touched pages cost memory.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
         .build()
-        .unwrap_or_else(|e| fail(&e.to_string()));
-    (cfg, runtime)
+        .unwrap_or_else(|e| fail(&e.to_string()))
 }
 
 fn fail(msg: &str) -> ! {

@@ -524,6 +524,49 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
     let self_link = b["link"][0]["url"].as_str().unwrap();
     assert!(!self_link.contains("antonius"), "{self_link}");
 
+    // The person's own app (UMCU's portal: patient/ scopes, launched for the UMCU record): their
+    // records at St. Antonius and St. Antonius' record in this store are theirs too. Nobody
+    // else's: not the other local patient's lab result.
+    let portal = client_with(
+        &gateway::policy::demo::mint(&gateway::policy::demo::TokenRequest {
+            org: "umcu",
+            scope: "patient/Observation.rs patient/Patient.rs",
+            patient: Some(&linked_p),
+            fhir_user: Some(&format!("Patient/{linked_p}")),
+            purpose_of_use: None,
+            subject: None,
+            ttl_secs: 3600,
+        })
+        .unwrap(),
+    );
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let b = get_json(&portal, format!("{}/Observation", gw.base)).await;
+    assert_eq!(
+        sorted(ids(&b, "match")),
+        sorted(vec![linked_o.clone(), format!("antonius.{o}")]),
+        "{b}"
+    );
+    let b = get_json(&portal, format!("{}/Patient", gw.base)).await;
+    assert_eq!(
+        sorted(ids(&b, "match")),
+        sorted(vec![
+            linked_p.clone(),
+            twin.clone(),
+            format!("antonius.{p}")
+        ]),
+        "{b}"
+    );
+    // Reads follow the same rule; writes stay with the launch patient's own record.
+    let theirs = portal
+        .get(format!("{}/Observation/antonius.{o}", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), 200);
+
     // Consent across organisations: the person's deny, recorded on their UMCU record, governs
     // St. Antonius' data about them too (one person by BSN, one consent, as Mitz keys it). The
     // deny names the type, so it is more specific than the permit recorded on the partner's
@@ -561,14 +604,27 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
         &gw.base,
         &[format!(
             "Authorization: Bearer {}",
-            token("system/*.rs", "antonius", None)
+            token("system/*.cruds", "antonius", None)
         )],
     )
     .unwrap();
     let results = conformance::run(&suite, Some("federation")).await;
-    assert_eq!(results.len(), 4);
+    assert_eq!(results.len(), 5);
     for r in &results {
         assert!(r.outcome.is_ok(), "{}: {:?}", r.name, r.outcome);
+    }
+    // ... and as another organisation (UMCU sees St. Antonius' result by the patient's consent),
+    // for which the consent case must see the deny take effect.
+    let suite = conformance::client::Fhir::new(
+        &gw.base,
+        &[format!(
+            "Authorization: Bearer {}",
+            token("system/*.cruds", "umcu", None)
+        )],
+    )
+    .unwrap();
+    for r in conformance::run(&suite, Some("federation")).await {
+        assert!(r.outcome.is_ok(), "as UMCU: {}: {:?}", r.name, r.outcome);
     }
 
     // One token for all of this: cached until it nears expiry.

@@ -60,6 +60,7 @@ fn permit<T: Authorizable>(op: T) -> Permit<T> {
         client_id: None,
         purpose_of_use: None,
         token_id: None,
+        linked: Vec::new(),
     }));
     POLICY
         .get()

@@ -362,4 +362,38 @@ impl crate::policy::privacy::Directory for Backends {
             }
         })
     }
+
+    fn records_with<'a>(&'a self, bsn: &'a str) -> futures::future::BoxFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let params = [(
+                "identifier".to_owned(),
+                format!("{}|{bsn}", crate::policy::privacy::BSN_SYSTEM),
+            )];
+            let asked = self.adapters.iter().filter(|a| {
+                a.capabilities().resources.iter().any(|r| {
+                    r.resource_type == "Patient"
+                        && r.interactions.contains(&Interaction::Search)
+                        && r.search_params.iter().any(|p| p == "identifier")
+                })
+            });
+            let params = &params;
+            let calls = asked.map(|a| async move { (a, a.search("Patient", params, None).await) });
+            let mut out = Vec::new();
+            for (a, r) in futures::future::join_all(calls).await {
+                match r {
+                    // Only Patients that really carry the BSN (a backend may match loosely).
+                    Ok(page) => out.extend(
+                        page.matches
+                            .iter()
+                            .filter(|p| crate::policy::privacy::bsn_in(p).as_deref() == Some(bsn))
+                            .filter_map(|p| p["id"].as_str().map(str::to_owned)),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(backend = a.name(), error = %e.detail, "patient records not searched")
+                    }
+                }
+            }
+            out
+        })
+    }
 }

@@ -217,6 +217,7 @@ impl Authenticator {
             client_id: c.client_id,
             purpose_of_use: c.purpose_of_use,
             token_id: c.jti,
+            linked: Vec::new(),
         }));
         self.verified
             .insert(token.to_owned(), (principal.clone(), exp))

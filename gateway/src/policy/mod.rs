@@ -44,7 +44,7 @@ pub enum Principal {
 }
 
 /// A verified token's subject.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TokenPrincipal {
     pub issuer: String,
     pub subject: String,
@@ -57,6 +57,17 @@ pub struct TokenPrincipal {
     pub client_id: Option<String>,
     pub purpose_of_use: Option<String>,
     pub token_id: Option<String>,
+    /// The launch patient's other records (same BSN, other organisations; local ids and
+    /// `{adapter}.{id}`): one person, so a `patient/` scope reaches their compartments too.
+    /// Filled only by [`Policy::as_person`]; the launch patient stays the one writes go to.
+    pub linked: Vec<String>,
+}
+
+impl TokenPrincipal {
+    /// Whether `patient` is the launch patient or one of their linked records.
+    fn is_me(&self, patient: &str) -> bool {
+        self.patient.as_deref() == Some(patient) || self.linked.iter().any(|l| l == patient)
+    }
 }
 
 /// The operator of this gateway at its command line (`gateway import`): a system principal for
@@ -73,6 +84,7 @@ pub fn local_operator(organization: Organization) -> Principal {
         client_id: Some("gateway import".into()),
         purpose_of_use: None,
         token_id: None,
+        linked: Vec::new(),
     }))
 }
 
@@ -309,6 +321,26 @@ impl Policy {
             privacy: Privacy::new(store.clone(), config)?,
             store,
         })
+    }
+
+    /// A patient-context token as the person it speaks for: its launch patient and that
+    /// patient's other records (same BSN, here and at the backends), so that a `patient/` scope
+    /// reaches the person's data at every organisation (each resource still disclosed, consent
+    /// deciding). Any other principal is returned as it is.
+    pub async fn as_person(&self, principal: &Principal) -> Result<Principal> {
+        let Principal::Token(t) = principal else {
+            return Ok(principal.clone());
+        };
+        let Some(patient) = &t.patient else {
+            return Ok(principal.clone());
+        };
+        let linked = self.privacy.person(patient).await?;
+        if linked.is_empty() {
+            return Ok(principal.clone());
+        }
+        let mut person = TokenPrincipal::clone(t);
+        person.linked = linked.as_ref().clone();
+        Ok(Principal::Token(Arc::new(person)))
     }
 
     /// Backend Patients' BSNs (for consent across organisations) come from `directory`.
@@ -629,12 +661,9 @@ impl Policy {
             let in_context = match sc.context {
                 // A patient-context scope reaches the patient's compartment (the Patient itself,
                 // and what references it where the CompartmentDefinition says).
-                Context::Patient => {
-                    let me = token.patient.as_deref().unwrap_or_default();
-                    compartment::patients(&s.ty, &s.id, &resource)
-                        .iter()
-                        .any(|p| p == me)
-                }
+                Context::Patient => compartment::patients(&s.ty, &s.id, &resource)
+                    .iter()
+                    .any(|p| token.is_me(p)),
                 Context::User | Context::System => true,
             };
             in_context

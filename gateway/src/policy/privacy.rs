@@ -30,6 +30,9 @@ pub trait Directory: Send + Sync {
     fn holds(&self, patient: &str) -> bool;
     /// That Patient's BSN (`None`: unknown there, none recorded, or the backend is down).
     fn bsn_of<'a>(&'a self, patient: &'a str) -> futures::future::BoxFuture<'a, Option<String>>;
+    /// The ids (`{adapter}.{id}`) of the backends' Patients that carry `bsn`; a backend that is
+    /// down contributes none.
+    fn records_with<'a>(&'a self, bsn: &'a str) -> futures::future::BoxFuture<'a, Vec<String>>;
 }
 
 /// Purposes of use that ask for emergency access (v3 ActReason).
@@ -115,6 +118,7 @@ pub struct Privacy {
     decisions: Cache<DecisionKey, Verdict>,
     answers: Cache<PdpKey, Verdict>,
     bsns: Cache<String, Option<Arc<str>>>,
+    persons: Cache<String, Arc<Vec<String>>>,
     pdp: Option<DecisionPoint>,
     directory: Option<Arc<dyn Directory>>,
 }
@@ -165,6 +169,7 @@ impl Privacy {
             decisions: cache(policy.cache_capacity, decision_ttl),
             answers: cache(policy.cache_capacity, pdp_ttl),
             bsns: cache(policy.cache_capacity, ttl),
+            persons: cache(policy.cache_capacity, ttl),
             policy,
             orgs,
             pdp,
@@ -203,9 +208,17 @@ impl Privacy {
         if patients.is_empty() {
             return Ok(Release::Allowed);
         }
-        // The patient's own record, to the patient (fhirUser names them).
+        // The patient's own record, to the patient (fhirUser names them, or names the launch
+        // patient of whose person the record is one).
+        let launched_by_me = token
+            .patient
+            .as_deref()
+            .zip(token.fhir_user.as_deref())
+            .is_some_and(|(me, user)| names_patient(user, me));
         if let Some(user) = &token.fhir_user
-            && patients.iter().any(|p| names_patient(user, p))
+            && patients
+                .iter()
+                .any(|p| names_patient(user, p) || (launched_by_me && token.is_me(p)))
         {
             return Ok(Release::Allowed);
         }
@@ -338,6 +351,31 @@ impl Privacy {
             .map_err(|e: Arc<Error>| Error::store(format!("consents could not be read: {e}"), true))
     }
 
+    /// The patient's other records, here and at the backends (same BSN): one person. Cached for
+    /// the consent cache's time-to-live, dropped on any Patient write through this process.
+    pub async fn person(&self, patient: &str) -> Result<Arc<Vec<String>>> {
+        self.persons
+            .try_get_with(patient.to_owned(), async {
+                let Some(bsn) = self.bsn_of(patient).await? else {
+                    return Ok(Arc::new(Vec::new()));
+                };
+                let mut out = self.records_with(&bsn, patient).await?;
+                if let Some(d) = &self.directory {
+                    out.extend(
+                        d.records_with(&bsn)
+                            .await
+                            .into_iter()
+                            .filter(|id| id != patient),
+                    );
+                }
+                Ok::<_, Error>(Arc::new(out))
+            })
+            .await
+            .map_err(|e: Arc<Error>| {
+                Error::store(format!("patient could not be linked: {e}"), true)
+            })
+    }
+
     /// The other Patients in this store that carry `bsn` (at most 100: one person, a few
     /// organisations).
     async fn records_with(&self, bsn: &str, patient: &str) -> Result<Vec<String>> {
@@ -397,6 +435,7 @@ impl Privacy {
     /// A Patient was written or deleted: its BSN may have changed.
     pub async fn patient_changed(&self, id: &str) {
         self.bsns.invalidate(id).await;
+        self.persons.invalidate_all();
         // Which records are one person (and so whose consents apply) may have changed too.
         self.rules.invalidate_all();
         self.decisions.invalidate_all();

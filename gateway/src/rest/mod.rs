@@ -233,7 +233,8 @@ async fn interaction(
         }
         Operation::Read(op) => {
             let what = format!("{}/{}", op.ty, op.id);
-            let permit = policy.authorize(principal, op)?;
+            let person = as_person(app, principal).await?;
+            let permit = policy.authorize(&person, op)?;
             let found = if app.federation.holds(&permit.op().id) {
                 app.federation.read(&permit).await?
             } else {
@@ -258,7 +259,8 @@ async fn interaction(
         }
         Operation::VRead(op) => {
             let what = format!("{}/{}/_history/{}", op.ty, op.id, op.version);
-            let permit = policy.authorize(principal, op)?;
+            let person = as_person(app, principal).await?;
+            let permit = policy.authorize(&person, op)?;
             match app.store.vread(&permit).await? {
                 None => Err(Error::not_found(format!("{what} is not known"))),
                 Some(s) if s.is_deleted() => {
@@ -384,6 +386,27 @@ async fn interaction(
         }
         Operation::Search(mut op) => {
             op.criteria.compartment = policy.search_compartment(principal, &op.ty);
+            // A patient-context token speaks for a person: with backends configured, the
+            // launch patient's other records (same BSN) are theirs too, here and elsewhere.
+            let person;
+            let principal = if op.criteria.compartment.is_some() && op.audit.is_none() {
+                person = as_person(app, principal).await?;
+                &person
+            } else {
+                principal
+            };
+            let mut partner_records = Vec::new();
+            if op.criteria.compartment.is_some()
+                && let Principal::Token(t) = principal
+            {
+                for id in &t.linked {
+                    if app.federation.holds(id) {
+                        partner_records.push(id.clone());
+                    } else {
+                        op.criteria.compartment_linked.push(id.clone());
+                    }
+                }
+            }
             let url = match &op.criteria.within {
                 Some(patient) => format!("{}/Patient/{patient}/{}", req.base, op.ty),
                 None => format!("{}/{}", req.base, op.ty),
@@ -411,16 +434,31 @@ async fn interaction(
                     link_notes = linked.conflicts;
                 }
             }
+            // The backends that hold the person's other records are asked for those only.
+            if !partner_records.is_empty() {
+                let (param, refs) = if op.ty == "Patient" {
+                    ("_id", partner_records.clone())
+                } else {
+                    (
+                        "patient",
+                        partner_records
+                            .iter()
+                            .map(|id| format!("Patient/{id}"))
+                            .collect(),
+                    )
+                };
+                op.applied.push((param.to_owned(), refs.join(",")));
+            }
             let includes = op.includes.clone();
             let subset = op.subset.clone();
             let permit = policy.authorize(principal, op)?;
             // Backends are asked from the first page on, and on later pages through the
-            // federated cursor; not for a search inside a patient's compartment (their ids are
-            // not the gateway's).
+            // federated cursor; for a patient-context token only about the person's records
+            // there; not for a compartment search (`Patient/[id]/...`: its ids are the store's).
             let fan_out = !app.federation.is_empty()
                 && (cursor.is_none() || federated.is_some())
                 && permit.op().audit.is_none()
-                && permit.op().criteria.compartment.is_none()
+                && (permit.op().criteria.compartment.is_none() || !partner_records.is_empty())
                 && permit.op().criteria.within.is_none();
             let local_done = federated.as_ref().is_some_and(|f| f.local_done);
             let local = async {
@@ -470,6 +508,18 @@ async fn interaction(
             }
             Ok(reply)
         }
+    }
+}
+
+/// A patient-context token as the person it speaks for (see [`crate::policy::Policy::as_person`]):
+/// only where backends are configured, for this store alone holds one record per person and
+/// organisation and links are the federation's business.
+async fn as_person(app: &App, principal: &Principal) -> Result<Principal> {
+    if app.federation.is_empty() {
+        Ok(principal.clone())
+    } else {
+        // Boxed: the lookup's future is large, and `execute` runs inside bundles' entries.
+        Box::pin(app.policy.as_person(principal)).await
     }
 }
 

@@ -117,6 +117,16 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        // A failing test shows the end of the gateway's log: a crash there is the likely cause.
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.dir.path().join("gateway.log"))
+        {
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- gateway log (last 30 lines) ---");
+            for l in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{l}");
+            }
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
