@@ -15,7 +15,9 @@
 //! data. Nothing here decides access.
 
 pub mod breaker;
+pub mod er7;
 pub mod error;
+pub mod hl7v2;
 pub mod namespace;
 pub mod upstream_fhir;
 
