@@ -26,6 +26,8 @@ pub struct Config {
     /// Backends behind adapters (`[[adapters]]`), each section checked against
     /// `schemas/adapter.schema.json` when the adapters are built.
     pub adapters: Vec<serde_json::Value>,
+    /// The HL7 v2 (MLLP) listener and the senders it accepts (`[mllp]`).
+    pub mllp: adapters::hl7v2::Config,
 }
 
 /// Bulk data `$export` (see `export.rs`).
@@ -223,6 +225,7 @@ impl Default for Config {
             consent: ConsentPolicy::default(),
             export: Export::default(),
             adapters: Vec::new(),
+            mllp: adapters::hl7v2::Config::default(),
         }
     }
 }

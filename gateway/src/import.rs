@@ -15,9 +15,7 @@
 //! recorded.
 
 use crate::app::App;
-use crate::audit::Access;
 use crate::error::{Error, Result};
-use crate::fhir::operation::{Operation, Request, Return};
 use crate::policy::Principal;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -345,8 +343,9 @@ async fn load(
                     None => Some(Ok(())),
                     Some(bundle) => {
                         let (app, principal) = (app.clone(), principal.clone());
-                        let task =
-                            tokio::spawn(async move { submit(&app, &principal, bundle).await });
+                        let task = tokio::spawn(async move {
+                            crate::submit::bundle(&app, &principal, bundle, "gateway import").await
+                        });
                         Some(task.await.unwrap_or_else(|e| {
                             Err(Error::internal(format!("an import task failed: {e}")))
                         }))
@@ -385,43 +384,4 @@ async fn load(
         return Err(e);
     }
     Ok(summary)
-}
-
-/// One Bundle through the interaction path, audited like a client's.
-async fn submit(app: &App, principal: &Principal, bundle: Value) -> Result<()> {
-    let base = app
-        .config
-        .base_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}/fhir", app.config.listen));
-    let op = crate::fhir::bundle_request::parse(bundle, &base, &app.config, &app.structure)?;
-    let request = Request {
-        op: Operation::Bundle(op),
-        ret: Return::Minimal,
-        pretty: false,
-        base,
-        method: http::Method::POST,
-        path: "/".into(),
-        purpose: None,
-        break_glass_reason: None,
-        if_none_match: None,
-        if_modified_since: None,
-    };
-    let mut access = Access {
-        interaction: crate::policy::Policy::interaction(&request.op).into(),
-        action: "C",
-        peer: "gateway import".into(),
-        ..Default::default()
-    };
-    let result = crate::rest::execute(app, principal, request).await;
-    match &result {
-        Ok(reply) => {
-            access.status = reply.status.as_u16();
-            access.entities = reply.entities.clone();
-            access.patients = reply.patients.clone();
-        }
-        Err(e) => access.status = e.status.as_u16(),
-    }
-    app.auditor.record(principal, &access).await?;
-    result.map(|_| ())
 }

@@ -36,6 +36,9 @@ enum Command {
         /// Store: "sqlite" or a postgres:// URL (overrides the config; from a secret in Kubernetes).
         #[arg(long, env = "GATEWAY_STORE", hide_env_values = true)]
         store: Option<String>,
+        /// Address of the HL7 v2 (MLLP) listener (overrides the config's [mllp] listen).
+        #[arg(long)]
+        mllp_listen: Option<String>,
     },
     /// Print a demo token (signed with the demo key that only the demo config trusts).
     Token {
@@ -203,6 +206,7 @@ fn main() {
             listen,
             data,
             store,
+            mllp_listen,
         } => {
             let mut cfg = match config {
                 Some(p) => Config::load(&p),
@@ -215,6 +219,9 @@ fn main() {
             }
             if let Some(d) = data {
                 cfg.data_dir = d;
+            }
+            if let Some(m) = mllp_listen {
+                cfg.mllp.listen = Some(m);
             }
             if let Some(s) = store {
                 if s != "sqlite" && !s.starts_with("postgres://") && !s.starts_with("postgresql://")
@@ -237,9 +244,21 @@ async fn serve(cfg: Config) {
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .unwrap_or_else(|e| fail(&format!("cannot listen on {}: {e}", cfg.listen)));
+    let mllp = match &cfg.mllp.listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .unwrap_or_else(|e| fail(&format!("cannot listen for MLLP on {a}: {e}"))),
+        ),
+        None => None,
+    };
     let app = App::build(cfg)
         .await
-        .unwrap_or_else(|e| fail(&e.to_string()));
+        .unwrap_or_else(|e| fail(&e.to_string()))
+        .share();
+    if let Some(l) = mllp {
+        start_mllp(&app, l);
+    }
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -247,7 +266,36 @@ async fn serve(cfg: Config) {
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(data = %app.config.data_dir.display(), "FHIR R4 base at {scheme}://{addr}/fhir");
     app.exports.clear_leftovers();
-    gateway::server::serve(app.share(), listener, tls, shutdown_signal()).await;
+    gateway::server::serve(app, listener, tls, shutdown_signal()).await;
+}
+
+/// The HL7 v2 listener, beside the FHIR one, writing through the same App.
+fn start_mllp(app: &std::sync::Arc<App>, listener: tokio::net::TcpListener) {
+    let config = gateway::feed::Feed::senders(&app.config);
+    let tls = config.tls.as_ref().map(|t| {
+        gateway::server::tls_acceptor(&gateway::config::Tls {
+            cert: t.cert_file.clone().into(),
+            key: t.key_file.clone().into(),
+        })
+        .unwrap_or_else(|e| fail(&format!("[mllp] tls: {e}")))
+    });
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let senders: Vec<&String> = config.senders.keys().collect();
+    tracing::info!(
+        ?senders,
+        tls = tls.is_some(),
+        "HL7 v2 (MLLP) listener at {addr}"
+    );
+    let feed = std::sync::Arc::new(gateway::feed::Feed::new(app.clone()));
+    tokio::spawn(adapters::hl7v2::source::serve(
+        listener,
+        std::sync::Arc::new(config),
+        tls,
+        feed,
+    ));
 }
 
 fn import(

@@ -114,6 +114,7 @@ fn update(id: &str, r: Value, if_match: Option<u64>) -> Permit<Update> {
         resource: r,
         if_match,
         allow_create: true,
+        only_if_absent: false,
     })
 }
 

@@ -87,6 +87,8 @@ pub struct Update {
     pub if_match: Option<u64>,
     /// Whether a PUT to an unknown id may create it (config `rest.update_create`).
     pub allow_create: bool,
+    /// `If-None-Match: *` (RFC 9110 13.1.2): only create, never replace; 412 when it exists.
+    pub only_if_absent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -436,6 +438,7 @@ pub fn parse(
                 resource,
                 if_match: if_match(raw.headers)?,
                 allow_create: true,
+                only_if_absent: header(raw.headers, "if-none-match") == Some("*"),
             })
         }
         (&Method::DELETE, [ty]) => {
@@ -477,6 +480,7 @@ pub fn parse(
                 resource,
                 if_match: if_match(raw.headers)?,
                 allow_create: config.rest.update_create,
+                only_if_absent: header(raw.headers, "if-none-match") == Some("*"),
             })
         }
         (&Method::DELETE, [ty, id]) => Operation::Delete(Delete {
@@ -568,6 +572,8 @@ pub fn parse(
         purpose: header(raw.headers, "x-purpose-of-use").map(str::to_owned),
         break_glass_reason: header(raw.headers, "x-break-glass-reason").map(str::to_owned),
         if_none_match: match header(raw.headers, "if-none-match") {
+            // `*` on a PUT is the update's own precondition (`Update::only_if_absent`).
+            Some("*") if m == Method::PUT => None,
             Some(v) => {
                 Some(parse_etag(v).ok_or_else(|| Error::invalid("If-None-Match must be an ETag"))?)
             }

@@ -70,6 +70,27 @@ impl TokenPrincipal {
     }
 }
 
+/// A hospital's HL7 v2 feed (the MLLP listener): a system principal for the sending
+/// organisation that may create and update what its messages carry, and nothing else. Only the
+/// feed makes one, for a sender its config names; what it writes is audited like any request.
+pub fn feed_principal(organization: Organization, feed: &str) -> Principal {
+    Principal::Token(Arc::new(TokenPrincipal {
+        issuer: "urn:healthhub-utrecht:gateway-feed".into(),
+        subject: format!("hl7v2-feed/{feed}"),
+        organization: Arc::new(organization),
+        scopes: scopes::parse(
+            "system/Patient.crus system/Encounter.crus system/Observation.crus \
+             system/DiagnosticReport.crus system/Basic.crus",
+        ),
+        patient: None,
+        fhir_user: None,
+        client_id: Some(format!("hl7v2 feed {feed}")),
+        purpose_of_use: None,
+        token_id: None,
+        linked: Vec::new(),
+    }))
+}
+
 /// The operator of this gateway at its command line (`gateway import`): a system principal for
 /// `organization` with every permission. Only the CLI makes one (it holds the data directory or
 /// the database credentials already); what it does is audited like any request.

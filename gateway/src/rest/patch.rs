@@ -70,5 +70,6 @@ pub async fn prepare(app: &App, principal: &Principal, op: &Patch) -> Result<Upd
         resource: patched,
         if_match: Some(current.version),
         allow_create: false,
+        only_if_absent: false,
     })
 }

@@ -79,6 +79,11 @@ async fn update_target(tx: &mut dyn WriteTx, op: &Update) -> Result<String> {
         .map(str::to_owned);
     match single_match(tx, &op.ty, criteria).await? {
         Some(found) => {
+            if op.only_if_absent {
+                return Err(Error::precondition_failed(
+                    "a resource matches the criteria (If-None-Match: *)",
+                ));
+            }
             if body_id.as_deref().is_some_and(|b| b != found.id) {
                 return Err(Error::invalid(
                     "the resource's id differs from the resource the criteria match",
@@ -117,7 +122,13 @@ async fn update_by_id(tx: &mut dyn WriteTx, op: &Update, id: &str) -> Result<Upd
                 created: true,
             })
         }
-        Some((version, _deleted)) => {
+        Some((version, deleted)) => {
+            if op.only_if_absent && !deleted {
+                return Err(Error::precondition_failed(format!(
+                    "{}/{id} exists (If-None-Match: *)",
+                    op.ty
+                )));
+            }
             check_if_match(op.if_match, version)?;
             let stored = tx
                 .write(

@@ -113,6 +113,16 @@ impl Gateway {
         std::mem::forget(self);
         old
     }
+
+    /// Kills the process (SIGKILL: no shutdown at all) and keeps the data directory.
+    pub fn kill_keep_data(mut self) -> tempfile::TempDir {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::mem::replace(&mut self.dir, dir);
+        std::mem::forget(self);
+        old
+    }
 }
 
 impl Drop for Gateway {

@@ -1,0 +1,317 @@
+//! HL7 v2 feeds end to end: the real binary with its MLLP listener, Python's `hl7` package
+//! (`mllp_send`) sending the Dutch sample messages, and the FHIR resources that result read back
+//! over REST; a kill -9 in the middle of a stream loses no acknowledged message.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BSN: &str = "http://fhir.nl/fhir/NamingSystem/bsn";
+
+fn samples() -> PathBuf {
+    workspace().join("../shared/hl7v2/nl")
+}
+
+/// `mllp_send` (Python `hl7`) with one file; its stdout (the ACKs, one per message).
+fn mllp_send(port: u16, file: &Path) -> String {
+    let py = python();
+    let bin = py.parent().unwrap().join("mllp_send");
+    let out = Command::new(bin)
+        .args(["--loose", "-p", &port.to_string(), "127.0.0.1", "-f"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mllp_send {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The MSA code and message control id of an ACK as `mllp_send` prints it.
+fn msa(ack: &str) -> (String, String) {
+    let line = ack
+        .split(['\r', '\n'])
+        .find(|l| l.starts_with("MSA"))
+        .unwrap_or_else(|| panic!("no MSA in {ack:?}"));
+    let f: Vec<&str> = line.split('|').collect();
+    (f[1].to_owned(), f[2].to_owned())
+}
+
+async fn search(c: &reqwest::Client, gw: &Gateway, query: &str) -> Vec<Value> {
+    let b: Value = c
+        .get(format!("{}/{query}", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    b["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"].clone())
+        .collect()
+}
+
+fn mllp_config(port: u16) -> String {
+    format!("[mllp]\nlisten = \"127.0.0.1:{port}\"\nidle_timeout_secs = 30\n")
+}
+
+#[tokio::test]
+async fn hospital_feeds_become_fhir_resources() {
+    let port = free_port();
+    let gw = Gateway::start_with(&mllp_config(port));
+    let dir = tempfile::tempdir().unwrap();
+
+    for (file, control_id) in [
+        ("adt-a04-antonius.hl7", "ANT-A04-1001"),
+        ("adt-a08-antonius.hl7", "ANT-A08-1002"),
+        ("adt-a31-umcu.hl7", "UMCU-A31-3001"),
+        ("oru-r01-umcu-glucose.hl7", "UMCU-LAB-2001"),
+    ] {
+        let ack = mllp_send(port, &samples().join(file));
+        assert_eq!(msa(&ack), ("AA".into(), control_id.into()), "{file}: {ack}");
+    }
+
+    // St. Antonius' patient: one record for A04 and A08, the address as A08 corrected it, held
+    // by St. Antonius, with the BSN and the hospital's own number.
+    let antonius = client_with(&token("system/*.rs", "antonius", None));
+    let found = search(
+        &antonius,
+        &gw,
+        &format!("Patient?identifier={BSN}|999911156"),
+    )
+    .await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let p = &found[0];
+    assert_eq!(p["address"][0]["line"][0], "Koningin Julianaweg 80");
+    assert_eq!(p["name"][0]["family"], "de Jong");
+    assert_eq!(p["meta"]["versionId"], "2");
+    let tags = p["meta"]["tag"].to_string();
+    assert!(tags.contains("90000002"), "held by St. Antonius: {tags}");
+    let pid = p["id"].as_str().unwrap();
+    let encounters = search(&antonius, &gw, &format!("Encounter?subject=Patient/{pid}")).await;
+    assert_eq!(
+        encounters.len(),
+        1,
+        "A04 and A08 are one visit: {encounters:?}"
+    );
+    assert_eq!(encounters[0]["identifier"][0]["value"], "VN20261101-12");
+    assert_eq!(encounters[0]["class"]["code"], "AMB");
+
+    // UMCU's patient from A31 (Latin-1) and the lab result (ORU) on the same record.
+    let umcu = client_with(&token("system/*.rs", "umcu", None));
+    let found = search(&umcu, &gw, &format!("Patient?identifier={BSN}|999911168")).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["name"][0]["family"], "Müller");
+    assert_eq!(found[0]["name"][0]["given"][0], "Renée");
+    let uid = found[0]["id"].as_str().unwrap().to_owned();
+    let obs = search(
+        &umcu,
+        &gw,
+        &format!("Observation?patient=Patient/{uid}&_sort=code"),
+    )
+    .await;
+    assert_eq!(obs.len(), 2, "{obs:?}");
+    let glucose = obs
+        .iter()
+        .find(|o| o["code"]["coding"][0]["code"] == "14749-6")
+        .unwrap();
+    assert_eq!(glucose["valueQuantity"]["value"], 6.1);
+    assert_eq!(glucose["valueQuantity"]["code"], "mmol/L");
+    assert_eq!(glucose["category"][0]["coding"][0]["code"], "laboratory");
+    let reports = search(
+        &umcu,
+        &gw,
+        &format!("DiagnosticReport?patient=Patient/{uid}"),
+    )
+    .await;
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["result"].as_array().unwrap().len(), 2);
+    let labs = search(
+        &umcu,
+        &gw,
+        &format!(
+            "Observation?patient=Patient/{uid}&category=laboratory&code=http://loinc.org|14749-6"
+        ),
+    )
+    .await;
+    assert_eq!(labs.len(), 1);
+
+    // The same message again (same MSH-10 from the same sender): AA, applied once.
+    let ack = mllp_send(port, &samples().join("oru-r01-umcu-glucose.hl7"));
+    assert_eq!(msa(&ack).0, "AA", "{ack}");
+    let again = search(&umcu, &gw, &format!("Observation?patient=Patient/{uid}")).await;
+    assert_eq!(again.len(), 2);
+    assert!(
+        again.iter().all(|o| o["meta"]["versionId"] == "1"),
+        "{again:?}"
+    );
+
+    // A corrected result (OBX-11 C, a new message) updates the same Observation.
+    let oru = std::fs::read(samples().join("oru-r01-umcu-glucose.hl7")).unwrap();
+    let corrected: Vec<u8> = String::from_utf8_lossy(&oru)
+        .replace("UMCU-LAB-2001", "UMCU-LAB-2002")
+        .replace("||6.1|mmol/L", "||5.9|mmol/L")
+        .replace("|3.9-6.0|H|||F|", "|3.9-6.0|N|||C|")
+        .chars()
+        .map(|c| c as u8)
+        .collect();
+    let file = dir.path().join("corrected.hl7");
+    std::fs::write(&file, corrected).unwrap();
+    let ack = mllp_send(port, &file);
+    assert_eq!(msa(&ack), ("AA".into(), "UMCU-LAB-2002".into()), "{ack}");
+    let now: Value = umcu
+        .get(format!(
+            "{}/Observation/{}",
+            gw.base,
+            glucose["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["valueQuantity"]["value"], 5.9);
+    assert_eq!(now["status"], "corrected");
+    assert_eq!(now["meta"]["versionId"], "2");
+
+    // A message that cannot be applied: AE with an ERR segment, nothing written.
+    let bad: Vec<u8> =
+        String::from_utf8_lossy(&std::fs::read(samples().join("adt-a04-antonius.hl7")).unwrap())
+            .replace("999911156", "999911157")
+            .replace("ANT-A04-1001", "ANT-A04-BAD")
+            .into_bytes();
+    let file = dir.path().join("bad.hl7");
+    std::fs::write(&file, bad).unwrap();
+    let ack = mllp_send(port, &file);
+    assert_eq!(msa(&ack).0, "AE", "{ack}");
+    assert!(ack.contains("ERR|"), "{ack}");
+    assert!(
+        search(
+            &antonius,
+            &gw,
+            &format!("Patient?identifier={BSN}|999911157")
+        )
+        .await
+        .is_empty()
+    );
+
+    // Every message was written as its sender's feed, and audited.
+    let audit = client_with(&token("system/AuditEvent.rs", "umcu", None));
+    let events = search(&audit, &gw, "AuditEvent?_count=100").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.to_string().contains("hl7v2-feed/UMCU")),
+        "no audit record of the UMCU feed"
+    );
+}
+
+fn a04(n: usize) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|HIX|UMCU|GATEWAY|HHU|20261101101000||ADT^A04^ADT_A01|KILL-{n}|P|2.5|||AL|NE||8859/1\r\
+         EVN|A04|20261101101000\r\
+         PID|1||K{n}^^^UMCU^PI||Stream^Patient {n}||19800101|F\r\
+         PV1|1|O|POLI^^^UMCU||||||||||||||||V{n}\r"
+    )
+    .into_bytes()
+}
+
+/// Sends messages one after the other on one connection until it breaks; the control ids of
+/// those acknowledged with AA.
+async fn stream(port: u16, total: usize) -> Vec<usize> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    let mut buf = Vec::new();
+    for n in 0..total {
+        let mut frame = vec![0x0B];
+        frame.extend(a04(n));
+        frame.extend([0x1C, 0x0D]);
+        if s.write_all(&frame).await.is_err() {
+            break;
+        }
+        buf.clear();
+        let mut b = [0u8; 512];
+        let ended = loop {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break false,
+                Ok(Ok(k)) => buf.extend_from_slice(&b[..k]),
+            }
+            if buf.ends_with(&[0x1C, 0x0D]) {
+                break true;
+            }
+        };
+        if !ended {
+            break;
+        }
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.contains(&format!("MSA|AA|KILL-{n}")), "{text}");
+        acked.push(n);
+    }
+    acked
+}
+
+#[tokio::test]
+async fn a_killed_gateway_loses_no_acknowledged_message() {
+    let port = free_port();
+    let config = mllp_config(port);
+    let gw = Gateway::start_with(&config);
+    // A stream of up to 10,000 messages; the gateway is killed (SIGKILL) a little way in.
+    let sender = tokio::spawn(stream(port, 10_000));
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let dir = gw.kill_keep_data();
+    let acked = sender.await.unwrap();
+    assert!(
+        !acked.is_empty() && acked.len() < 10_000,
+        "killed mid-stream: {} acknowledged in {:?}",
+        acked.len(),
+        started.elapsed()
+    );
+    // Restarted on the same data: every acknowledged message is there.
+    let gw = Gateway::start_in(dir, &config);
+    let c = client();
+    let system = "https://healthhub-utrecht.nl/fhir/NamingSystem/v2/umcu/pi";
+    let mut found = 0;
+    for chunk in acked.chunks(50) {
+        let ids: Vec<String> = chunk.iter().map(|n| format!("{system}|K{n}")).collect();
+        let got = search(
+            &c,
+            &gw,
+            &format!("Patient?identifier={}&_count=100", ids.join(",")),
+        )
+        .await;
+        found += got.len();
+    }
+    assert_eq!(
+        found,
+        acked.len(),
+        "acknowledged {} but found {found}",
+        acked.len()
+    );
+    // The stream resumes where the sender left off: a resent last message is applied once.
+    let resent = stream(port, 1).await;
+    assert_eq!(resent, vec![0]);
+    let got = search(&c, &gw, &format!("Patient?identifier={system}|K0")).await;
+    assert_eq!(got.len(), 1);
+    eprintln!(
+        "kill -9 after {} acknowledged messages: all {} found after restart",
+        acked.len(),
+        found
+    );
+}
