@@ -6,7 +6,12 @@
 use crate::app::App;
 use crate::error::Error;
 use crate::fhir::operation::Read;
+use crate::fhir::operation::Search;
+use crate::fhir::search::{Criteria, Token};
+use crate::policy::regional;
+use adapters::hl7v2::mapping::Merge;
 use adapters::hl7v2::{Applied, Apply, Failure, Mapped};
+use serde_json::{Value, json};
 use std::sync::Arc;
 
 pub struct Feed {
@@ -51,10 +56,107 @@ impl Feed {
             .is_some_and(|s| !s.is_deleted()))
     }
 
+    /// A40: the retired record (MRG-1, among the sender's own Patients) joins the transaction,
+    /// made inactive, its identifiers that the survivor now holds removed, and linked
+    /// `replaced-by` the survivor, which is linked `replaces` it. The record's version is
+    /// checked (`ifMatch`), so a concurrent change fails the merge rather than being lost.
+    async fn with_merge(&self, m: &Mapped, merge: &Merge) -> Result<Value, Failure> {
+        let principal = crate::policy::feed_principal(m.holder.clone(), &m.facility);
+        let search = Search {
+            ty: "Patient".into(),
+            criteria: Criteria {
+                identifiers: vec![vec![Token {
+                    system: merge.retired["system"].as_str().map(str::to_owned),
+                    value: merge.retired["value"].as_str().map(str::to_owned),
+                }]],
+                ..Default::default()
+            },
+            count: 50,
+            ..Default::default()
+        };
+        let unavailable = |e: Error| Failure::Unavailable(diagnostics(&e));
+        let permit = self
+            .app
+            .policy
+            .authorize(&principal, search)
+            .map_err(|e| Failure::Rejected(diagnostics(&e)))?;
+        let page = self.app.store.search(&permit).await.map_err(unavailable)?;
+        let mut mine = Vec::new();
+        for s in page.entries.into_iter().filter(|s| !s.is_deleted()) {
+            let r = s.json().map_err(unavailable)?;
+            if regional::holder_of(&r)
+                .is_some_and(|(sys, v)| sys == m.holder.system && v == m.holder.value)
+            {
+                mine.push((s.id.clone(), s.version, r));
+            }
+        }
+        let (id, version, mut retired) = match mine.len() {
+            1 => mine.remove(0),
+            0 => {
+                return Err(Failure::Rejected(format!(
+                    "MRG-1 {} names no patient of {}",
+                    merge.retired["value"], m.facility
+                )));
+            }
+            _ => {
+                return Err(Failure::Rejected(format!(
+                    "MRG-1 {} names {} patients of {}",
+                    merge.retired["value"],
+                    mine.len(),
+                    m.facility
+                )));
+            }
+        };
+        let mut bundle = m.bundle.clone();
+        let entries = bundle["entry"]
+            .as_array_mut()
+            .expect("a transaction has entries");
+        let survivor = entries
+            .iter_mut()
+            .find(|e| e["fullUrl"] == merge.survivor.as_str())
+            .expect("the survivor is in the bundle");
+        let moved: Vec<(Value, Value)> = survivor["resource"]["identifier"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| {
+                i["system"] != merge.retired["system"] || i["value"] != merge.retired["value"]
+            })
+            .map(|i| (i["system"].clone(), i["value"].clone()))
+            .collect();
+        survivor["resource"]["link"] =
+            json!([{"other": {"reference": format!("Patient/{id}")}, "type": "replaces"}]);
+        if let Some(ids) = retired["identifier"].as_array_mut() {
+            ids.retain(|i| !moved.contains(&(i["system"].clone(), i["value"].clone())));
+        }
+        retired["active"] = json!(false);
+        let mut links = retired["link"].as_array().cloned().unwrap_or_default();
+        links.push(json!({"other": {"reference": merge.survivor}, "type": "replaced-by"}));
+        retired["link"] = Value::Array(links);
+        if let Some(meta) = retired.get_mut("meta").and_then(Value::as_object_mut) {
+            meta.remove("versionId");
+            meta.remove("lastUpdated");
+        }
+        entries.push(json!({
+            "resource": retired,
+            "request": {"method": "PUT", "url": format!("Patient/{id}"), "ifMatch": format!("W/\"{version}\"")}
+        }));
+        Ok(bundle)
+    }
+
     async fn write(&self, m: &Mapped) -> Result<Applied, Failure> {
         let principal = crate::policy::feed_principal(m.holder.clone(), &m.facility);
         let peer = format!("hl7v2 {} {}", m.facility, m.control_id);
-        match crate::submit::bundle(&self.app, &principal, m.bundle.clone(), &peer).await {
+        let bundle = match &m.merge {
+            Some(merge) => {
+                if self.applied_before(m).await.unwrap_or(false) {
+                    return Ok(Applied::Duplicate);
+                }
+                self.with_merge(m, merge).await?
+            }
+            None => m.bundle.clone(),
+        };
+        match crate::submit::bundle(&self.app, &principal, bundle, &peer).await {
             Ok(()) => Ok(Applied::Done),
             Err(e) => {
                 // A resent message: its receipt exists, so the transaction failed as a whole.

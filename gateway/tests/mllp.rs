@@ -110,6 +110,74 @@ async fn hospital_feeds_become_fhir_resources() {
     assert_eq!(encounters[0]["identifier"][0]["value"], "VN20261101-12");
     assert_eq!(encounters[0]["class"]["code"], "AMB");
 
+    // A40: St. Antonius merges the record into one with the corrected BSN. The survivor
+    // `replaces` the old record, which is inactive and `replaced-by` it; the old BSN still finds
+    // the person (on both records).
+    let ack = mllp_send(port, &samples().join("adt-a40-antonius.hl7"));
+    assert_eq!(msa(&ack), ("AA".into(), "ANT-A40-1003".into()), "{ack}");
+    let survivors = search(
+        &antonius,
+        &gw,
+        &format!("Patient?identifier={BSN}|999911181"),
+    )
+    .await;
+    assert_eq!(survivors.len(), 1, "{survivors:?}");
+    let s = &survivors[0];
+    let sid = s["id"].as_str().unwrap();
+    assert_eq!(s["link"][0]["type"], "replaces");
+    assert_eq!(s["link"][0]["other"]["reference"], format!("Patient/{pid}"));
+    assert!(s["identifier"].to_string().contains("\"old\""), "{s}");
+    let retired: Value = antonius
+        .get(format!("{}/Patient/{pid}", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(retired["active"], false);
+    assert_eq!(retired["link"][0]["type"], "replaced-by");
+    assert_eq!(
+        retired["link"][0]["other"]["reference"],
+        format!("Patient/{sid}")
+    );
+    assert_eq!(
+        retired["identifier"].as_array().unwrap().len(),
+        1,
+        "{retired}"
+    );
+    let mut by_old: Vec<String> = search(
+        &antonius,
+        &gw,
+        &format!("Patient?identifier={BSN}|999911156"),
+    )
+    .await
+    .iter()
+    .map(|p| p["id"].as_str().unwrap().to_owned())
+    .collect();
+    by_old.sort();
+    let mut want = vec![pid.to_owned(), sid.to_owned()];
+    want.sort();
+    assert_eq!(by_old, want);
+    // Later messages with the hospital's number update the survivor only.
+    let later: Vec<u8> =
+        String::from_utf8_lossy(&std::fs::read(samples().join("adt-a08-antonius.hl7")).unwrap())
+            .replace("ANT-A08-1002", "ANT-A08-1004")
+            .replace("999911156", "999911181")
+            .into_bytes();
+    let file = dir.path().join("later.hl7");
+    std::fs::write(&file, later).unwrap();
+    assert_eq!(msa(&mllp_send(port, &file)).0, "AA");
+    let s2: Value = antonius
+        .get(format!("{}/Patient/{sid}", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s2["meta"]["versionId"], "2", "{s2}");
+
     // UMCU's patient from A31 (Latin-1) and the lab result (ORU) on the same record.
     let umcu = client_with(&token("system/*.rs", "umcu", None));
     let found = search(&umcu, &gw, &format!("Patient?identifier={BSN}|999911168")).await;

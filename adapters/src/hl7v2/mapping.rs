@@ -42,6 +42,28 @@ pub struct Mapped {
     pub receipt: String,
     /// The FHIR transaction.
     pub bundle: Value,
+    /// A40: the retired record, for the gateway to find among the sender's Patients and retire
+    /// within the same transaction (it needs the store to know which one it is).
+    pub merge: Option<Merge>,
+}
+
+/// An A40 merge: the surviving Patient is in the bundle (its entry's `fullUrl`), the retired
+/// one is named by MRG-1.
+#[derive(Debug, Clone)]
+pub struct Merge {
+    /// MRG-1 as a FHIR identifier (system and value).
+    pub retired: Value,
+    /// The surviving Patient's `fullUrl` in the bundle.
+    pub survivor: String,
+}
+
+/// The holder tag of a sender's data, as a `_tag` search value: conditional writes keyed by a
+/// BSN must only ever match the sender's own record of the person, never another
+/// organisation's.
+pub const HOLDER_TAG: &str = "https://healthhub-utrecht.nl/fhir/CodeSystem/holder";
+
+fn holder_filter(holder: &Organization) -> String {
+    format!("&_tag={HOLDER_TAG}|{}|{}", holder.system, holder.value)
 }
 
 /// Why a message is not applied: `Unsupported` is answered AR (type, version, sender, message
@@ -96,8 +118,10 @@ pub fn map(m: &Message, config: &Config) -> Mapping<Mapped> {
     let ctx = Context {
         m,
         sender: naming_segment(&facility),
+        holder,
     };
     let mut entries = Vec::new();
+    let mut merge = None;
     match (ty.as_str(), trigger.as_str()) {
         ("ADT", "A01" | "A04" | "A08" | "A03" | "A28" | "A31" | "A05") => {
             let patient = ctx.patient()?;
@@ -108,6 +132,46 @@ pub fn map(m: &Message, config: &Config) -> Mapping<Mapped> {
             } else if trigger == "A03" {
                 return invalid("A03 (discharge) without PV1 names no visit to finish");
             }
+        }
+        ("ADT", "A40") => {
+            let mut patient = ctx.patient()?;
+            let Some(mrg) = m.segment("MRG") else {
+                return invalid("A40 without MRG names no record to merge");
+            };
+            let retired = ctx
+                .identifier(&m.get(mrg, 1).first())?
+                .ok_or(Refusal::Invalid(
+                    "MRG-1 (the retired identifier) is empty".into(),
+                ))?;
+            // The survivor is the record with the new BSN (the retired one may share the
+            // hospital's number): found by BSN among the sender's own records, or created.
+            if let Some(bsn) = patient.resource["identifier"]
+                .as_array()
+                .and_then(|ids| ids.iter().find(|i| i["system"] == BSN_SYSTEM))
+                .and_then(|i| i["value"].as_str())
+            {
+                patient.key = format!("{BSN_SYSTEM}|{bsn}{}", holder_filter(holder));
+            }
+            if patient.key.starts_with(&format!(
+                "{}|{}",
+                retired["system"].as_str().unwrap_or_default(),
+                retired["value"].as_str().unwrap_or_default()
+            )) {
+                return invalid(
+                    "A40: the surviving and the retired record are the same (PID-3 = MRG-1)",
+                );
+            }
+            // Queries by the old identifier still find the person.
+            let mut old = retired.clone();
+            old["use"] = json!("old");
+            if let Some(ids) = patient.resource["identifier"].as_array_mut() {
+                ids.push(old);
+            }
+            merge = Some(Merge {
+                retired,
+                survivor: patient.full_url.clone(),
+            });
+            entries.push(patient.update_entry());
         }
         ("ORU", "R01") => {
             let patient = ctx.patient()?;
@@ -142,6 +206,7 @@ pub fn map(m: &Message, config: &Config) -> Mapping<Mapped> {
         event,
         receipt,
         bundle: json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        merge,
     })
 }
 
@@ -178,6 +243,7 @@ fn naming_segment(s: &str) -> String {
 struct Context<'a> {
     m: &'a Message,
     sender: String,
+    holder: &'a Organization,
 }
 
 /// The Patient of a message and how to find it again.
@@ -207,6 +273,45 @@ impl Patient {
 }
 
 impl Context<'_> {
+    /// One CX as a FHIR identifier: a BSN (checked) or a number of the sender's.
+    fn identifier(&self, cx: &Repeat) -> Mapping<Option<Value>> {
+        let value = cx.text(1);
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let authority = cx.sub(4, 1);
+        let ty = cx.text(5);
+        if authority == "NLMINBIZA" || ty == "NNNLD" {
+            if !eleven_proof(&value) {
+                return invalid(format!(
+                    "BSN {value:?} fails the 11-proof; the message is not applied"
+                ));
+            }
+            return Ok(Some(json!({
+                "use": "official",
+                "type": {"coding": [{"system": V2_0203, "code": "NNNLD"}]},
+                "system": BSN_SYSTEM,
+                "value": value,
+            })));
+        }
+        let auth = if authority.is_empty() {
+            self.sender.clone()
+        } else {
+            naming_segment(&authority)
+        };
+        let code = if ty.is_empty() { "PI".into() } else { ty };
+        let mut id = json!({
+            "use": "usual",
+            "type": {"coding": [{"system": V2_0203, "code": code}]},
+            "system": format!("{NAMING_BASE}/{auth}/{}", code.to_ascii_lowercase()),
+            "value": value,
+        });
+        if !authority.is_empty() {
+            id["assigner"] = json!({"display": authority});
+        }
+        Ok(Some(id))
+    }
+
     fn patient(&self) -> Mapping<Patient> {
         let m = self.m;
         let Some(pid) = m.segment("PID") else {
@@ -216,51 +321,23 @@ impl Context<'_> {
         let mut bsn = None;
         let mut own = None;
         for cx in m.get(pid, 3).repeats() {
-            let value = cx.text(1);
-            if value.is_empty() {
+            let Some(id) = self.identifier(&cx)? else {
                 continue;
-            }
-            let authority = cx.sub(4, 1);
-            let ty = cx.text(5);
-            if authority == "NLMINBIZA" || ty == "NNNLD" {
-                if !eleven_proof(&value) {
-                    return invalid(format!(
-                        "PID-3 BSN {value:?} fails the 11-proof; the message is not applied"
-                    ));
-                }
-                identifiers.push(json!({
-                    "use": "official",
-                    "type": {"coding": [{"system": V2_0203, "code": "NNNLD"}]},
-                    "system": BSN_SYSTEM,
-                    "value": value,
-                }));
+            };
+            let value = id["value"].as_str().unwrap_or_default().to_owned();
+            if id["system"] == BSN_SYSTEM {
                 bsn = Some(value);
-            } else {
-                let auth = if authority.is_empty() {
-                    self.sender.clone()
-                } else {
-                    naming_segment(&authority)
-                };
-                let code = if ty.is_empty() { "PI".into() } else { ty };
-                let system = format!("{NAMING_BASE}/{auth}/{}", code.to_ascii_lowercase());
-                let mut id = json!({
-                    "use": "usual",
-                    "type": {"coding": [{"system": V2_0203, "code": code}]},
-                    "system": system,
-                    "value": value,
-                });
-                if !authority.is_empty() {
-                    id["assigner"] = json!({"display": authority});
-                }
-                if own.is_none() {
-                    own = Some(format!("{system}|{value}"));
-                }
-                identifiers.push(id);
+            } else if own.is_none() {
+                own = Some(format!(
+                    "{}|{value}",
+                    id["system"].as_str().unwrap_or_default()
+                ));
             }
+            identifiers.push(id);
         }
         let key = match (own, &bsn) {
             (Some(k), _) => k,
-            (None, Some(b)) => format!("{BSN_SYSTEM}|{b}"),
+            (None, Some(b)) => format!("{BSN_SYSTEM}|{b}{}", holder_filter(self.holder)),
             (None, None) => return invalid("PID-3 has no patient identifier"),
         };
         let mut r = json!({"resourceType": "Patient", "identifier": identifiers});

@@ -241,6 +241,43 @@ fn refusals_say_why() {
 }
 
 #[test]
+fn a40_names_the_survivor_by_its_bsn_and_the_retired_record() {
+    let m = mapped(&sample("adt-a40-antonius.hl7")).unwrap();
+    let merge = m.merge.as_ref().unwrap();
+    assert_eq!(merge.retired["system"], mapping::BSN_SYSTEM);
+    assert_eq!(merge.retired["value"], "999911156");
+    let p = &resources(&m, "Patient")[0];
+    let old = p["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["use"] == "old")
+        .unwrap();
+    assert_eq!(old["value"], "999911156");
+    // Found by the new BSN among St. Antonius' own records only.
+    let url = request(&m, "Patient")["url"].as_str().unwrap().to_owned();
+    assert!(
+        url.starts_with(&format!(
+            "Patient?identifier={}|999911181&_tag=",
+            mapping::BSN_SYSTEM
+        )),
+        "{url}"
+    );
+    assert!(
+        url.ends_with("|http://fhir.nl/fhir/NamingSystem/ura|90000002"),
+        "{url}"
+    );
+    // Without MRG: AE.
+    let no_mrg = String::from_utf8(sample("adt-a40-antonius.hl7"))
+        .unwrap()
+        .replace("MRG|", "ZZZ|");
+    assert!(matches!(
+        mapped(no_mrg.as_bytes()),
+        Err(Refusal::Invalid(_))
+    ));
+}
+
+#[test]
 fn bsn_eleven_proof_and_dates() {
     for good in ["999911120", "999911156", "999911168", "999911181"] {
         assert!(eleven_proof(good), "{good}");
