@@ -288,6 +288,55 @@ def federation_suite(args, workdir, servers, report):
     report.append("\n".join(lines))
 
 
+def wait_tcp(port):
+    import socket
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def mllp_suite(args, workdir, servers, schema, report):
+    """HL7 v2 ADT^A04 over MLLP, each message acknowledged (AA) before the next on its connection:
+    the gateway (parse, map, one transaction through the chokepoint, durable, audited) against
+    bare-mllp (the same listener and mapping, nothing stored)."""
+    bare_port = 18295
+    bare = subprocess.Popen([os.path.join(ROOT, "target/release/bare-mllp"), f"127.0.0.1:{bare_port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_tcp(bare_port)
+    targets = {"bare MLLP (nothing stored)": bare_port}
+    for name, port, config in (("gateway, SQLite", 18297, ""), ("gateway, PostgreSQL", 18299, postgres_config(schema))):
+        servers.append(gateway(f"mllp-{port}", port - 1, workdir, config + f'\n[mllp]\nlisten = "127.0.0.1:{port}"\n'))
+        wait_tcp(port)
+        targets[name] = port
+    load = os.path.join(ROOT, "target/release/mllp-load")
+    results = {}
+    try:
+        for c in args.mllp_connections:
+            for r in range(args.rounds):
+                for name, port in targets.items():
+                    out = subprocess.run([load, "--addr", f"127.0.0.1:{port}", "--connections", str(c),
+                                          "--seconds", str(args.seconds), "--run", f"r{r}c{c}{uuid.uuid4().hex[:6]}"],
+                                         capture_output=True, text=True, check=True).stdout
+                    results.setdefault((name, c), []).append(json.loads(out))
+    finally:
+        bare.terminate()
+    lines = ["### HL7 v2 ADT^A04 over MLLP, acknowledged one by one per connection (AA after commit)", "",
+             "| connections | target | acks/s (median) | ACK p50 ms | ACK p99 ms | other answers | vs bare |",
+             "|---|---|---|---|---|---|---|"]
+    for c in args.mllp_connections:
+        base = statistics.median(x["per_second"] for x in results[("bare MLLP (nothing stored)", c)])
+        for name in targets:
+            rs = results[(name, c)]
+            rate = statistics.median(x["per_second"] for x in rs)
+            lines.append(f"| {c} | {name} | {rate:,.0f} | {statistics.median(x['p50_ms'] for x in rs):.2f} | "
+                         f"{statistics.median(x['p99_ms'] for x in rs):.2f} | {sum(x['other'] for x in rs)} | {rate / base:.3f} |")
+    report.append("\n".join(lines) + "\n")
+
+
 def bare_import(data, path):
     """The floor: every NDJSON line into one SQLite table, as the gateway commits (WAL, FULL)."""
     import sqlite3
@@ -400,6 +449,7 @@ def main():
     ap.add_argument("--search-stores", default="sqlite,postgres")
     ap.add_argument("--search-connections", type=int, default=8)
     ap.add_argument("--federation-connections", type=int, default=4)
+    ap.add_argument("--mllp-connections", type=lambda v: [int(x) for x in v.split(",")], default=[1, 8])
     ap.add_argument("--import-data", default=os.path.join(ROOT, "../shared/synthea/10-patients"))
     args = ap.parse_args()
     global TOKEN
@@ -454,6 +504,8 @@ def main():
             federation_suite(args, workdir, servers, report)
         if "search" in suites:
             search_suite(args, workdir, bare, servers, report)
+        if "mllp" in suites:
+            mllp_suite(args, workdir, servers, schema, report)
         if "replicas" in suites:
             script = lua_creates(workdir)
             extra = [gateway(f"postgres-{i}", 18283 + i, workdir, postgres_config(schema)) for i in (1, 2, 3)]
