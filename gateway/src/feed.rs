@@ -177,6 +177,39 @@ impl Feed {
     }
 }
 
+/// Starts the HL7 v2 listener on `listener`, writing through `app`.
+pub fn start(app: &Arc<App>, listener: tokio::net::TcpListener) -> Result<(), String> {
+    let config = Feed::senders(&app.config);
+    let tls = match &config.tls {
+        Some(t) => Some(
+            crate::server::tls_acceptor(&crate::config::Tls {
+                cert: t.cert_file.clone().into(),
+                key: t.key_file.clone().into(),
+            })
+            .map_err(|e| format!("[mllp] tls: {e}"))?,
+        ),
+        None => None,
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let senders: Vec<&String> = config.senders.keys().collect();
+    tracing::info!(
+        ?senders,
+        tls = tls.is_some(),
+        "HL7 v2 (MLLP) listener at {addr}"
+    );
+    let feed = Arc::new(Feed::new(app.clone()));
+    tokio::spawn(adapters::hl7v2::source::serve(
+        listener,
+        Arc::new(config),
+        tls,
+        feed,
+    ));
+    Ok(())
+}
+
 /// What the client-facing OperationOutcome says (never internals).
 fn diagnostics(e: &Error) -> String {
     let (_, outcome) = e.outcome();

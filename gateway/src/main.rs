@@ -40,6 +40,21 @@ enum Command {
         #[arg(long)]
         mllp_listen: Option<String>,
     },
+    /// The demo region in one process: St. Antonius' FHIR server behind the adapter, UMC
+    /// Utrecht's HL7 v2 feed replayed over MLLP, a consent, and tokens to try (data in --data,
+    /// recreated at every start).
+    Demo {
+        #[arg(long, default_value = "demo-data")]
+        data: PathBuf,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value_t = 8081)]
+        partner_port: u16,
+        #[arg(long, default_value_t = 8082)]
+        token_port: u16,
+        #[arg(long, default_value_t = 2575)]
+        mllp_port: u16,
+    },
     /// Print a demo token (signed with the demo key that only the demo config trusts).
     Token {
         /// SMART scopes, space-separated, e.g. "user/*.rs" or "patient/Observation.rs".
@@ -197,6 +212,24 @@ fn main() {
             chunk,
             org,
         } => import(paths, config, data, store, chunk.max(1), org),
+        Command::Demo {
+            data,
+            port,
+            partner_port,
+            token_port,
+            mllp_port,
+        } => {
+            init_logging("text");
+            let ports = gateway::demo_region::Ports {
+                fhir: port,
+                partner: partner_port,
+                token: token_port,
+                mllp: mllp_port,
+            };
+            runtime()
+                .block_on(gateway::demo_region::run(data, ports))
+                .unwrap_or_else(|e| fail(&e));
+        }
         Command::CheckConfig { file } => {
             Config::load(&file).unwrap_or_else(|e| fail(&e));
             println!("{}: valid", file.display());
@@ -257,7 +290,7 @@ async fn serve(cfg: Config) {
         .unwrap_or_else(|e| fail(&e.to_string()))
         .share();
     if let Some(l) = mllp {
-        start_mllp(&app, l);
+        gateway::feed::start(&app, l).unwrap_or_else(|e| fail(&e));
     }
     let addr = listener
         .local_addr()
@@ -267,35 +300,6 @@ async fn serve(cfg: Config) {
     tracing::info!(data = %app.config.data_dir.display(), "FHIR R4 base at {scheme}://{addr}/fhir");
     app.exports.clear_leftovers();
     gateway::server::serve(app, listener, tls, shutdown_signal()).await;
-}
-
-/// The HL7 v2 listener, beside the FHIR one, writing through the same App.
-fn start_mllp(app: &std::sync::Arc<App>, listener: tokio::net::TcpListener) {
-    let config = gateway::feed::Feed::senders(&app.config);
-    let tls = config.tls.as_ref().map(|t| {
-        gateway::server::tls_acceptor(&gateway::config::Tls {
-            cert: t.cert_file.clone().into(),
-            key: t.key_file.clone().into(),
-        })
-        .unwrap_or_else(|e| fail(&format!("[mllp] tls: {e}")))
-    });
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let senders: Vec<&String> = config.senders.keys().collect();
-    tracing::info!(
-        ?senders,
-        tls = tls.is_some(),
-        "HL7 v2 (MLLP) listener at {addr}"
-    );
-    let feed = std::sync::Arc::new(gateway::feed::Feed::new(app.clone()));
-    tokio::spawn(adapters::hl7v2::source::serve(
-        listener,
-        std::sync::Arc::new(config),
-        tls,
-        feed,
-    ));
 }
 
 fn import(

@@ -6,7 +6,6 @@
 mod common;
 
 use common::{Gateway, client_with, token};
-use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,75 +16,17 @@ const DEMO_KEY: &str = "src/policy/demo/demo-issuer.key.pem";
 /// A SMART token endpoint: checks the client assertion (signature with the client's key, iss,
 /// sub, aud, grant type) and answers with a demo token of the partner's organisation, which the
 /// partner's gateway trusts. Counts the tokens it issued.
+/// St. Antonius' authorization server (the demo region's, which checks the client assertion).
 async fn token_endpoint(issued: Arc<AtomicUsize>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/token", listener.local_addr().unwrap());
-    let aud = url.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (issued, aud) = (issued.clone(), aud.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (issued, aud) = (issued.clone(), aud.clone());
-                        async move {
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let form: std::collections::HashMap<String, String> =
-                                form_urlencoded::parse(&body).into_owned().collect();
-                            let ok = form.get("grant_type").map(String::as_str)
-                                == Some("client_credentials")
-                                && form.get("client_assertion_type").map(String::as_str)
-                                    == Some(
-                                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                                    )
-                                && check_assertion(
-                                    form.get("client_assertion")
-                                        .map(String::as_str)
-                                        .unwrap_or(""),
-                                    &aud,
-                                );
-                            let (status, body) = if ok {
-                                issued.fetch_add(1, Ordering::SeqCst);
-                                (
-                                    200,
-                                    json!({"access_token": token("system/*.rs", "antonius", None),
-                                         "token_type": "bearer", "expires_in": 300,
-                                         "scope": form["scope"]}),
-                                )
-                            } else {
-                                (400, json!({"error": "invalid_client"}))
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .header("Content-Type", "application/json")
-                                    .body(Full::new(bytes::Bytes::from(body.to_string())))
-                                    .unwrap(),
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(gateway::demo_region::token_endpoint(
+        listener,
+        url.clone(),
+        "gateway-under-test".into(),
+        issued,
+    ));
     url
-}
-
-fn check_assertion(jwt: &str, aud: &str) -> bool {
-    let keys = gateway::policy::demo::jwks();
-    let key = jsonwebtoken::DecodingKey::from_jwk(&keys.keys[0]).unwrap();
-    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-    v.set_audience(&[aud]);
-    v.set_issuer(&["gateway-under-test"]);
-    v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-    match jsonwebtoken::decode::<Value>(jwt, &key, &v) {
-        Ok(t) => t.claims["sub"] == "gateway-under-test" && t.claims["jti"].is_string(),
-        Err(_) => false,
-    }
 }
 
 fn adapter_config(upstream: &str, token_url: &str) -> String {
@@ -544,6 +485,17 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
         v
     };
     let b = get_json(&portal, format!("{}/Observation", gw.base)).await;
+    assert_eq!(
+        sorted(ids(&b, "match")),
+        sorted(vec![linked_o.clone(), format!("antonius.{o}")]),
+        "{b}"
+    );
+    // ... also when the search names the launch patient (as a patient app does).
+    let b = get_json(
+        &portal,
+        format!("{}/Observation?patient=Patient/{linked_p}", gw.base),
+    )
+    .await;
     assert_eq!(
         sorted(ids(&b, "match")),
         sorted(vec![linked_o.clone(), format!("antonius.{o}")]),

@@ -434,8 +434,32 @@ async fn interaction(
                     link_notes = linked.conflicts;
                 }
             }
-            // The backends that hold the person's other records are asked for those only.
-            if !partner_records.is_empty() {
+            // A patient-context search that names one of the person's records (`patient=X`)
+            // is widened to all of them, as for any principal (see `link`); one that names none
+            // asks the backends that hold the person's other records for those only.
+            let named_me = match (link::patient_of(&op), principal) {
+                (Some(p), Principal::Token(t)) if op.criteria.compartment.is_some() => {
+                    (t.patient.as_deref() == Some(p.as_str()) || t.linked.contains(&p))
+                        .then_some((p, t.clone()))
+                }
+                _ => None,
+            };
+            if let Some((p, t)) = named_me {
+                let others = t
+                    .linked
+                    .iter()
+                    .chain(t.patient.as_ref())
+                    .filter(|id| **id != p)
+                    .cloned()
+                    .collect();
+                link::widen(
+                    &mut op,
+                    &link::Linked {
+                        others,
+                        conflicts: Vec::new(),
+                    },
+                );
+            } else if !partner_records.is_empty() {
                 let (param, refs) = if op.ty == "Patient" {
                     ("_id", partner_records.clone())
                 } else {

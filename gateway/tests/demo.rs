@@ -1,0 +1,68 @@
+//! `gateway demo`, the README's first command, as a newcomer runs it: the real binary starts the
+//! demo region (St. Antonius' server behind the adapter, UMC Utrecht's feed over MLLP, a
+//! consent) and prints what five tokens see of one person's lab results.
+
+mod common;
+
+use common::free_port;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn the_demo_region_shows_who_sees_what() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("demo")
+        .arg("--data")
+        .arg(data.path().join("demo"))
+        .args(["--port", &free_port().to_string()])
+        .args(["--partner-port", &free_port().to_string()])
+        .args(["--token-port", &free_port().to_string()])
+        .args(["--mllp-port", &free_port().to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    while !lines
+        .iter()
+        .any(|l: &String| l.contains("Ctrl-C stops the demo"))
+    {
+        match rx.recv_timeout(Duration::from_secs(90)) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = lines.join("\n");
+    assert!(
+        text.contains("Ctrl-C stops the demo"),
+        "the demo did not come up:\n{text}"
+    );
+    let row = |who: &str| {
+        lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(who))
+            .unwrap_or_else(|| panic!("no row for {who}:\n{text}"))
+            .clone()
+    };
+    let both = |l: &str| l.contains("(UMC Utrecht)") && l.contains("(St. Antonius)");
+    assert!(both(&row("UMC Utrecht clinician")), "{text}");
+    assert!(both(&row("GP")), "{text}");
+    assert!(both(&row("the patient's own app")), "{text}");
+    assert!(row("elderly care").ends_with("200, nothing"), "{text}");
+    assert!(row("municipal app").ends_with("200, nothing"), "{text}");
+    assert_eq!(text.matches("curl -s").count(), 5, "{text}");
+    eprintln!("demo up in {:?}", started.elapsed());
+}
