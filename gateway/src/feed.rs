@@ -38,8 +38,9 @@ impl Feed {
         c
     }
 
-    /// Whether the message's receipt is stored (it was applied before).
-    async fn applied_before(&self, m: &Mapped) -> Result<bool, Error> {
+    /// Whether the message's receipt is stored: `Some(true)` for this very message applied
+    /// before, `Some(false)` for a different message that used the same control id.
+    async fn applied_before(&self, m: &Mapped) -> Result<Option<bool>, Error> {
         let principal = crate::policy::feed_principal(m.holder.clone(), &m.facility);
         let permit = self.app.policy.authorize(
             &principal,
@@ -48,12 +49,35 @@ impl Feed {
                 id: m.receipt.clone(),
             },
         )?;
-        Ok(self
+        let Some(receipt) = self
             .app
             .store
             .read(&permit)
             .await?
-            .is_some_and(|s| !s.is_deleted()))
+            .filter(|s| !s.is_deleted())
+        else {
+            return Ok(None);
+        };
+        let receipt = receipt.json()?;
+        let digest = receipt["extension"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["url"] == adapters::hl7v2::mapping::DIGEST_EXTENSION)
+            .and_then(|e| e["valueString"].as_str());
+        Ok(Some(digest == Some(m.digest.as_str())))
+    }
+
+    /// A resend is acknowledged without writing; a reused control id is refused.
+    fn resend(m: &Mapped, same: bool) -> Result<Applied, Failure> {
+        if same {
+            Ok(Applied::Duplicate)
+        } else {
+            Err(Failure::Rejected(format!(
+                "MSH-10 {} was used before by {} for a different message; not applied",
+                m.control_id, m.facility
+            )))
+        }
     }
 
     /// A40: the retired record (MRG-1, among the sender's own Patients) joins the transaction,
@@ -149,8 +173,8 @@ impl Feed {
         let peer = format!("hl7v2 {} {}", m.facility, m.control_id);
         let bundle = match &m.merge {
             Some(merge) => {
-                if self.applied_before(m).await.unwrap_or(false) {
-                    return Ok(Applied::Duplicate);
+                if let Ok(Some(same)) = self.applied_before(m).await {
+                    return Self::resend(m, same);
                 }
                 self.with_merge(m, merge).await?
             }
@@ -161,9 +185,9 @@ impl Feed {
             Err(e) => {
                 // A resent message: its receipt exists, so the transaction failed as a whole.
                 if e.status == http::StatusCode::PRECONDITION_FAILED
-                    && self.applied_before(m).await.unwrap_or(false)
+                    && let Ok(Some(same)) = self.applied_before(m).await
                 {
-                    return Ok(Applied::Duplicate);
+                    return Self::resend(m, same);
                 }
                 tracing::info!(control_id = m.control_id, error = %e.log_detail(), "hl7v2 message not applied");
                 let why = diagnostics(&e);

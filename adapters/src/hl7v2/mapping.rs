@@ -40,6 +40,9 @@ pub struct Mapped {
     pub event: String,
     /// The id of the receipt (`Basic`) the transaction creates.
     pub receipt: String,
+    /// SHA-256 of the message as received (hex), kept on the receipt: a control id reused for
+    /// a different message is refused, never mistaken for a resend.
+    pub digest: String,
     /// The FHIR transaction.
     pub bundle: Value,
     /// A40: the retired record, for the gateway to find among the sender's Patients and retire
@@ -55,6 +58,28 @@ pub struct Merge {
     pub retired: Value,
     /// The surviving Patient's `fullUrl` in the bundle.
     pub survivor: String,
+}
+
+/// The receipt's extension holding the message digest.
+pub const DIGEST_EXTENSION: &str =
+    "https://healthhub-utrecht.nl/fhir/StructureDefinition/hl7v2-message-digest";
+
+impl Mapped {
+    /// Records the digest of the message's bytes (on the receipt too).
+    pub fn with_digest(mut self, raw: &[u8]) -> Mapped {
+        use sha2::Digest;
+        self.digest = sha2::Sha256::digest(raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Some(receipt) = self.bundle["entry"][0]["resource"].as_object_mut() {
+            receipt.insert(
+                "extension".into(),
+                json!([{"url": DIGEST_EXTENSION, "valueString": self.digest}]),
+            );
+        }
+        self
+    }
 }
 
 /// The holder tag of a sender's data, as a `_tag` search value: conditional writes keyed by a
@@ -205,6 +230,7 @@ pub fn map(m: &Message, config: &Config) -> Mapping<Mapped> {
         control_id,
         event,
         receipt,
+        digest: String::new(),
         bundle: json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
         merge,
     })
@@ -512,6 +538,18 @@ impl Context<'_> {
                         dr["issued"] = json!(instant(&d));
                     }
                     report = Some((dr, Vec::new(), order.clone()));
+                }
+                "OBX" if report.is_none() => {
+                    // An observation about the patient outside any order (some senders put
+                    // them after PID): an Observation of its own, in no report.
+                    match self.observation(seg, patient, "patient")? {
+                        Observed::Observation(_, entry) => out.push(entry),
+                        Observed::Attachment(_) => {
+                            return invalid(
+                                "an ED observation (OBX-2) outside any OBR has no report to attach to",
+                            );
+                        }
+                    }
                 }
                 "OBX" => {
                     let Some((dr, results, _)) = report.as_mut() else {

@@ -189,7 +189,7 @@ pub async fn handle(raw: &[u8], config: &Config, apply: &dyn Apply) -> Vec<u8> {
         Err(e) => return refuse(raw, config, &e.0),
     };
     let mapped = match mapping::map(&message, config) {
-        Ok(m) => m,
+        Ok(m) => m.with_digest(raw),
         Err(Refusal::Unsupported(why)) => {
             tracing::info!(why, "hl7v2 message rejected (AR)");
             return ack(&message, Code::Reject, Some(&why), ErrCode::Unsupported);
