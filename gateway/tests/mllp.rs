@@ -525,3 +525,47 @@ async fn every_sample_message_is_acknowledged() {
     );
     drop(gw);
 }
+
+/// `serve --mllp-listen ADDR` starts the listener without any config file (the demo config).
+#[tokio::test]
+async fn the_command_line_sets_the_listener() {
+    let data = tempfile::tempdir().unwrap();
+    let (http, mllp) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{http}"), "--data"])
+        .arg(data.path())
+        .args(["--mllp-listen", &format!("127.0.0.1:{mllp}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut conn = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", mllp)).await {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("no MLLP listener: {e}"),
+        }
+    };
+    let mut frame = vec![0x0B];
+    frame.extend(a04(1));
+    frame.extend([0x1C, 0x0D]);
+    conn.write_all(&frame).await.unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 512];
+    while !got.ends_with(&[0x1C, 0x0D]) {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&b[..n]);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        msa(&String::from_utf8_lossy(&got)),
+        ("AA".into(), "KILL-1".into())
+    );
+}

@@ -493,3 +493,62 @@ async fn unterminated_frames_and_idle_peers_never_wedge_it() {
         assert_eq!(t.await.unwrap(), ("AA".into(), format!("C-{i}")));
     }
 }
+
+#[tokio::test]
+async fn mllp_over_tls() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let files = crate::upstream_fhir::tests::certificates(dir.path());
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_file(&files[1]).unwrap()],
+            PrivateKeyDer::from_pem_file(&files[2]).unwrap(),
+        )
+        .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    tokio::spawn(serve(
+        l,
+        Arc::new(config()),
+        Some(acceptor),
+        Arc::new(Recorder::default()),
+    ));
+    // A client that trusts the test CA: framed messages and ACKs inside TLS.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&files[0]).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(&frame(&sample("adt-a04-antonius.hl7")))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 512];
+    while !got.ends_with(&END) {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the ACK");
+        got.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(msa(&String::from_utf8_lossy(&got[1..])).0, "AA");
+    // Plain MLLP to the TLS port gets no ACK: the handshake fails and the connection ends.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(&frame(&sample("adt-a04-antonius.hl7")))
+        .await
+        .unwrap();
+    assert_eq!(read_ack(&mut plain).await, None);
+}

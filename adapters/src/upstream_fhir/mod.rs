@@ -7,7 +7,7 @@ pub mod config;
 pub mod mapping;
 pub mod source;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::error::{AdapterError, ConfigError, Failure};
 use crate::{

@@ -275,7 +275,7 @@ async fn faults_are_retried_then_break_the_circuit_and_time_out() {
 
 /// A test CA, a server certificate for 127.0.0.1 and a client certificate, all PEM, written to
 /// `dir`: (ca, server cert, server key, client cert, client key) paths.
-fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+pub(crate) fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
