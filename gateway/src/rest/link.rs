@@ -49,6 +49,60 @@ pub fn patient_of(op: &Search) -> Option<String> {
     found
 }
 
+/// A patient-context search (`op.criteria.compartment` set) by `person` (see
+/// [`crate::policy::Policy::as_person`]): the compartment covers the person's other records in
+/// this store; a search that names one of their records (`patient=X`) is widened to all of them,
+/// as for any principal; one that names none asks the backends that hold the person's records
+/// for those only. Whether any backend holds one of them (and so is to be asked).
+pub fn for_person(app: &App, op: &mut Search, person: &Principal) -> bool {
+    let Principal::Token(t) = person else {
+        return false;
+    };
+    if op.criteria.compartment.is_none() || t.linked.is_empty() {
+        return false;
+    }
+    let mut partner_records = Vec::new();
+    for id in &t.linked {
+        if app.federation.holds(id) {
+            partner_records.push(id.clone());
+        } else {
+            op.criteria.compartment_linked.push(id.clone());
+        }
+    }
+    let named =
+        patient_of(op).filter(|p| t.patient.as_deref() == Some(p.as_str()) || t.linked.contains(p));
+    if let Some(p) = named {
+        let others = t
+            .linked
+            .iter()
+            .chain(t.patient.as_ref())
+            .filter(|id| **id != p)
+            .cloned()
+            .collect();
+        widen(
+            op,
+            &Linked {
+                others,
+                conflicts: Vec::new(),
+            },
+        );
+    } else if !partner_records.is_empty() {
+        let (param, refs): (&str, Vec<String>) = if op.ty == "Patient" {
+            ("_id", partner_records.clone())
+        } else {
+            (
+                "patient",
+                partner_records
+                    .iter()
+                    .map(|id| format!("Patient/{id}"))
+                    .collect(),
+            )
+        };
+        op.applied.push((param.to_owned(), refs.join(",")));
+    }
+    !partner_records.is_empty()
+}
+
 /// Widens `op` to the linked Patients: the local criteria and the parameters backends get.
 pub fn widen(op: &mut Search, linked: &Linked) {
     if linked.others.is_empty() {

@@ -395,18 +395,6 @@ async fn interaction(
             } else {
                 principal
             };
-            let mut partner_records = Vec::new();
-            if op.criteria.compartment.is_some()
-                && let Principal::Token(t) = principal
-            {
-                for id in &t.linked {
-                    if app.federation.holds(id) {
-                        partner_records.push(id.clone());
-                    } else {
-                        op.criteria.compartment_linked.push(id.clone());
-                    }
-                }
-            }
             let url = match &op.criteria.within {
                 Some(patient) => format!("{}/Patient/{patient}/{}", req.base, op.ty),
                 None => format!("{}/{}", req.base, op.ty),
@@ -434,45 +422,7 @@ async fn interaction(
                     link_notes = linked.conflicts;
                 }
             }
-            // A patient-context search that names one of the person's records (`patient=X`)
-            // is widened to all of them, as for any principal (see `link`); one that names none
-            // asks the backends that hold the person's other records for those only.
-            let named_me = match (link::patient_of(&op), principal) {
-                (Some(p), Principal::Token(t)) if op.criteria.compartment.is_some() => {
-                    (t.patient.as_deref() == Some(p.as_str()) || t.linked.contains(&p))
-                        .then_some((p, t.clone()))
-                }
-                _ => None,
-            };
-            if let Some((p, t)) = named_me {
-                let others = t
-                    .linked
-                    .iter()
-                    .chain(t.patient.as_ref())
-                    .filter(|id| **id != p)
-                    .cloned()
-                    .collect();
-                link::widen(
-                    &mut op,
-                    &link::Linked {
-                        others,
-                        conflicts: Vec::new(),
-                    },
-                );
-            } else if !partner_records.is_empty() {
-                let (param, refs) = if op.ty == "Patient" {
-                    ("_id", partner_records.clone())
-                } else {
-                    (
-                        "patient",
-                        partner_records
-                            .iter()
-                            .map(|id| format!("Patient/{id}"))
-                            .collect(),
-                    )
-                };
-                op.applied.push((param.to_owned(), refs.join(",")));
-            }
+            let partners_hold_me = link::for_person(app, &mut op, principal);
             let includes = op.includes.clone();
             let subset = op.subset.clone();
             let permit = policy.authorize(principal, op)?;
@@ -482,7 +432,7 @@ async fn interaction(
             let fan_out = !app.federation.is_empty()
                 && (cursor.is_none() || federated.is_some())
                 && permit.op().audit.is_none()
-                && (permit.op().criteria.compartment.is_none() || !partner_records.is_empty())
+                && (permit.op().criteria.compartment.is_none() || partners_hold_me)
                 && permit.op().criteria.within.is_none();
             let local_done = federated.as_ref().is_some_and(|f| f.local_done);
             let local = async {
