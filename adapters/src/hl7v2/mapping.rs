@@ -18,7 +18,7 @@
 
 use super::config::Config;
 use crate::Organization;
-use crate::er7::{Charset, Field, Message, Repeat};
+use crate::er7::{Charset, Message, Repeat};
 use serde_json::{Map, Value, json};
 
 pub const BSN_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/bsn";
@@ -1077,14 +1077,4 @@ fn strip_nulls(v: &mut Value) {
     if let Value::Object(o) = v {
         o.retain(|_, x| !x.is_null());
     }
-}
-
-/// (For tests and tools.) The field at `n` of the first `segment` as text.
-pub fn field_text(m: &Message, segment: &str, n: usize) -> String {
-    m.segment(segment)
-        .map(|s| {
-            let f: Field = m.get(s, n);
-            f.first().text(1)
-        })
-        .unwrap_or_default()
 }
