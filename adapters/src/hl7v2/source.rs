@@ -58,7 +58,8 @@ pub async fn serve(
     }
 }
 
-/// Where the reader is in the byte stream.
+/// Where the reader is in the byte stream. (Frames that end are answered in the order they
+/// ended; a start block inside a frame ends it, unanswered if it was within the limit.)
 enum State {
     /// Outside a frame: bytes up to the next start block are skipped.
     Between,
@@ -147,6 +148,14 @@ pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 State::TooLarge { head, size } => {
+                    // A new frame ends this one too (its end block never came): refused, and
+                    // the new frame served.
+                    if b == START {
+                        frames.push(Err((std::mem::take(head), *size)));
+                        state = State::In(Vec::new());
+                        prev_end = false;
+                        continue;
+                    }
                     *size += 1;
                     if prev_end && b == END[1] {
                         frames.push(Err((std::mem::take(head), *size - 2)));

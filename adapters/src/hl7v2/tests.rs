@@ -447,6 +447,16 @@ async fn bad_messages_get_ae_or_ar_with_err() {
     assert!(ack.contains("exceeds the limit of 4096"), "{ack}");
     s.write_all(&frame(a04.as_bytes())).await.unwrap();
     assert_eq!(msa(&read_ack(&mut s).await.unwrap()).0, "AA");
+    // Too large and never ended: the next frame's start ends it (AR), and that frame is served.
+    let mut bytes = vec![START];
+    bytes.extend(big.as_bytes());
+    bytes.extend(frame(a04.replace("ANT-A04-1001", "AFTER-BIG").as_bytes()));
+    s.write_all(&bytes).await.unwrap();
+    assert_eq!(msa(&read_ack(&mut s).await.unwrap()).0, "AR");
+    assert_eq!(
+        msa(&read_ack(&mut s).await.unwrap()),
+        ("AA".into(), "AFTER-BIG".into())
+    );
 }
 
 #[tokio::test]
