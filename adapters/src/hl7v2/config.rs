@@ -16,6 +16,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout_secs: u64,
+    /// A message the gateway has not applied within this long is answered AR (send it again);
+    /// should it commit after all, the resend is recognised and acknowledged without a second
+    /// write.
+    pub apply_timeout_secs: u64,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
     /// The character set of a message whose MSH-18 is empty (`8859/1`, `UNICODE UTF-8`, `ASCII`).
@@ -38,6 +42,7 @@ impl Default for Config {
             tls: None,
             max_message_bytes: 1024 * 1024,
             idle_timeout_secs: 300,
+            apply_timeout_secs: 30,
             max_connections: 256,
             default_charset: "8859/1".into(),
             senders: BTreeMap::new(),

@@ -48,11 +48,11 @@ pub async fn serve(
                     )
                     .await;
                     match handshake {
-                        Ok(Ok(s)) => connection(s, &peer, &config, apply.as_ref()).await,
+                        Ok(Ok(s)) => connection(s, &peer, &config, &apply).await,
                         _ => tracing::info!(peer, "mllp TLS handshake failed"),
                     }
                 }
-                None => connection(stream, &peer, &config, apply.as_ref()).await,
+                None => connection(stream, &peer, &config, &apply).await,
             }
         });
     }
@@ -74,7 +74,7 @@ pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: &str,
     config: &Config,
-    apply: &dyn Apply,
+    apply: &Arc<dyn Apply>,
 ) {
     let idle = Duration::from_secs(config.idle_timeout_secs.max(1));
     let max = config.max_message_bytes.max(64);
@@ -191,7 +191,7 @@ pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// One message: parsed, mapped, applied; the acknowledgement to send.
-pub async fn handle(raw: &[u8], config: &Config, apply: &dyn Apply) -> Vec<u8> {
+pub async fn handle(raw: &[u8], config: &Config, apply: &Arc<dyn Apply>) -> Vec<u8> {
     let default = mapping::default_charset(config);
     let message = match Message::parse(raw, default) {
         Ok(m) => m,
@@ -208,7 +208,24 @@ pub async fn handle(raw: &[u8], config: &Config, apply: &dyn Apply) -> Vec<u8> {
             return ack(&message, Code::Error, Some(&why), ErrCode::Data);
         }
     };
-    match apply.apply(&mapped).await {
+    // On its own task: a message that outlasts the limit is answered AR but still finishes
+    // (written and audited, or not at all), so its resend finds a consistent state.
+    let limit = Duration::from_secs(config.apply_timeout_secs.max(1));
+    let work = {
+        let (apply, mapped) = (apply.clone(), mapped.clone());
+        tokio::spawn(async move { apply.apply(&mapped).await })
+    };
+    let applied = match tokio::time::timeout(limit, work).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(super::Failure::Unavailable(format!(
+            "the write failed: {e}"
+        ))),
+        Err(_) => Err(super::Failure::Unavailable(format!(
+            "not applied within {} s",
+            limit.as_secs()
+        ))),
+    };
+    match applied {
         Ok(super::Applied::Done) => ack(&message, Code::Accept, None, ErrCode::None),
         Ok(super::Applied::Duplicate) => ack(
             &message,

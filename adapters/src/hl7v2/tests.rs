@@ -26,6 +26,7 @@ fn config() -> Config {
         .insert("ANTONIUS".into(), org("90000002", "St. Antonius"));
     c.max_message_bytes = 4096;
     c.idle_timeout_secs = 2;
+    c.apply_timeout_secs = 1;
     c
 }
 
@@ -328,6 +329,9 @@ impl Apply for Recorder {
         m: &'a Mapped,
     ) -> futures::future::BoxFuture<'a, Result<Applied, Failure>> {
         Box::pin(async move {
+            if m.control_id.contains("SLOW") {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
             if m.control_id.contains("FAIL") {
                 return Err(Failure::Rejected("refused by the policy".into()));
             }
@@ -429,6 +433,14 @@ async fn bad_messages_get_ae_or_ar_with_err() {
         .unwrap();
     let ack = read_ack(&mut s).await.unwrap();
     assert_eq!(msa(&ack), ("AE".into(), "FAIL-1".into()));
+    // Not applied in time (the limit is 1 s here, the gateway takes 3): AR, and the connection
+    // goes on serving.
+    s.write_all(&frame(a04.replace("ANT-A04-1001", "SLOW-1").as_bytes()))
+        .await
+        .unwrap();
+    let ack = read_ack(&mut s).await.unwrap();
+    assert_eq!(msa(&ack), ("AR".into(), "SLOW-1".into()));
+    assert!(ack.contains("send it again"), "{ack}");
     // An unsupported type: AR.
     s.write_all(&frame(a04.replace("ADT^A04^ADT_A01", "MFN^M02").as_bytes()))
         .await
