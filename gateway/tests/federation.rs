@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Gateway, client_with, token};
+use common::{Gateway, client_with, get_json, token};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -99,10 +99,6 @@ fn lab(patient: &str, code: &str) -> Value {
     })
 }
 
-async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
-    c.get(url).send().await.unwrap().json().await.unwrap()
-}
-
 async fn cache_stats(gw: &Gateway) -> Value {
     let s: Value = reqwest::get(format!("http://{}/federation", gw.addr))
         .await
@@ -161,14 +157,11 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
     // Read: the partner's resource in the gateway's namespace, with where it came from and who
     // holds it. The St. Antonius token sees its own organisation's data.
     let as_antonius = client_with(&token("system/*.rs", "antonius", None));
-    let r: Value = as_antonius
-        .get(format!("{}/Observation/antonius.{o}", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = get_json(
+        &as_antonius,
+        format!("{}/Observation/antonius.{o}", gw.base),
+    )
+    .await;
     assert_eq!(r["id"], format!("antonius.{o}"), "{r}");
     assert_eq!(r["subject"]["reference"], format!("Patient/antonius.{p}"));
     assert_eq!(r["meta"]["source"], partner.base.as_str());
@@ -197,26 +190,20 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
     assert_eq!(missing.status(), 404);
 
     // Search fans out and merges: the local lab result and the partner's, in one bundle.
-    let b: Value = as_antonius
-        .get(format!("{}/Observation?category=laboratory", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b: Value = get_json(
+        &as_antonius,
+        format!("{}/Observation?category=laboratory", gw.base),
+    )
+    .await;
     let matches = ids(&b, "match");
     assert!(matches.contains(&format!("antonius.{o}")), "{b}");
     // Whether the local UMCU result shows to St. Antonius is the consent rules' business; the
     // holder (UMCU) sees its own.
-    let b_umcu: Value = as_umcu
-        .get(format!("{}/Observation?category=laboratory", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b_umcu: Value = get_json(
+        &as_umcu,
+        format!("{}/Observation?category=laboratory", gw.base),
+    )
+    .await;
     let umcu_matches = ids(&b_umcu, "match");
     assert!(umcu_matches.contains(&local_o), "{b_umcu}");
     // ... but not St. Antonius' lab result: medical data of another holder, no consent.
@@ -236,52 +223,37 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
     );
     assert!(!denied.text().await.unwrap().contains("2345-7"));
     assert_eq!(cache_stats(&gw).await["hits"].as_u64().unwrap(), before + 1);
-    let again: Value = as_antonius
-        .get(format!("{}/Observation/antonius.{o}", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = get_json(
+        &as_antonius,
+        format!("{}/Observation/antonius.{o}", gw.base),
+    )
+    .await;
     assert_eq!(again["id"], format!("antonius.{o}"));
     // (The Observation, and the Patient whose BSN the audit record names: both cached.)
     assert_eq!(cache_stats(&gw).await["hits"].as_u64().unwrap(), before + 3);
     // _include follows a partner resource's reference to the partner.
-    let b: Value = as_antonius
-        .get(format!(
+    let b: Value = get_json(
+        &as_antonius,
+        format!(
             "{}/Observation?patient=Patient/antonius.{p}&_include=Observation:subject",
             gw.base
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(ids(&b, "include"), vec![format!("antonius.{p}")], "{b}");
     // Search by a reference into the partner: rewritten back for it.
-    let b: Value = as_antonius
-        .get(format!(
-            "{}/Observation?patient=Patient/antonius.{p}",
-            gw.base
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b: Value = get_json(
+        &as_antonius,
+        format!("{}/Observation?patient=Patient/antonius.{p}", gw.base),
+    )
+    .await;
     assert_eq!(ids(&b, "match"), vec![format!("antonius.{o}")], "{b}");
     // A parameter the partner cannot evaluate: it is not asked, and the bundle says so.
-    let b: Value = as_antonius
-        .get(format!("{}/Observation?status=final", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b: Value = get_json(
+        &as_antonius,
+        format!("{}/Observation?status=final", gw.base),
+    )
+    .await;
     let notes = ids(&b, "outcome");
     assert!(
         notes
@@ -386,27 +358,13 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
             .map(|l| l["other"]["reference"].as_str().unwrap().to_owned())
             .collect()
     };
-    let mine: Value = as_umcu
-        .get(format!("{}/Patient/{linked_p}", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mine: Value = get_json(&as_umcu, format!("{}/Patient/{linked_p}", gw.base)).await;
     assert_eq!(
         links(&mine),
         vec![format!("Patient/antonius.{p}")],
         "{mine}"
     );
-    let theirs: Value = as_umcu
-        .get(format!("{}/Patient/antonius.{p}", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = get_json(&as_umcu, format!("{}/Patient/antonius.{p}", gw.base)).await;
     assert_eq!(
         links(&theirs),
         vec![format!("Patient/{linked_p}")],
@@ -424,14 +382,11 @@ async fn a_partner_server_is_read_and_searched_through_the_policy() {
     .await;
 
     // $everything gathers the person's records from the partner and from this store too.
-    let all: Value = as_umcu
-        .get(format!("{}/Patient/{linked_p}/$everything", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = get_json(
+        &as_umcu,
+        format!("{}/Patient/{linked_p}/$everything", gw.base),
+    )
+    .await;
     let mut got: Vec<String> = all["entry"]
         .as_array()
         .unwrap()

@@ -46,14 +46,7 @@ fn msa(ack: &str) -> (String, String) {
 }
 
 async fn search(c: &reqwest::Client, gw: &Gateway, query: &str) -> Vec<Value> {
-    let b: Value = c
-        .get(format!("{}/{query}", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b: Value = get_json(c, format!("{}/{query}", gw.base)).await;
     b["entry"]
         .as_array()
         .cloned()
@@ -127,14 +120,7 @@ async fn hospital_feeds_become_fhir_resources() {
     assert_eq!(s["link"][0]["type"], "replaces");
     assert_eq!(s["link"][0]["other"]["reference"], format!("Patient/{pid}"));
     assert!(s["identifier"].to_string().contains("\"old\""), "{s}");
-    let retired: Value = antonius
-        .get(format!("{}/Patient/{pid}", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let retired: Value = get_json(&antonius, format!("{}/Patient/{pid}", gw.base)).await;
     assert_eq!(retired["active"], false);
     assert_eq!(retired["link"][0]["type"], "replaced-by");
     assert_eq!(
@@ -168,14 +154,7 @@ async fn hospital_feeds_become_fhir_resources() {
     let file = dir.path().join("later.hl7");
     std::fs::write(&file, later).unwrap();
     assert_eq!(msa(&mllp_send(port, &file)).0, "AA");
-    let s2: Value = antonius
-        .get(format!("{}/Patient/{sid}", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s2: Value = get_json(&antonius, format!("{}/Patient/{sid}", gw.base)).await;
     assert_eq!(s2["meta"]["versionId"], "2", "{s2}");
 
     // UMCU's patient from A31 (Latin-1) and the lab result (ORU) on the same record.
@@ -253,18 +232,15 @@ async fn hospital_feeds_become_fhir_resources() {
     std::fs::write(&file, corrected).unwrap();
     let ack = mllp_send(port, &file);
     assert_eq!(msa(&ack), ("AA".into(), "UMCU-LAB-2002".into()), "{ack}");
-    let now: Value = umcu
-        .get(format!(
+    let now: Value = get_json(
+        &umcu,
+        format!(
             "{}/Observation/{}",
             gw.base,
             glucose["id"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(now["valueQuantity"]["value"], 5.9);
     assert_eq!(now["status"], "corrected");
     assert_eq!(now["meta"]["versionId"], "2");

@@ -182,6 +182,11 @@ pub fn anon() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// GET `url` with `c`; the body as JSON (the test fails when it is not).
+pub async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 pub fn client_with(token: &str) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut headers = reqwest::header::HeaderMap::new();
