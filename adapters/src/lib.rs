@@ -18,7 +18,10 @@ pub mod breaker;
 pub mod er7;
 pub mod error;
 pub mod hl7v2;
+pub mod local_time;
 pub mod namespace;
+pub mod nl_core;
+pub mod sql;
 pub mod upstream_fhir;
 
 pub use error::{AdapterError, ConfigError, Failure};
@@ -152,6 +155,26 @@ pub struct CacheStats {
 /// The JSON Schema of an adapter config section (all kinds), compiled into the binary.
 pub const SCHEMA: &str = include_str!("../../schemas/adapter.schema.json");
 
+/// The JSON Schema of a SQL adapter's `mappings`, compiled into the binary.
+pub const MAPPING_SCHEMA: &str = include_str!("../../schemas/mapping.schema.json");
+
+/// The schemas [`SCHEMA`] refers to, from the binary (nothing is fetched).
+struct Schemas;
+
+impl jsonschema::Retrieve for Schemas {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        match uri.as_str() {
+            "https://healthhub-utrecht.nl/schemas/mapping.schema.json" => {
+                Ok(serde_json::from_str(MAPPING_SCHEMA)?)
+            }
+            other => Err(format!("no schema {other} in the binary").into()),
+        }
+    }
+}
+
 /// Builds every adapter of the config, each section checked against [`SCHEMA`] first. Names must
 /// be unique and usable as an id prefix.
 pub fn build_all(sections: &[Value]) -> Result<Vec<Arc<dyn Adapter>>, ConfigError> {
@@ -159,10 +182,13 @@ pub fn build_all(sections: &[Value]) -> Result<Vec<Arc<dyn Adapter>>, ConfigErro
         name: None,
         message: format!("adapter schema: {e}"),
     })?;
-    let validator = jsonschema::validator_for(&schema).map_err(|e| ConfigError {
-        name: None,
-        message: format!("adapter schema: {e}"),
-    })?;
+    let validator = jsonschema::options()
+        .with_retriever(Schemas)
+        .build(&schema)
+        .map_err(|e| ConfigError {
+            name: None,
+            message: format!("adapter schema: {e}"),
+        })?;
     let mut out: Vec<Arc<dyn Adapter>> = Vec::new();
     for section in sections {
         let name = section["name"].as_str().map(str::to_owned);
@@ -181,6 +207,7 @@ pub fn build_all(sections: &[Value]) -> Result<Vec<Arc<dyn Adapter>>, ConfigErro
         }
         let adapter: Arc<dyn Adapter> = match section["kind"].as_str() {
             Some("fhir") => Arc::new(upstream_fhir::UpstreamFhir::from_config(section)?),
+            Some("sql") => Arc::new(sql::SqlAdapter::from_config(section)?),
             other => {
                 return Err(ConfigError {
                     name: Some(name),

@@ -1017,7 +1017,7 @@ pub fn date_time(v: &str) -> Option<String> {
                 day.parse().ok()?,
                 hour.parse().ok()?,
             );
-            if amsterdam_summer_time(y, mo, d, h) {
+            if crate::local_time::summer_time(y, mo, d, h) {
                 "+02:00"
             } else {
                 "+01:00"
@@ -1036,31 +1036,6 @@ fn instant(date_time: &str) -> String {
     } else {
         format!("{}T00:00:00+01:00", &date_time[..10.min(date_time.len())])
     }
-}
-
-/// EU summer time: from the last Sunday of March, 02:00 local, to the last Sunday of October,
-/// 03:00 local (the hour itself is taken as winter time in October: it is ambiguous anyway).
-fn amsterdam_summer_time(year: i32, month: u32, day: u32, hour: u32) -> bool {
-    let last_sunday = |m: u32| 31 - weekday(year, m, 31);
-    match month {
-        4..=9 => true,
-        3 => {
-            let s = last_sunday(3);
-            day > s || (day == s && hour >= 2)
-        }
-        10 => {
-            let s = last_sunday(10);
-            day < s || (day == s && hour < 2)
-        }
-        _ => false,
-    }
-}
-
-/// Day of the week, 0 = Sunday (Sakamoto).
-fn weekday(y: i32, m: u32, d: u32) -> u32 {
-    const T: [i32; 12] = [0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4];
-    let y = if m < 3 { y - 1 } else { y };
-    ((y + y / 4 - y / 100 + y / 400 + T[(m - 1) as usize] + d as i32).rem_euclid(7)) as u32
 }
 
 /// The BSN 11-proof: nine digits, 9*d1 + 8*d2 + ... + 2*d8 - d9 divisible by 11.
