@@ -18,6 +18,7 @@ pub mod breaker;
 pub mod er7;
 pub mod error;
 pub mod hl7v2;
+pub mod istandaarden;
 pub mod local_time;
 pub mod namespace;
 pub mod nl_core;
