@@ -28,6 +28,8 @@ pub struct Config {
     pub adapters: Vec<serde_json::Value>,
     /// The HL7 v2 (MLLP) listener and the senders it accepts (`[mllp]`).
     pub mllp: adapters::hl7v2::Config,
+    /// iWmo/iJw messages: the municipalities that send them, the drop directory (`[istandaarden]`).
+    pub istandaarden: adapters::istandaarden::Config,
 }
 
 /// Bulk data `$export` (see `export.rs`).
@@ -226,6 +228,7 @@ impl Default for Config {
             export: Export::default(),
             adapters: Vec::new(),
             mllp: adapters::hl7v2::Config::default(),
+            istandaarden: adapters::istandaarden::Config::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod federation;
 pub mod feed;
 pub mod fhir;
 pub mod import;
+pub mod inbox;
 pub mod policy;
 pub mod rest;
 pub mod server;

@@ -292,6 +292,7 @@ async fn serve(cfg: Config) {
     if let Some(l) = mllp {
         gateway::feed::start(&app, l).unwrap_or_else(|e| fail(&e));
     }
+    gateway::inbox::start(&app);
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())

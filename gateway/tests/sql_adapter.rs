@@ -84,7 +84,10 @@ async fn a_care_home_database_through_the_gateway() {
     // Read and search, tagged with the holder and the source.
     let patient = get_json(&vvt, format!("{}/Patient/zonnehuis.1", gw.base)).await;
     assert_eq!(patient["name"][0]["family"], "van der Berg", "{patient}");
-    assert_eq!(patient["meta"]["source"], "urn:healthhub-utrecht:sql:zonnehuis");
+    assert_eq!(
+        patient["meta"]["source"],
+        "urn:healthhub-utrecht:sql:zonnehuis"
+    );
     assert!(
         patient["meta"]["tag"]
             .as_array()
@@ -124,7 +127,10 @@ async fn a_care_home_database_through_the_gateway() {
         .get(format!(
             "{}/Patient?family={}",
             gw.base,
-            percent_encoding::utf8_percent_encode("' OR '1'='1' --", percent_encoding::NON_ALPHANUMERIC)
+            percent_encoding::utf8_percent_encode(
+                "' OR '1'='1' --",
+                percent_encoding::NON_ALPHANUMERIC
+            )
         ))
         .send()
         .await
@@ -167,8 +173,14 @@ async fn a_care_home_database_through_the_gateway() {
         .filter(|e| e["search"]["mode"] == "match")
         .filter_map(|e| e["resource"]["id"].as_str())
         .collect();
-    assert!(ids.contains(&"zonnehuis.100") && ids.contains(&"zonnehuis.101"), "{linked}");
-    assert!(!ids.contains(&"zonnehuis.102"), "another client's: {linked}");
+    assert!(
+        ids.contains(&"zonnehuis.100") && ids.contains(&"zonnehuis.101"),
+        "{linked}"
+    );
+    assert!(
+        !ids.contains(&"zonnehuis.102"),
+        "another client's: {linked}"
+    );
 
     // A municipality's token: no medical data, from this backend as from any other.
     let municipal = client_with(&token("system/*.rs", "utrecht", None));

@@ -25,6 +25,9 @@ pub const BASE: &str = "https://healthhub-utrecht.nl/fhir";
 /// The category every social-domain ServiceRequest carries (code `wmo` or `jeugdwet`); the
 /// policy knows social-domain data by it.
 pub const SOCIAL_DOMAIN: &str = "https://healthhub-utrecht.nl/fhir/CodeSystem/social-domain";
+/// The gateway's data categories; `social-domain` makes the policy treat a resource as
+/// social-domain data (seen by municipalities, never by them as medical data is).
+pub const DATA_CATEGORY: &str = "https://healthhub-utrecht.nl/fhir/CodeSystem/data-category";
 pub const HOLDER_TAG: &str = "https://healthhub-utrecht.nl/fhir/CodeSystem/holder";
 
 /// Return codes used (LDT_RetourCode of the 3.2 Basisschema).
@@ -90,12 +93,12 @@ impl Domain {
     fn categories(self) -> &'static [&'static str] {
         match self {
             Domain::Wmo => &[
-                "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12", "13",
-                "14", "15", "16", "17", "18",
+                "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12", "13", "14",
+                "15", "16", "17", "18",
             ],
             Domain::Jeugdwet => &[
-                "31", "32", "33", "34", "35", "36", "37", "38", "40", "41", "42", "43", "44",
-                "45", "46", "47", "48", "49", "50", "51", "52", "53", "54", "55",
+                "31", "32", "33", "34", "35", "36", "37", "38", "40", "41", "42", "43", "44", "45",
+                "46", "47", "48", "49", "50", "51", "52", "53", "54", "55",
             ],
         }
     }
@@ -194,7 +197,10 @@ impl Message {
         }
         let (root, root_ns) = parse_tree(bytes, config.max_depth)?;
         if root.name != "Bericht" {
-            return Err(Unreadable(format!("root element {} is not Bericht", root.name)));
+            return Err(Unreadable(format!(
+                "root element {} is not Bericht",
+                root.name
+            )));
         }
         let (domain, kind) = [Domain::Wmo, Domain::Jeugdwet]
             .into_iter()
@@ -282,7 +288,9 @@ fn parse_tree(bytes: &[u8], max_depth: usize) -> Result<(Element, String), Unrea
                     return Err(bad("content after the root element".into()));
                 }
                 if stack.len() >= max_depth {
-                    return Err(Unreadable(format!("nested deeper than {max_depth} elements")));
+                    return Err(Unreadable(format!(
+                        "nested deeper than {max_depth} elements"
+                    )));
                 }
                 for a in s.attributes() {
                     let a = a.map_err(|e| bad(e.to_string()))?;
@@ -326,7 +334,8 @@ fn parse_tree(bytes: &[u8], max_depth: usize) -> Result<(Element, String), Unrea
             Event::Text(t) => {
                 if let Some((e, _)) = stack.last_mut() {
                     let text = t.decode().map_err(|e| bad(e.to_string()))?;
-                    let text = quick_xml::escape::unescape(&text).map_err(|e| bad(e.to_string()))?;
+                    let text =
+                        quick_xml::escape::unescape(&text).map_err(|e| bad(e.to_string()))?;
                     e.text.push_str(&text);
                 }
             }
@@ -346,7 +355,9 @@ fn parse_tree(bytes: &[u8], max_depth: usize) -> Result<(Element, String), Unrea
                 }
             }
             Event::End(_) => {
-                let (element, uri) = stack.pop().ok_or_else(|| bad("unbalanced end tag".into()))?;
+                let (element, uri) = stack
+                    .pop()
+                    .ok_or_else(|| bad("unbalanced end tag".into()))?;
                 match stack.last_mut() {
                     Some((parent, _)) => parent.children.push(element),
                     None => root = Some((element, uri.unwrap_or_default())),
@@ -381,7 +392,12 @@ impl Assessment {
         self.header.is_empty() && self.client.is_empty() && self.products.iter().all(Vec::is_empty)
     }
 
-    fn add(list: &mut Vec<&'static str>, findings: &mut Vec<String>, code: &'static str, why: String) {
+    fn add(
+        list: &mut Vec<&'static str>,
+        findings: &mut Vec<String>,
+        code: &'static str,
+        why: String,
+    ) {
         if !list.contains(&code) {
             list.push(code);
         }
@@ -405,32 +421,75 @@ pub fn assess(m: &Message, config: &Config, today: &str, seen_before: bool) -> A
     let mut f = Vec::new();
     let (code, _) = bericht_code(m.domain, m.kind);
     if m.header(&["BerichtCode"]) != Some(code) {
-        Assessment::add(&mut h, &mut f, code::TECHNICAL, format!("BerichtCode must be {code}"));
+        Assessment::add(
+            &mut h,
+            &mut f,
+            code::TECHNICAL,
+            format!("BerichtCode must be {code}"),
+        );
     }
     if m.header(&["BerichtVersie"]) != Some("3") || m.header(&["BerichtSubversie"]) != Some("2") {
-        Assessment::add(&mut h, &mut f, code::TECHNICAL, "release must be 3.2".into());
+        Assessment::add(
+            &mut h,
+            &mut f,
+            code::TECHNICAL,
+            "release must be 3.2".into(),
+        );
     }
     let (municipality, provider) = (m.municipality_code(), m.provider());
     if !digits(municipality, 4, 4) {
-        Assessment::add(&mut h, &mut f, code::TECHNICAL, format!("municipality code {municipality:?} is not 4 digits"));
+        Assessment::add(
+            &mut h,
+            &mut f,
+            code::TECHNICAL,
+            format!("municipality code {municipality:?} is not 4 digits"),
+        );
     } else if !config.municipalities.contains_key(municipality) {
-        Assessment::add(&mut h, &mut f, code::UNKNOWN_MUNICIPALITY, format!("municipality {municipality} is not known here"));
+        Assessment::add(
+            &mut h,
+            &mut f,
+            code::UNKNOWN_MUNICIPALITY,
+            format!("municipality {municipality} is not known here"),
+        );
     }
     if !digits(provider, 8, 8) {
-        Assessment::add(&mut h, &mut f, code::TECHNICAL, format!("provider AGB code {provider:?} is not 8 digits"));
+        Assessment::add(
+            &mut h,
+            &mut f,
+            code::TECHNICAL,
+            format!("provider AGB code {provider:?} is not 8 digits"),
+        );
     }
     let ident = m.identification();
     if ident.is_empty() || ident.chars().count() > 12 {
-        Assessment::add(&mut h, &mut f, code::TECHNICAL, "Identificatie must be 1 to 12 characters".into());
+        Assessment::add(
+            &mut h,
+            &mut f,
+            code::TECHNICAL,
+            "Identificatie must be 1 to 12 characters".into(),
+        );
     } else if seen_before {
-        Assessment::add(&mut h, &mut f, code::NOT_UNIQUE, format!("Identificatie {ident} was used before"));
+        Assessment::add(
+            &mut h,
+            &mut f,
+            code::NOT_UNIQUE,
+            format!("Identificatie {ident} was used before"),
+        );
     }
     match m.header(&["BerichtIdentificatie", "Dagtekening"]) {
-        Some(d) if valid_date(d) && d > today => {
-            Assessment::add(&mut h, &mut f, code::FUTURE_DATE, format!("Dagtekening {d} is after today"))
-        }
+        Some(d) if valid_date(d) && d > today => Assessment::add(
+            &mut h,
+            &mut f,
+            code::FUTURE_DATE,
+            format!("Dagtekening {d} is after today"),
+        ),
         Some(d) if valid_date(d) => {}
-        _ => Assessment::add(&mut h, &mut f, code::TECHNICAL, "Dagtekening missing or not a date".into()),
+        _ => Assessment::add(
+            &mut h,
+            &mut f,
+            code::TECHNICAL,
+            "Dagtekening missing or not a date".into(),
+        ),
     }
     a.header = h;
 
@@ -440,19 +499,50 @@ pub fn assess(m: &Message, config: &Config, today: &str, seen_before: bool) -> A
         Some(client) => {
             match client.at(&["Bsn"]) {
                 Some(b) if crate::hl7v2::mapping::eleven_proof(b) => {}
-                other => Assessment::add(&mut c, &mut f, code::TECHNICAL, format!("Bsn {other:?} is not a valid BSN (11-proof)")),
+                other => Assessment::add(
+                    &mut c,
+                    &mut f,
+                    code::TECHNICAL,
+                    format!("Bsn {other:?} is not a valid BSN (11-proof)"),
+                ),
             }
-            if !client.at(&["Geboortedatum", "Datum"]).is_some_and(valid_date) {
-                Assessment::add(&mut c, &mut f, code::TECHNICAL, "Geboortedatum missing or not a date".into());
+            if !client
+                .at(&["Geboortedatum", "Datum"])
+                .is_some_and(valid_date)
+            {
+                Assessment::add(
+                    &mut c,
+                    &mut f,
+                    code::TECHNICAL,
+                    "Geboortedatum missing or not a date".into(),
+                );
             }
             if !matches!(client.at(&["Geslacht"]), Some("0" | "1" | "2")) {
-                Assessment::add(&mut c, &mut f, code::TECHNICAL, "Geslacht must be 0, 1 or 2".into());
+                Assessment::add(
+                    &mut c,
+                    &mut f,
+                    code::TECHNICAL,
+                    "Geslacht must be 0, 1 or 2".into(),
+                );
             }
-            if client.at(&["Naam", "Geslachtsnaam", "Achternaam"]).is_none() {
-                Assessment::add(&mut c, &mut f, code::TECHNICAL, "Naam/Geslachtsnaam/Achternaam missing".into());
+            if client
+                .at(&["Naam", "Geslachtsnaam", "Achternaam"])
+                .is_none()
+            {
+                Assessment::add(
+                    &mut c,
+                    &mut f,
+                    code::TECHNICAL,
+                    "Naam/Geslachtsnaam/Achternaam missing".into(),
+                );
             }
             if m.products().is_empty() {
-                Assessment::add(&mut c, &mut f, code::TECHNICAL, format!("no {}", m.kind.products().1));
+                Assessment::add(
+                    &mut c,
+                    &mut f,
+                    code::TECHNICAL,
+                    format!("no {}", m.kind.products().1),
+                );
             }
         }
     }
@@ -472,65 +562,144 @@ pub fn assess(m: &Message, config: &Config, today: &str, seen_before: bool) -> A
             Kind::Allocation => match p.at(&["ToewijzingNummer"]) {
                 Some(t) if digits(t, 1, 8) => {
                     if seen_numbers.contains(&t) {
-                        Assessment::add(&mut pc, &mut f, code::ALLOCATION_NOT_UNIQUE, format!("product {n}: ToewijzingNummer {t} twice"));
+                        Assessment::add(
+                            &mut pc,
+                            &mut f,
+                            code::ALLOCATION_NOT_UNIQUE,
+                            format!("product {n}: ToewijzingNummer {t} twice"),
+                        );
                     }
                     seen_numbers.push(t);
                 }
-                _ => Assessment::add(&mut pc, &mut f, code::TECHNICAL, format!("product {n}: ToewijzingNummer missing or not a number")),
+                _ => Assessment::add(
+                    &mut pc,
+                    &mut f,
+                    code::TECHNICAL,
+                    format!("product {n}: ToewijzingNummer missing or not a number"),
+                ),
             },
             Kind::Request => {
                 if p.at(&["ReferentieAanbieder"]).is_none() {
-                    Assessment::add(&mut pc, &mut f, code::TECHNICAL, format!("product {n}: ReferentieAanbieder missing"));
+                    Assessment::add(
+                        &mut pc,
+                        &mut f,
+                        code::TECHNICAL,
+                        format!("product {n}: ReferentieAanbieder missing"),
+                    );
                 }
             }
         }
         if m.kind == Kind::Allocation && !p.at(&["Toewijzingsdatum"]).is_some_and(valid_date) {
-            Assessment::add(&mut pc, &mut f, code::TECHNICAL, format!("product {n}: Toewijzingsdatum missing or not a date"));
+            Assessment::add(
+                &mut pc,
+                &mut f,
+                code::TECHNICAL,
+                format!("product {n}: Toewijzingsdatum missing or not a date"),
+            );
         }
         let category = p.at(&["Product", "Categorie"]);
         if !category.is_some_and(|c| m.domain.categories().contains(&c)) {
-            Assessment::add(&mut pc, &mut f, code::TECHNICAL, format!("product {n}: Categorie {category:?} is not in the {} code list", m.domain.display()));
+            Assessment::add(
+                &mut pc,
+                &mut f,
+                code::TECHNICAL,
+                format!(
+                    "product {n}: Categorie {category:?} is not in the {} code list",
+                    m.domain.display()
+                ),
+            );
         }
         let product_code = p.at(&["Product", "Code"]);
         if let Some(pcode) = product_code
             && pcode.chars().count() > 5
         {
-            Assessment::add(&mut pc, &mut f, code::TECHNICAL, format!("product {n}: Code {pcode:?} is longer than 5"));
+            Assessment::add(
+                &mut pc,
+                &mut f,
+                code::TECHNICAL,
+                format!("product {n}: Code {pcode:?} is longer than 5"),
+            );
         }
         match p.child("Omvang") {
             Some(o) => {
                 if !o.at(&["Volume"]).is_some_and(|v| digits(v, 1, 8)) {
-                    Assessment::add(&mut pc, &mut f, code::TECHNICAL, format!("product {n}: Volume must be 0..99999999"));
+                    Assessment::add(
+                        &mut pc,
+                        &mut f,
+                        code::TECHNICAL,
+                        format!("product {n}: Volume must be 0..99999999"),
+                    );
                 }
-                if !matches!(o.at(&["Eenheid"]), Some("01" | "04" | "14" | "16" | "82" | "83" | "84")) {
-                    Assessment::add(&mut pc, &mut f, code::TECHNICAL, format!("product {n}: Eenheid not in its code list"));
+                if !matches!(
+                    o.at(&["Eenheid"]),
+                    Some("01" | "04" | "14" | "16" | "82" | "83" | "84")
+                ) {
+                    Assessment::add(
+                        &mut pc,
+                        &mut f,
+                        code::TECHNICAL,
+                        format!("product {n}: Eenheid not in its code list"),
+                    );
                 }
                 if !matches!(o.at(&["Frequentie"]), Some("1" | "2" | "4" | "6")) {
-                    Assessment::add(&mut pc, &mut f, code::TECHNICAL, format!("product {n}: Frequentie not in its code list"));
+                    Assessment::add(
+                        &mut pc,
+                        &mut f,
+                        code::TECHNICAL,
+                        format!("product {n}: Frequentie not in its code list"),
+                    );
                 }
             }
             None if product_code.is_some() && m.kind == Kind::Allocation => {
-                Assessment::add(&mut pc, &mut f, code::VOLUME_MISSING, format!("product {n}: Omvang missing for a product with a code"));
+                Assessment::add(
+                    &mut pc,
+                    &mut f,
+                    code::VOLUME_MISSING,
+                    format!("product {n}: Omvang missing for a product with a code"),
+                );
             }
             None => {}
         }
         let start = p.at(&[start_field]);
         let end = p.at(&[end_field]);
         if !start.is_some_and(valid_date) {
-            Assessment::add(&mut pc, &mut f, code::TECHNICAL, format!("product {n}: {start_field} missing or not a date"));
+            Assessment::add(
+                &mut pc,
+                &mut f,
+                code::TECHNICAL,
+                format!("product {n}: {start_field} missing or not a date"),
+            );
         }
         if let Some(e) = end {
             if !valid_date(e) {
-                Assessment::add(&mut pc, &mut f, code::TECHNICAL, format!("product {n}: {end_field} not a date"));
+                Assessment::add(
+                    &mut pc,
+                    &mut f,
+                    code::TECHNICAL,
+                    format!("product {n}: {end_field} not a date"),
+                );
             } else if start.is_some_and(|s| valid_date(s) && e < s) {
-                Assessment::add(&mut pc, &mut f, code::TECHNICAL, format!("product {n}: {end_field} {e} before {start_field}"));
+                Assessment::add(
+                    &mut pc,
+                    &mut f,
+                    code::TECHNICAL,
+                    format!("product {n}: {end_field} {e} before {start_field}"),
+                );
             }
         }
         if let (Some(s), Some(cat)) = (start.filter(|s| valid_date(s)), category) {
             let key = format!("{cat}/{}", product_code.unwrap_or_default());
             let e = end.unwrap_or("9999-12-31").to_owned();
-            if periods.iter().any(|(k, ps, pe)| *k == key && s <= pe.as_str() && ps.as_str() <= e.as_str()) {
-                Assessment::add(&mut pc, &mut f, code::OVERLAP, format!("product {n}: {key} again with an overlapping period"));
+            if periods
+                .iter()
+                .any(|(k, ps, pe)| *k == key && s <= pe.as_str() && ps.as_str() <= e.as_str())
+            {
+                Assessment::add(
+                    &mut pc,
+                    &mut f,
+                    code::OVERLAP,
+                    format!("product {n}: {key} again with an overlapping period"),
+                );
             }
             periods.push((key, s.to_owned(), e));
         }
@@ -550,7 +719,9 @@ pub fn answer(m: &Message, a: &Assessment, return_id: &str, today: &str) -> Stri
     let ns = format!("{}/{p}/schema", m.domain.namespace_root());
     let basis = format!("{}/basisschema/schema", m.domain.namespace_root());
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    out.push_str(&format!("<{p}:Bericht xmlns:{p}=\"{ns}\" xmlns:{b}=\"{basis}\">"));
+    out.push_str(&format!(
+        "<{p}:Bericht xmlns:{p}=\"{ns}\" xmlns:{b}=\"{basis}\">"
+    ));
     out.push_str(&format!("<{p}:Header>"));
     let el = |out: &mut String, name: &str, value: &str| {
         out.push_str(&format!("<{p}:{name}>{}</{p}:{name}>", esc(value)));
@@ -559,7 +730,11 @@ pub fn answer(m: &Message, a: &Assessment, return_id: &str, today: &str) -> Stri
     el(&mut out, "BerichtVersie", "3");
     el(&mut out, "BerichtSubversie", "2");
     el(&mut out, "Afzender", m.sender());
-    el(&mut out, "Ontvanger", m.header(&["Ontvanger"]).unwrap_or_default());
+    el(
+        &mut out,
+        "Ontvanger",
+        m.header(&["Ontvanger"]).unwrap_or_default(),
+    );
     let header = m.root.child("Header");
     for name in ["BerichtIdentificatie", "XsdVersie"] {
         if let Some(e) = header.and_then(|h| h.child(name)) {
@@ -574,41 +749,54 @@ pub fn answer(m: &Message, a: &Assessment, return_id: &str, today: &str) -> Stri
     codes(&mut out, &p, &a.header);
     out.push_str(&format!("</{p}:Header>"));
     if let Some(client) = m.client() {
-        let (list, one) = m.kind.products();
-        out.push_str(&format!("<{p}:Client>"));
-        for c in &client.children {
-            if c.name == list {
-                out.push_str(&format!("<{p}:{list}>"));
-                for (i, prod) in c.children_named(one).enumerate() {
-                    out.push_str(&format!("<{p}:{one}>"));
-                    for x in &prod.children {
-                        write_element(&mut out, x, &p, b);
-                    }
-                    codes(&mut out, &p, a.products.get(i).map(Vec::as_slice).unwrap_or(&[]));
-                    out.push_str(&format!("</{p}:{one}>"));
-                }
-                out.push_str(&format!("</{p}:{list}>"));
-            } else if c.name == "Relaties" || c.name == "Contactgegevens" {
-                // Their classes (Relatie, Contact) get their own codes: no remarks.
-                out.push_str(&format!("<{p}:{}>", c.name));
-                for class in &c.children {
-                    out.push_str(&format!("<{p}:{}>", class.name));
-                    for x in &class.children {
-                        write_element(&mut out, x, &p, b);
-                    }
-                    codes(&mut out, &p, &[]);
-                    out.push_str(&format!("</{p}:{}>", class.name));
-                }
-                out.push_str(&format!("</{p}:{}>", c.name));
-            } else {
-                write_element(&mut out, c, &p, b);
-            }
-        }
-        codes(&mut out, &p, &a.client);
-        out.push_str(&format!("</{p}:Client>"));
+        let mut product = 0;
+        echo(
+            &mut out,
+            client,
+            &p,
+            b,
+            a,
+            m.kind.products().1,
+            &mut product,
+        );
     }
     out.push_str(&format!("</{p}:Bericht>\n"));
     out
+}
+
+/// Echoes a message element into the return message; every class of the return message
+/// (Client, Relatie, Contact, the products) ends with its return codes.
+fn echo(
+    out: &mut String,
+    e: &Element,
+    p: &str,
+    b: &str,
+    a: &Assessment,
+    product_name: &str,
+    product: &mut usize,
+) {
+    let prefix = if e.ns == Ns::Basis { b } else { p };
+    out.push_str(&format!("<{prefix}:{}>", e.name));
+    if e.children.is_empty() {
+        out.push_str(&esc(e.text.trim()));
+    }
+    let own: Option<Vec<&str>> = if e.name == product_name {
+        *product += 1;
+        Some(a.products.get(*product - 1).cloned().unwrap_or_default())
+    } else if e.name == "Client" && e.ns == Ns::Message {
+        Some(a.client.clone())
+    } else if matches!(e.name.as_str(), "Relatie" | "Contact") && e.ns == Ns::Message {
+        Some(Vec::new())
+    } else {
+        None
+    };
+    for c in &e.children {
+        echo(out, c, p, b, a, product_name, product);
+    }
+    if let Some(list) = own {
+        codes(out, p, &list);
+    }
+    out.push_str(&format!("</{prefix}:{}>", e.name));
 }
 
 fn codes(out: &mut String, p: &str, list: &[&str]) {
@@ -645,7 +833,10 @@ fn esc(s: &str) -> String {
 pub fn to_fhir(m: &Message, municipality: &Organization) -> Value {
     let client = m.client().expect("an approved message has a client");
     let bsn = client.at(&["Bsn"]).unwrap_or_default();
-    let holder = format!("{HOLDER_TAG}|{}|{}", municipality.system, municipality.value);
+    let holder = format!(
+        "{HOLDER_TAG}|{}|{}",
+        municipality.system, municipality.value
+    );
     let patient_url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
     let mut entries = vec![json!({
         "fullUrl": patient_url,
@@ -701,7 +892,10 @@ pub fn to_fhir(m: &Message, municipality: &Organization) -> Value {
             "identifier": [identifier],
             "status": status,
             "intent": intent,
-            "category": [{"coding": [{"system": SOCIAL_DOMAIN, "code": m.domain.code(), "display": m.domain.display()}]}],
+            "category": [{"coding": [
+                {"system": SOCIAL_DOMAIN, "code": m.domain.code(), "display": m.domain.display()},
+                {"system": DATA_CATEGORY, "code": "social-domain"}
+            ]}],
             "code": {"coding": codings},
             "subject": {"reference": patient_url},
             "occurrencePeriod": period,
@@ -712,8 +906,19 @@ pub fn to_fhir(m: &Message, municipality: &Organization) -> Value {
             sr["quantityQuantity"] = quantity(o);
         }
         if let (Some(d), Some(t)) = (p.at(&["Toewijzingsdatum"]), p.at(&["Toewijzingstijd"])) {
-            let offset = d.get(..4).zip(d.get(5..7)).zip(d.get(8..10)).zip(t.get(..2))
-                .and_then(|(((y, mo), da), h)| Some(crate::local_time::offset_text(y.parse().ok()?, mo.parse().ok()?, da.parse().ok()?, h.parse().ok()?)))
+            let offset = d
+                .get(..4)
+                .zip(d.get(5..7))
+                .zip(d.get(8..10))
+                .zip(t.get(..2))
+                .and_then(|(((y, mo), da), h)| {
+                    Some(crate::local_time::offset_text(
+                        y.parse().ok()?,
+                        mo.parse().ok()?,
+                        da.parse().ok()?,
+                        h.parse().ok()?,
+                    ))
+                })
                 .unwrap_or("+01:00");
             sr["authoredOn"] = json!(format!("{d}T{t}{offset}"));
         } else if let Some(d) = p.at(&["Toewijzingsdatum"]) {
@@ -771,8 +976,12 @@ fn patient(client: &Element, municipality: &Organization) -> Value {
     use fhir_sdk::r4b::types::Identifier;
     let name = client.child("Naam");
     let parts = crate::nl_core::NameParts {
-        family: name.and_then(|n| n.at(&["Geslachtsnaam", "Achternaam"])).map(str::to_owned),
-        prefix: name.and_then(|n| n.at(&["Geslachtsnaam", "Voorvoegsel"])).map(str::to_owned),
+        family: name
+            .and_then(|n| n.at(&["Geslachtsnaam", "Achternaam"]))
+            .map(str::to_owned),
+        prefix: name
+            .and_then(|n| n.at(&["Geslachtsnaam", "Voorvoegsel"]))
+            .map(str::to_owned),
         given: name
             .and_then(|n| n.at(&["Voornamen"]))
             .map(|g| g.split_whitespace().map(str::to_owned).collect())
@@ -786,7 +995,14 @@ fn patient(client: &Element, municipality: &Organization) -> Value {
         .and_then(|a| {
             let letter = a.at(&["Huis", "Huisletter"]).unwrap_or_default();
             let addition = a.at(&["Huis", "HuisnummerToevoeging"]).unwrap_or_default();
-            let suffix = format!("{letter}{}{addition}", if !letter.is_empty() && !addition.is_empty() { " " } else { "" });
+            let suffix = format!(
+                "{letter}{}{addition}",
+                if !letter.is_empty() && !addition.is_empty() {
+                    " "
+                } else {
+                    ""
+                }
+            );
             crate::nl_core::address(&crate::nl_core::AddressParts {
                 street: a.at(&["Straatnaam"]).map(str::to_owned),
                 house_number: a.at(&["Huis", "Huisnummer"]).map(str::to_owned),
@@ -802,12 +1018,19 @@ fn patient(client: &Element, municipality: &Organization) -> Value {
         _ => AdministrativeGender::Unknown,
     };
     let mut b = Patient::builder()
-        .identifier(vec![Identifier::builder()
-            .system(BSN_SYSTEM.to_owned())
-            .value(client.at(&["Bsn"]).unwrap_or_default().to_owned())
-            .build()
-            .ok()])
-        .name(crate::nl_core::human_name(&parts).map(Some).into_iter().collect())
+        .identifier(vec![
+            Identifier::builder()
+                .system(BSN_SYSTEM.to_owned())
+                .value(client.at(&["Bsn"]).unwrap_or_default().to_owned())
+                .build()
+                .ok(),
+        ])
+        .name(
+            crate::nl_core::human_name(&parts)
+                .map(Some)
+                .into_iter()
+                .collect(),
+        )
         .gender(gender)
         .address(address.map(Some).into_iter().collect());
     if let Some(d) = client

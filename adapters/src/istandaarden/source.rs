@@ -16,7 +16,7 @@ use std::sync::Arc;
 pub trait Apply: Send + Sync {
     /// Whether the sender used this Identificatie for this message type before (its receipt
     /// exists).
-    async fn seen(&self, receipt: &str) -> Result<bool, String>;
+    async fn seen(&self, municipality: &Organization, receipt: &str) -> Result<bool, String>;
     /// Writes the transaction (its first entry the receipt) as the municipality's principal.
     /// `Err` when it could not be written now (the store): the message is not answered.
     async fn apply(&self, municipality: &Organization, bundle: Value) -> Result<(), Failure>;
@@ -53,21 +53,39 @@ pub enum Error {
 /// The receipt id of a message: one per sender, type and Identificatie.
 pub fn receipt_id(m: &Message) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("{}|{}|{}", m.type_name(), m.sender(), m.identification()));
+    let digest = sha2::Sha256::digest(format!(
+        "{}|{}|{}",
+        m.type_name(),
+        m.sender(),
+        m.identification()
+    ));
     let hex: String = digest.iter().take(20).map(|b| format!("{b:02x}")).collect();
     format!("istandaarden-{hex}")
 }
 
 fn today() -> String {
     let now = crate::local_time::to_local(time::OffsetDateTime::now_utc());
-    format!("{:04}-{:02}-{:02}", now.year(), u8::from(now.month()), now.day())
+    format!(
+        "{:04}-{:02}-{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day()
+    )
 }
 
 /// Reads, assesses, writes and answers one message.
 pub async fn handle(bytes: &[u8], config: &Config, apply: &dyn Apply) -> Result<Handled, Error> {
     let m = Message::parse(bytes, config).map_err(|Unreadable(why)| Error::Unreadable(why))?;
     let receipt = receipt_id(&m);
-    let seen = apply.seen(&receipt).await.map_err(Error::Unavailable)?;
+    // Receipts are the municipality's records; a municipality not configured has none here
+    // (and the message is answered S300).
+    let seen = match config.municipalities.get(m.municipality_code()) {
+        Some(municipality) => apply
+            .seen(municipality, &receipt)
+            .await
+            .map_err(Error::Unavailable)?,
+        None => false,
+    };
     let today = today();
     let mut assessment = mapping::assess(&m, config, &today, seen);
     let return_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
@@ -101,7 +119,9 @@ pub async fn handle(bytes: &[u8], config: &Config, apply: &dyn Apply) -> Result<
             }
             Err(Failure::Refused(why)) => {
                 assessment.client.push(mapping::code::TECHNICAL);
-                assessment.findings.push(format!("0001: not accepted by the gateway: {why}"));
+                assessment
+                    .findings
+                    .push(format!("0001: not accepted by the gateway: {why}"));
             }
             Err(Failure::Unavailable(why)) => return Err(Error::Unavailable(why)),
         }
@@ -148,7 +168,16 @@ pub async fn sweep(dir: &Path, config: &Config, apply: &dyn Apply) -> std::io::R
         let path = dir.join(&name);
         let bytes = match tokio::fs::metadata(&path).await {
             Ok(m) if m.len() as usize > config.max_bytes => {
-                fail(dir, &name, &format!("{} bytes; at most {} are accepted", m.len(), config.max_bytes)).await?;
+                fail(
+                    dir,
+                    &name,
+                    &format!(
+                        "{} bytes; at most {} are accepted",
+                        m.len(),
+                        config.max_bytes
+                    ),
+                )
+                .await?;
                 continue;
             }
             Ok(_) => tokio::fs::read(&path).await?,
@@ -157,7 +186,11 @@ pub async fn sweep(dir: &Path, config: &Config, apply: &dyn Apply) -> std::io::R
         match handle(&bytes, config, apply).await {
             Ok(h) => {
                 let stem = name.trim_end_matches(".xml").trim_end_matches(".XML");
-                write_then_rename(&dir.join("out").join(format!("{stem}.retour.xml")), h.answer.as_bytes()).await?;
+                write_then_rename(
+                    &dir.join("out").join(format!("{stem}.retour.xml")),
+                    h.answer.as_bytes(),
+                )
+                .await?;
                 tokio::fs::rename(&path, dir.join("done").join(&name)).await?;
                 tracing::info!(file = name, message = h.message_type, applied = h.applied, findings = ?h.findings, "istandaarden message");
                 handled += 1;
@@ -167,7 +200,11 @@ pub async fn sweep(dir: &Path, config: &Config, apply: &dyn Apply) -> std::io::R
                 handled += 1;
             }
             Err(Error::Unavailable(why)) => {
-                tracing::warn!(file = name, error = why, "istandaarden message not written now; kept for the next round");
+                tracing::warn!(
+                    file = name,
+                    error = why,
+                    "istandaarden message not written now; kept for the next round"
+                );
             }
         }
     }
@@ -176,7 +213,11 @@ pub async fn sweep(dir: &Path, config: &Config, apply: &dyn Apply) -> std::io::R
 
 async fn fail(dir: &Path, name: &str, why: &str) -> std::io::Result<()> {
     tracing::warn!(file = name, error = why, "istandaarden message refused");
-    write_then_rename(&dir.join("failed").join(format!("{name}.error.txt")), why.as_bytes()).await?;
+    write_then_rename(
+        &dir.join("failed").join(format!("{name}.error.txt")),
+        why.as_bytes(),
+    )
+    .await?;
     tokio::fs::rename(dir.join(name), dir.join("failed").join(name)).await
 }
 

@@ -91,6 +91,25 @@ pub fn feed_principal(organization: Organization, feed: &str) -> Principal {
     }))
 }
 
+/// A municipality's iWmo/iJw messages (the `/istandaarden` route and the drop directory): a
+/// system principal for the municipality that may create and update the clients and
+/// allocations its messages carry, and the messages' receipts. Only the inbox makes one, for a
+/// municipality its config names.
+pub fn inbox_principal(organization: Organization, sender: &str) -> Principal {
+    Principal::Token(Arc::new(TokenPrincipal {
+        issuer: "urn:healthhub-utrecht:gateway-inbox".into(),
+        subject: format!("istandaarden/{sender}"),
+        organization: Arc::new(organization),
+        scopes: scopes::parse("system/Patient.crus system/ServiceRequest.crus system/Basic.crus"),
+        patient: None,
+        fhir_user: None,
+        client_id: Some(format!("istandaarden inbox {sender}")),
+        purpose_of_use: None,
+        token_id: None,
+        linked: Vec::new(),
+    }))
+}
+
 /// The operator of this gateway at its command line (`gateway import`): a system principal for
 /// `organization` with every permission. Only the CLI makes one (it holds the data directory or
 /// the database credentials already); what it does is audited like any request.

@@ -198,14 +198,41 @@ impl Privacy {
             return Ok(Release::Allowed);
         }
         let (class, categories) = regional::classify(&self.policy, ty, resource);
-        if class == DataClass::Medical && self.policy.medical_barred.contains(&me.kind) {
+        let barred = self.policy.medical_barred.contains(&me.kind);
+        if class == DataClass::Medical && barred {
             return Ok(Release::Withheld);
         }
+        let patients = compartment::patients(ty, id, resource);
         if class == DataClass::Administrative {
+            // A social-domain organisation (a municipality) sees only the records it holds of
+            // its residents: that a care provider holds a record of someone tells of care.
+            return Ok(if barred && !patients.is_empty() {
+                Release::Withheld
+            } else {
+                Release::Allowed
+            });
+        }
+        if patients.is_empty() {
             return Ok(Release::Allowed);
         }
-        let patients = compartment::patients(ty, id, resource);
-        if patients.is_empty() {
+        let holder = holder_ids.map(|(s, v)| self.organization(s, v));
+        // Social-domain data addressed to the asking organisation (an allocation whose
+        // performer it is): its mandate, unless the patient's consent says otherwise.
+        if class == DataClass::SocialDomain && addressed_to(resource, me) {
+            for patient in &patients {
+                let rules = self.rules_for(patient).await?;
+                let facts = Facts {
+                    requester: me,
+                    holder: holder.as_deref(),
+                    purpose: &asked.purpose,
+                    resource_type: ty,
+                    categories: &categories,
+                    at: time::OffsetDateTime::now_utc(),
+                };
+                if let Some((Verdict::Deny, _)) = consent::decide(&rules, &facts) {
+                    return Ok(Release::Withheld);
+                }
+            }
             return Ok(Release::Allowed);
         }
         // The patient's own record, to the patient (fhirUser names them, or names the launch
@@ -222,7 +249,6 @@ impl Privacy {
         {
             return Ok(Release::Allowed);
         }
-        let holder = holder_ids.map(|(s, v)| self.organization(s, v));
         for patient in &patients {
             let verdict = self
                 .decision(patient, token, holder.as_deref(), ty, &categories, asked)
@@ -468,6 +494,18 @@ pub fn bsn_in(patient: &Value) -> Option<String> {
 }
 
 /// Whether a `fhirUser` (`Patient/x` or an absolute URL ending so) names this patient.
+/// Whether a resource's `performer` names `org` by identifier (an allocation addressed to it).
+fn addressed_to(resource: &Value, org: &Organization) -> bool {
+    resource["performer"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| {
+            p["identifier"]["system"] == org.system.as_str()
+                && p["identifier"]["value"] == org.value.as_str()
+        })
+}
+
 fn names_patient(fhir_user: &str, patient: &str) -> bool {
     let tail = format!("Patient/{patient}");
     fhir_user == tail || fhir_user.ends_with(&format!("/{tail}"))

@@ -173,7 +173,7 @@ async fn handle(
 }
 
 async fn pipeline(
-    app: &App,
+    app: &Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
     is_tls: bool,
@@ -197,6 +197,8 @@ async fn pipeline(
                 }
             };
         }
+        // iWmo/iJw messages (XML, not FHIR): answered with their return message.
+        "/istandaarden" => return istandaarden_request(app, parts, body, peer, shape).await,
         _ => {}
     }
     let Some(fhir_path) = path
@@ -271,6 +273,90 @@ async fn pipeline(
     resp
 }
 
+/// The body, within `max_body_bytes` (413 beyond, whether declared or streamed).
+async fn read_body(
+    parts: &http::request::Parts,
+    body: Incoming,
+    limits: &crate::config::Limits,
+) -> Result<Bytes, Error> {
+    let too_large =
+        || Error::too_large(format!("body larger than {} bytes", limits.max_body_bytes));
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limits.max_body_bytes as usize)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(_) => Err(Error::invalid("the request body could not be read")),
+    }
+}
+
+/// `POST /istandaarden`: an iWmo/iJw message of the caller's organisation, answered with its
+/// return message (`application/xml`); errors as OperationOutcomes. Audited like a FHIR access.
+async fn istandaarden_request(
+    app: &Arc<App>,
+    parts: http::request::Parts,
+    body: Incoming,
+    peer: SocketAddr,
+    shape: Shape,
+) -> Response<Full<Bytes>> {
+    let mut access = Access {
+        peer: peer.ip().to_string(),
+        interaction: "istandaarden".into(),
+        action: "C",
+        ..Default::default()
+    };
+    let authorization = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match app.auth.authenticate(authorization).await {
+        Ok(p) => p,
+        Err(e) => {
+            access.status = e.status.as_u16();
+            let _ = app.auditor.record(&Principal::Anonymous, &access).await;
+            return respond::error(&e, shape);
+        }
+    };
+    let answer = async {
+        if parts.method != http::Method::POST {
+            return Err(Error::not_supported(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST an iWmo/iJw message here",
+            ));
+        }
+        let bytes = read_body(&parts, body, &app.config.limits).await?;
+        crate::inbox::post(app, &principal, &bytes, &peer.ip().to_string()).await
+    };
+    let resp = match tokio::time::timeout(app.config.limits.request_timeout(), answer).await {
+        Ok(Ok((_, xml))) => Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/xml; charset=utf-8")
+            .body(Full::new(Bytes::from(xml)))
+            .unwrap_or_else(|_| respond::error(&Error::internal("response"), shape)),
+        Ok(Err(e)) => respond::error(&e, shape),
+        Err(_) => respond::error(&Error::timeout(), shape),
+    };
+    access.status = resp.status().as_u16();
+    if let Err(e) = app.auditor.record(&principal, &access).await {
+        return respond::error(&e, shape);
+    }
+    resp
+}
+
 /// A FHIR request of an authenticated (or anonymous) principal: limits, parsing, execution.
 /// Fills `access` with what the audit needs to know.
 #[allow(clippy::too_many_arguments)]
@@ -295,30 +381,9 @@ async fn fhir_request(
             shape,
         );
     }
-    let too_large =
-        || Error::too_large(format!("body larger than {} bytes", limits.max_body_bytes));
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_body_bytes) {
-        return respond::error(&too_large(), shape);
-    }
-    let bytes = match Limited::new(body, limits.max_body_bytes as usize)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return respond::error(&too_large(), shape);
-        }
-        Err(_) => {
-            return respond::error(&Error::invalid("the request body could not be read"), shape);
-        }
+    let bytes = match read_body(parts, body, limits).await {
+        Ok(b) => b,
+        Err(e) => return respond::error(&e, shape),
     };
     let raw = Raw {
         method: &parts.method,
