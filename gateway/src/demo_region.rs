@@ -2,11 +2,12 @@
 //! - St. Antonius' own FHIR server (a second gateway instance with its own store) and its SMART
 //!   authorization server (client_credentials with a private_key_jwt client assertion, verified
 //!   against the demo key's public half);
-//! - the regional gateway, with St. Antonius behind the upstream-FHIR adapter and an MLLP
-//!   listener;
+//! - the regional gateway, with St. Antonius behind the upstream-FHIR adapter, a care home's
+//!   client record (SQLite) behind the SQL adapter, an MLLP listener and the iWmo/iJw inbox;
 //!
 //! then loads St. Antonius' records, replays UMC Utrecht's HL7 v2 feed into the listener over
-//! real MLLP, records the patient's consent, and prints demo tokens (hospital clinician, GP,
+//! real MLLP, delivers Gemeente Utrecht's allocations (WMO301, JW301) to the inbox, records the
+//! patient's consent, and prints demo tokens (hospital clinician, GP,
 //! municipal app, the patient) with requests that show what each may and may not see.
 //!
 //! Everything here is demo data: fictitious organisations, test BSNs that pass the 11-proof,
@@ -173,6 +174,14 @@ pub async fn run(data: PathBuf, ports: Ports) -> Result<(), String> {
     cfg.listen = format!("127.0.0.1:{}", ports.fhir);
     cfg.adapters = vec![adapter(ports.partner, ports.token, &key)];
     cfg.mllp.listen = Some(format!("127.0.0.1:{}", ports.mllp));
+    // Zorggroep Utrecht ouderenzorg's client record behind the SQL adapter, and Gemeente
+    // Utrecht's allocations into the iWmo/iJw inbox.
+    cfg.adapters
+        .push(crate::demo_social::care_home(&data).await?);
+    cfg.istandaarden.municipalities.insert(
+        crate::demo_social::MUNICIPALITY_CODE.into(),
+        crate::demo_social::municipality(),
+    );
     let app = App::build(cfg).await.map_err(|e| e.log_detail())?.share();
     crate::feed::start(&app, bind(ports.mllp).await?)?;
     serve_fhir(app.clone(), bind(ports.fhir).await?, &shutdown);
@@ -187,6 +196,7 @@ pub async fn run(data: PathBuf, ports: Ports) -> Result<(), String> {
             return Err(format!("the demo feed was not accepted: {ack}"));
         }
     }
+    crate::demo_social::deliver(&app).await?;
     crate::submit::bundle(
         &app,
         &crate::policy::local_operator(org("umcu")),
@@ -262,7 +272,7 @@ async fn print_guide(http: &reqwest::Client, base: &str, patient: &str, ports: &
             mint("gp", "user/*.rs", None, Some("Practitioner/demo-gp")),
         ),
         (
-            "elderly care (VVT), no consent",
+            "elderly care (VVT): its own",
             mint("vvt", "user/*.rs", None, None),
         ),
         (
@@ -294,7 +304,7 @@ async fn print_guide(http: &reqwest::Client, base: &str, patient: &str, ports: &
         "\nOne person (BSN {BSN}) with a record at UMC Utrecht (Patient/{patient}, from the HL7 v2 feed)"
     );
     println!(
-        "and one at St. Antonius (its own server), a lab result at each, and a consent recorded at"
+        "one at St. Antonius (its own server) and one at the care home (its own SQL database), results\nat each, and a consent recorded at"
     );
     println!(
         "UMC Utrecht that lets hospitals and the GP see their data. The same request with five tokens:\n"
@@ -320,10 +330,10 @@ async fn print_guide(http: &reqwest::Client, base: &str, patient: &str, ports: &
                         format!(
                             "{} ({})",
                             r["code"]["coding"][0]["display"].as_str().unwrap_or("?"),
-                            if r["id"].as_str().unwrap_or("").starts_with("antonius.") {
-                                "St. Antonius"
-                            } else {
-                                "UMC Utrecht"
+                            match r["id"].as_str().unwrap_or("").split_once('.') {
+                                Some(("antonius", _)) => "St. Antonius",
+                                Some(("zorggroep", _)) => "care home",
+                                _ => "UMC Utrecht",
                             }
                         )
                     })
@@ -338,6 +348,7 @@ async fn print_guide(http: &reqwest::Client, base: &str, patient: &str, ports: &
         };
         println!("  {who:<32} {summary}");
     }
+    social_domain(http, base).await;
     println!("\nTry it (tokens are valid for 8 hours):\n");
     for (who, token) in &roles {
         println!("  # {who}");
@@ -350,6 +361,64 @@ async fn print_guide(http: &reqwest::Client, base: &str, patient: &str, ports: &
         "NEN 7513 audit record): GET {base}/AuditEvent with a system/AuditEvent.rs token lists them."
     );
     println!("Ctrl-C stops the demo.");
+}
+
+/// The social domain: Utrecht's allocations, seen by the municipal app and by the youth-care
+/// provider they are addressed to.
+async fn social_domain(http: &reqwest::Client, base: &str) {
+    println!(
+        "\nGemeente Utrecht sent two allocations (iWmo WMO301, iJw JW301; POST /istandaarden takes them,"
+    );
+    println!("answering WMO302/JW302). The same request with two more tokens:\n");
+    println!("  GET {base}/ServiceRequest\n");
+    for (who, token) in [
+        (
+            "municipal app (Utrecht)",
+            mint("utrecht", "user/*.rs", None, None),
+        ),
+        (
+            "youth care (Jeugdhulp Utrecht)",
+            mint("youth", "user/*.rs", None, None),
+        ),
+    ] {
+        let summary = match http
+            .get(format!("{base}/ServiceRequest"))
+            .bearer_auth(&token)
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                let seen: Vec<String> = body["entry"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["search"]["mode"] == "match")
+                    .map(|e| {
+                        let r = &e["resource"];
+                        format!(
+                            "{} allocation {}",
+                            r["category"][0]["coding"][0]["display"]
+                                .as_str()
+                                .unwrap_or("?"),
+                            r["identifier"][0]["value"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{status}, {}",
+                    if seen.is_empty() {
+                        "nothing".into()
+                    } else {
+                        seen.join("; ")
+                    }
+                )
+            }
+            Err(e) => format!("failed: {e}"),
+        };
+        println!("  {who:<32} {summary}");
+    }
 }
 
 /// St. Antonius' authorization server for the demo: SMART Backend Services (client_credentials,

@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit;
 pub mod config;
 pub mod demo_region;
+pub mod demo_social;
 pub mod error;
 pub mod export;
 pub mod federation;

@@ -305,7 +305,8 @@ impl Who {
             return true;
         }
         let medical = !ADMINISTRATIVE.contains(&r.ty.as_str());
-        if medical && ORGS[self.org].3 == "municipality" {
+        if ORGS[self.org].3 == "municipality" && (medical || r.patient.is_some()) {
+            // Never medical data; of patients' records, only those it holds (above).
             return false;
         }
         let Some(p) = r.patient.as_ref().filter(|_| medical) else {

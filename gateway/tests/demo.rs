@@ -61,7 +61,25 @@ fn the_demo_region_shows_who_sees_what() {
     assert!(both(&row("UMC Utrecht clinician")), "{text}");
     assert!(both(&row("GP")), "{text}");
     assert!(both(&row("the patient's own app")), "{text}");
-    assert!(row("elderly care").ends_with("200, nothing"), "{text}");
+    // The care home sees its own client record (behind the SQL adapter), not the hospitals'.
+    let care = row("elderly care");
+    assert!(
+        care.contains("(care home)") && !care.contains("(UMC Utrecht)"),
+        "{text}"
+    );
+    // The social domain: the municipal app sees both of Utrecht's allocations, the youth-care
+    // provider only the Jeugdwet one addressed to it.
+    let municipal = row("municipal app (Utrecht)");
+    assert!(
+        municipal.contains("Wmo 2015 allocation 0344-5001")
+            && municipal.contains("Jeugdwet allocation 0344-7001"),
+        "{text}"
+    );
+    let youth = row("youth care");
+    assert!(
+        youth.contains("Jeugdwet allocation 0344-7001") && !youth.contains("Wmo"),
+        "{text}"
+    );
     assert!(row("municipal app").ends_with("200, nothing"), "{text}");
     assert_eq!(text.matches("curl -s").count(), 5, "{text}");
     eprintln!("demo up in {:?}", started.elapsed());

@@ -619,9 +619,9 @@ impl Where {
         let d = self.d;
         let high_of = |col: &str| match table.kind(col) {
             ColumnKind::Date => d.end_of_day(&table.col(d, col)),
-            _ => table.col(d, col),
+            _ => d.moment(&table.col(d, col)),
         };
-        let low = table.col(d, start);
+        let low = d.moment(&table.col(d, start));
         let high = match end {
             Some(e) => format!(
                 "COALESCE({}, {})",

@@ -6,6 +6,7 @@ use super::config::Config;
 use crate::{AdapterError, ConfigError, Failure};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{Column, Executor, Row, SqlSafeStr, Statement, TypeInfo};
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use std::time::Duration;
 pub enum Dialect {
     MySql,
     Postgres,
+    /// An embedded database file (a small institution's export, the demo region's care home).
+    Sqlite,
 }
 
 impl Dialect {
@@ -23,7 +26,7 @@ impl Dialect {
         name.split('.')
             .map(|part| match self {
                 Dialect::MySql => format!("`{part}`"),
-                Dialect::Postgres => format!("\"{part}\""),
+                Dialect::Postgres | Dialect::Sqlite => format!("\"{part}\""),
             })
             .collect::<Vec<_>>()
             .join(".")
@@ -32,7 +35,7 @@ impl Dialect {
     /// The n-th (1-based) bound value's placeholder.
     pub fn placeholder(self, n: usize) -> String {
         match self {
-            Dialect::MySql => "?".to_owned(),
+            Dialect::MySql | Dialect::Sqlite => "?".to_owned(),
             Dialect::Postgres => format!("${n}"),
         }
     }
@@ -41,7 +44,7 @@ impl Dialect {
     pub fn as_text(self, expr: &str) -> String {
         match self {
             Dialect::MySql => format!("CAST({expr} AS CHAR)"),
-            Dialect::Postgres => format!("CAST({expr} AS TEXT)"),
+            Dialect::Postgres | Dialect::Sqlite => format!("CAST({expr} AS TEXT)"),
         }
     }
 
@@ -49,7 +52,7 @@ impl Dialect {
     pub fn exact(self, expr: &str, placeholder: &str) -> String {
         match self {
             Dialect::MySql => format!("CAST({expr} AS BINARY) = CAST({placeholder} AS BINARY)"),
-            Dialect::Postgres => format!("{expr} = {placeholder}"),
+            Dialect::Postgres | Dialect::Sqlite => format!("{expr} = {placeholder}"),
         }
     }
 
@@ -58,6 +61,8 @@ impl Dialect {
         match self {
             Dialect::MySql => format!("CAST({placeholder} AS DATETIME)"),
             Dialect::Postgres => format!("CAST({placeholder} AS TIMESTAMP)"),
+            // SQLite keeps dates as text; datetime() writes them one way, so they compare.
+            Dialect::Sqlite => format!("datetime({placeholder})"),
         }
     }
 
@@ -66,6 +71,15 @@ impl Dialect {
         match self {
             Dialect::MySql => format!("({expr} + INTERVAL 86399 SECOND)"),
             Dialect::Postgres => format!("({expr} + INTERVAL '86399 seconds')"),
+            Dialect::Sqlite => format!("datetime({expr}, '+86399 seconds')"),
+        }
+    }
+
+    /// A date or date-time column as the statements compare it.
+    pub fn moment(self, expr: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("datetime({expr})"),
+            _ => expr.to_owned(),
         }
     }
 }
@@ -106,6 +120,7 @@ pub enum Bind {
 enum Pool {
     MySql(MySqlPool),
     Postgres(PgPool),
+    Sqlite(SqlitePool),
 }
 
 pub struct Source {
@@ -174,6 +189,18 @@ impl Source {
                     })
                     .connect_lazy_with(options),
             )
+        } else if url.starts_with("sqlite:") {
+            // No statement time-out in SQLite: the gateway's own wait below bounds a call.
+            let options = SqliteConnectOptions::from_str(&url)
+                .map_err(|e| error(format!("url: {e}")))?
+                .read_only(read_only)
+                .busy_timeout(Duration::from_millis(timeout_ms));
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(config.pool_size)
+                    .acquire_timeout(acquire)
+                    .connect_lazy_with(options),
+            )
         } else {
             let mut options =
                 PgConnectOptions::from_str(&url).map_err(|e| error(format!("url: {e}")))?;
@@ -205,6 +232,7 @@ impl Source {
         match self.pool {
             Pool::MySql(_) => Dialect::MySql,
             Pool::Postgres(_) => Dialect::Postgres,
+            Pool::Sqlite(_) => Dialect::Sqlite,
         }
     }
 
@@ -219,6 +247,11 @@ impl Source {
                         .columns(),
                 ),
                 Pool::Postgres(p) => describe(
+                    p.prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
+                        .await?
+                        .columns(),
+                ),
+                Pool::Sqlite(p) => describe(
                     p.prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
                         .await?
                         .columns(),
@@ -251,6 +284,16 @@ impl Source {
                 Pool::Postgres(p) => {
                     // The statement is built by the mapping from quoted identifiers, fixed fragments and
                     // placeholders only; every search value is bound.
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+                    for b in binds {
+                        q = match b {
+                            Bind::Int(i) => q.bind(*i),
+                            Bind::Text(s) => q.bind(s.as_str()),
+                        };
+                    }
+                    q.fetch_all(p).await?.iter().map(texts).collect()
+                }
+                Pool::Sqlite(p) => {
                     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
                     for b in binds {
                         q = match b {

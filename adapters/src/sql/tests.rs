@@ -138,6 +138,16 @@ async fn run(url: &str, statements: &[String]) {
                 .await
                 .unwrap_or_else(|e| panic!("{s}: {e}"));
         }
+    } else if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+            .await
+            .expect("SQLite file");
+        for s in statements {
+            sqlx::query(sqlx::AssertSqlSafe(s.clone()))
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
     } else {
         let pool = sqlx::PgPool::connect(url)
             .await
@@ -558,6 +568,26 @@ async fn elderly_care_record_on_postgres() {
     let a = adapter(&section(POSTGRES, elderly_care_mappings(&p)));
     elderly_care_checks(a.as_ref()).await;
     run(POSTGRES, &drop_tables(&p, &ELDERLY_TABLES)).await;
+}
+
+/// The same mapping on an embedded SQLite file (the demo region's care home; a small
+/// institution's export), read-only.
+#[tokio::test]
+async fn elderly_care_record_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ecd.db").display());
+    let p = prefix();
+    run(&url, &elderly_care(&p, false)).await;
+    let a = adapter(&section(&url, elderly_care_mappings(&p)));
+    elderly_care_checks(a.as_ref()).await;
+    let config: config::Config =
+        serde_json::from_value(section(&url, elderly_care_mappings(&p))).unwrap();
+    let e = source::Source::new(&config)
+        .unwrap()
+        .rows(&format!("DELETE FROM {p}_clienten"), &[])
+        .await
+        .unwrap_err();
+    assert!(e.detail.contains("readonly"), "{}", e.detail);
 }
 
 /// Search values an attacker would try, on every kind of parameter: each is a bound value,
