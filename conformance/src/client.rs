@@ -9,6 +9,9 @@ pub struct Fhir {
     pub http: reqwest::Client,
     /// The same base without the configured headers (no credentials).
     pub anonymous: reqwest::Client,
+    /// A municipal app's credentials and its municipality's CBS code (`--municipal-header`,
+    /// `--municipality`), for the social-domain group.
+    pub municipal: Option<(reqwest::Client, String)>,
 }
 
 pub struct Answer {
@@ -53,7 +56,33 @@ impl Fhir {
             base: base.trim_end_matches('/').to_owned(),
             http,
             anonymous,
+            municipal: None,
         })
+    }
+
+    /// Adds a municipal app's credentials (`Name: value` headers) and its municipality code.
+    pub fn with_municipal(mut self, headers: &[String], code: &str) -> Result<Fhir, String> {
+        let other = Fhir::new(&self.base, headers)?;
+        self.municipal = Some((other.http, code.to_owned()));
+        Ok(self)
+    }
+
+    /// This client as the municipal app, if one was given.
+    pub fn as_municipality(&self) -> Option<(Fhir, String)> {
+        let (http, code) = self.municipal.clone()?;
+        Some((
+            Fhir {
+                http,
+                municipal: None,
+                ..self.clone()
+            },
+            code,
+        ))
+    }
+
+    /// The deployment's root (the base without `/fhir`), where `/istandaarden` is.
+    pub fn root(&self) -> &str {
+        self.base.trim_end_matches("/fhir")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -26,18 +26,30 @@ struct Args {
     /// Extra request header, `Name: value` (repeatable), e.g. an Authorization header.
     #[arg(long = "header")]
     headers: Vec<String>,
+    /// A municipal app's request header (repeatable), for the social-domain group; without it
+    /// the group is skipped.
+    #[arg(long = "municipal-header", requires = "municipality")]
+    municipal_headers: Vec<String>,
+    /// The municipal app's municipality (CBS code, e.g. 0344), the Afzender of the iWmo
+    /// messages the group sends.
+    #[arg(long)]
+    municipality: Option<String>,
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let client = match client::Fhir::new(&args.base, &args.headers) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("conformance: {e}");
-            std::process::exit(2);
-        }
-    };
+    let client =
+        match client::Fhir::new(&args.base, &args.headers).and_then(|c| match &args.municipality {
+            Some(code) => c.with_municipal(&args.municipal_headers, code),
+            None => Ok(c),
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("conformance: {e}");
+                std::process::exit(2);
+            }
+        };
     let started = Instant::now();
     let results = conformance::run(&client, args.group.as_deref()).await;
     let summary = report::summary(&args.base, &results, started.elapsed().as_secs_f64());

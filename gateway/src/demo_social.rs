@@ -178,7 +178,8 @@ fn messages() -> Vec<String> {
 pub async fn deliver(app: &Arc<App>) -> Result<(), String> {
     let inbox = crate::inbox::Inbox::new(app.clone(), "demo");
     for m in messages() {
-        let h = adapters::istandaarden::handle(m.as_bytes(), &app.config.istandaarden, &inbox)
+        let settings = crate::inbox::settings(&app.config);
+        let h = adapters::istandaarden::handle(m.as_bytes(), &settings, &inbox)
             .await
             .map_err(|e| format!("{e:?}"))?;
         if !h.applied {

@@ -71,6 +71,20 @@ fn diagnostics(e: &Error) -> String {
         .to_owned()
 }
 
+/// The inbox's settings: as configured, or, in a deployment that trusts the demo issuers and
+/// names no municipality, the demo municipality (as the HL7 v2 feed takes the demo hospitals).
+pub fn settings(config: &crate::config::Config) -> istandaarden::Config {
+    let mut c = config.istandaarden.clone();
+    if c.municipalities.is_empty() && config.auth.demo {
+        c.municipalities = crate::policy::demo::organizations()
+            .into_iter()
+            .filter(|(_, o)| o.kind == "municipality")
+            .map(|(_, o)| (o.value.clone(), o))
+            .collect();
+    }
+    c
+}
+
 /// `POST /istandaarden` by `principal`: the message's sender must be the caller's own
 /// organisation (a municipality's CBS code for an allocation, a provider's AGB code for a
 /// request). Answers the return message (200, `application/xml`).
@@ -83,7 +97,7 @@ pub async fn post(
     let Principal::Token(token) = principal else {
         return Err(Error::unauthenticated());
     };
-    let config = &app.config.istandaarden;
+    let config = &settings(&app.config);
     let message = istandaarden::mapping::Message::parse(body, config).map_err(|e| {
         Error::invalid(format!(
             "not an iWmo/iJw message this gateway takes: {}",
@@ -112,7 +126,7 @@ pub fn start(app: &Arc<App>) {
     let Some(dir) = app.config.istandaarden.drop_dir.clone() else {
         return;
     };
-    let config = Arc::new(app.config.istandaarden.clone());
+    let config = Arc::new(settings(&app.config));
     let inbox: Arc<dyn Apply> = Arc::new(Inbox::new(
         app.clone(),
         format!("drop directory {}", dir.display()),

@@ -305,11 +305,12 @@ impl Who {
             return true;
         }
         let medical = !ADMINISTRATIVE.contains(&r.ty.as_str());
-        if ORGS[self.org].3 == "municipality" && (medical || r.patient.is_some()) {
-            // Never medical data; of patients' records, only those it holds (above).
+        let municipality = ORGS[self.org].3 == "municipality";
+        if medical && municipality {
             return false;
         }
-        let Some(p) = r.patient.as_ref().filter(|_| medical) else {
+        // A municipality sees another organisation's patient records only with consent.
+        let Some(p) = r.patient.as_ref().filter(|_| medical || municipality) else {
             return true;
         };
         if self.is_patient && self.patient.as_ref() == Some(p) {

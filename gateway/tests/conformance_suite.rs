@@ -22,8 +22,23 @@ async fn gateway_passes_the_conformance_suite_on_postgres() {
 
 async fn passes(gw: Gateway) {
     let auth = format!("Authorization: Bearer {}", common::admin_token());
-    let client = conformance::client::Fhir::new(&gw.base, &[auth]).unwrap();
+    let municipal = format!(
+        "Authorization: Bearer {}",
+        common::token("system/*.rs", "utrecht", None)
+    );
+    let client = conformance::client::Fhir::new(&gw.base, &[auth])
+        .unwrap()
+        .with_municipal(&[municipal], "0344")
+        .unwrap();
     let results = conformance::run(&client, None).await;
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.group == "social-domain")
+            .count()
+            >= 4,
+        "the social-domain group ran"
+    );
     let failed: Vec<String> = results
         .iter()
         .filter_map(|r| {

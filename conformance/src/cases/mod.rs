@@ -9,6 +9,7 @@ pub mod federation;
 mod operations;
 mod search;
 mod security;
+pub mod social;
 mod transactions;
 mod versioning;
 
@@ -68,6 +69,10 @@ pub fn groups() -> Vec<Group> {
         Group {
             name: "federation",
             cases: federation::cases(),
+        },
+        Group {
+            name: "social-domain",
+            cases: social::cases(),
         },
     ]
 }

@@ -203,14 +203,12 @@ impl Privacy {
             return Ok(Release::Withheld);
         }
         let patients = compartment::patients(ty, id, resource);
-        if class == DataClass::Administrative {
-            // A social-domain organisation (a municipality) sees only the records it holds of
-            // its residents: that a care provider holds a record of someone tells of care.
-            return Ok(if barred && !patients.is_empty() {
-                Release::Withheld
-            } else {
-                Release::Allowed
-            });
+        // Administrative data is shared by scope alone, except with a social-domain organisation
+        // (a municipality): that a care provider holds a record of someone tells of care, so a
+        // patient's record held by another organisation needs the person's consent, like
+        // social-domain data (below); its own residents' records it holds itself (above).
+        if class == DataClass::Administrative && (!barred || patients.is_empty()) {
+            return Ok(Release::Allowed);
         }
         if patients.is_empty() {
             return Ok(Release::Allowed);
