@@ -14,6 +14,9 @@ Suites:
             of Patient?identifier=bsn|N (wrk, --search-connections), and _total=accurate over the
             ~112,000 DiagnosticReports; SQLite and/or PostgreSQL (--search-stores)
 
+  social    the SQL adapter's read (GET Observation/[id] from MariaDB) beside the same row read
+            directly with sqlx (sql-direct), and WMO301 messages ingested per second by POST
+            /istandaarden (wrk, unique message ids per thread)
   federation a partner gateway (St. Antonius' FHIR server) read directly, beside the same reads
             through the gateway's upstream-FHIR adapter without a cache and from its cache, and
             local reads at the gateway (wrk -c--federation-connections, latency at low load)
@@ -288,6 +291,123 @@ def federation_suite(args, workdir, servers, report):
     report.append("\n".join(lines))
 
 
+MARIADB = os.environ.get("GATEWAY_BENCH_MARIADB", "mysql://root@127.0.0.1:3306/test")
+SQL_DIRECT = os.path.join(ROOT, "target/release/sql-direct")
+
+
+def mysql(sql):
+    subprocess.run(["mysql", "-uroot", "-h127.0.0.1", "test"], input=sql, text=True, check=True)
+
+
+def eleven_proof_bsns(n):
+    out, i = [], 100000000
+    while len(out) < n:
+        i += 1
+        d = [int(c) for c in f"{i:09d}"]
+        s = sum(d[k] * (9 - k) for k in range(8)) - d[8]
+        if s % 11 == 0 and s != 0:
+            out.append(f"{i:09d}")
+    return out
+
+
+def social_suite(args, workdir, servers, report):
+    """The SQL adapter read vs the same row read directly from MariaDB, and iWmo messages per
+    second beside the same content as a FHIR transaction."""
+    prefix = f"b{uuid.uuid4().hex[:8]}"
+    n = 2000
+    print("social: seeding MariaDB", file=sys.stderr)
+    rows = ",".join(f"({i}, {1 + i % 500}, 'RR_SYS', {110 + i % 40}, 'mm[Hg]', '2026-0{1 + i % 9}-1{i % 10} 08:30:00')" for i in range(1, n + 1))
+    mysql(f"CREATE TABLE {prefix}_metingen (meting_id INT PRIMARY KEY, client_id INT, soort VARCHAR(20), waarde DECIMAL(7,2), "
+          f"eenheid VARCHAR(20), gemeten_op DATETIME); INSERT INTO {prefix}_metingen VALUES {rows};")
+    try:
+        config = f"""
+[[adapters]]
+name = "zorg"
+kind = "sql"
+url = "{MARIADB}"
+pool_size = 4
+[adapters.organization]
+system = "http://fhir.nl/fhir/NamingSystem/ura"
+value = "90000004"
+type = "vvt"
+name = "bench care home"
+[[adapters.mappings]]
+resource = "Observation"
+table = "{prefix}_metingen"
+id = "meting_id"
+[adapters.mappings.fields]
+patient = "client_id"
+effective = "gemeten_op"
+value = {{ column = "waarde", unit_column = "eenheid" }}
+code = {{ column = "soort", map = {{ RR_SYS = {{ system = "http://loinc.org", code = "8480-6" }} }} }}
+[istandaarden.municipalities."0344"]
+system = "urn:healthhub-utrecht:cbs-gemeentecode"
+value = "0344"
+type = "municipality"
+name = "Gemeente Utrecht"
+"""
+        gw = gateway("social", 18294, workdir, config)
+        servers.append(gw)
+        vvt = demo_token("system/*.rs", "vvt")
+        ids = [str(i) for i in range(1, n + 1)]
+        ids_file = os.path.join(workdir, "sql-ids.txt")
+        open(ids_file, "w").write("\n".join(ids) + "\n")
+        script = lua_reads(workdir, "sqlread", [f"zorg.{i}" for i in ids], "/fhir/Observation/", vvt)
+        lines = [f"### Reads through the SQL adapter vs the same row read directly from MariaDB ({n} rows)", "",
+                 "| client | concurrency | calls/s (median) | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|---|---|"]
+        wrk(gw.url, script, 3, 1)  # warm-up (resolves the mapping)
+        for c in (1, 4):
+            direct, through = [], []
+            for _ in range(args.rounds):
+                out = subprocess.run([SQL_DIRECT, MARIADB, f"SELECT * FROM {prefix}_metingen WHERE meting_id = ?", ids_file,
+                                      str(args.seconds), str(c)], capture_output=True, text=True, check=True).stdout
+                direct.append(json.loads(out))
+                through.append(wrk(gw.url, script, args.seconds, c, threads=1))
+            med = statistics.median
+            lines.append(f"| MariaDB directly (sqlx pool) | {c} | {med([d['rps'] for d in direct]):.0f} | "
+                         + " | ".join(f"{med([d[p] for d in direct]):.3f}" for p in ("p50", "p90", "p99")) + " |")
+            lines.append(f"| gateway: JWT, SQL adapter, FHIR mapping, policy, audit | {c} | {med([t['rps'] for t in through]):.0f} | "
+                         + " | ".join(f"{med([t['lat'][p] for t in through]):.3f}" for p in ("50", "90", "99")) + " |")
+        report.append("\n".join(lines) + "\n")
+
+        # iWmo: WMO301 messages (one allocation each) to POST /istandaarden, unique ids per thread.
+        bsns = eleven_proof_bsns(5000)
+        utrecht = demo_token("system/*.rs", "utrecht")
+        lua = os.path.join(workdir, "wmo301.lua")
+        open(lua, "w").write("""
+local bsns = {%s}
+local counter = 1
+function setup(thread) thread:set("tid", counter); counter = counter + 1 end
+function init(args) n = 0 end
+request = function()
+  n = n + 1
+  local ident = string.format("%%d%%09d", tid, n)
+  local number = string.format("%%d%%07d", tid, n %% 10000000)
+  local bsn = bsns[(tid * 7919 + n) %% #bsns + 1]
+  local body = '<?xml version="1.0" encoding="UTF-8"?><wmo301:Bericht xmlns:wmo301="http://www.istandaarden.nl/iwmo/3_2/wmo301/schema" xmlns:iwmo="http://www.istandaarden.nl/iwmo/3_2/basisschema/schema">'
+    .. '<wmo301:Header><wmo301:BerichtCode>414</wmo301:BerichtCode><wmo301:BerichtVersie>3</wmo301:BerichtVersie><wmo301:BerichtSubversie>2</wmo301:BerichtSubversie><wmo301:Afzender>0344</wmo301:Afzender><wmo301:Ontvanger>42420001</wmo301:Ontvanger>'
+    .. '<wmo301:BerichtIdentificatie><iwmo:Identificatie>' .. ident .. '</iwmo:Identificatie><iwmo:Dagtekening>2026-01-05</iwmo:Dagtekening></wmo301:BerichtIdentificatie><wmo301:XsdVersie><iwmo:BasisschemaXsdVersie>1.0.0</iwmo:BasisschemaXsdVersie><iwmo:BerichtXsdVersie>1.0.0</iwmo:BerichtXsdVersie></wmo301:XsdVersie></wmo301:Header>'
+    .. '<wmo301:Client><wmo301:Bsn>' .. bsn .. '</wmo301:Bsn><wmo301:Geboortedatum><iwmo:Datum>1950-02-03</iwmo:Datum></wmo301:Geboortedatum><wmo301:Geslacht>2</wmo301:Geslacht><wmo301:Naam><iwmo:Geslachtsnaam><iwmo:Achternaam>Bench</iwmo:Achternaam></iwmo:Geslachtsnaam><iwmo:NaamGebruik>1</iwmo:NaamGebruik></wmo301:Naam>'
+    .. '<wmo301:Contactgegevens><wmo301:Contact><wmo301:Soort>01</wmo301:Soort><wmo301:Adres><iwmo:Huis><iwmo:Huisnummer>1</iwmo:Huisnummer></iwmo:Huis><iwmo:Postcode>3511AA</iwmo:Postcode><iwmo:Straatnaam>Teststraat</iwmo:Straatnaam><iwmo:Plaatsnaam>Utrecht</iwmo:Plaatsnaam></wmo301:Adres></wmo301:Contact></wmo301:Contactgegevens>'
+    .. '<wmo301:ToegewezenProducten><wmo301:ToegewezenProduct><wmo301:ToewijzingNummer>' .. number .. '</wmo301:ToewijzingNummer><wmo301:Product><iwmo:Categorie>01</iwmo:Categorie><iwmo:Code>01A01</iwmo:Code></wmo301:Product><wmo301:Toewijzingsdatum>2026-01-05</wmo301:Toewijzingsdatum><wmo301:Ingangsdatum>2026-02-01</wmo301:Ingangsdatum><wmo301:Einddatum>2026-12-31</wmo301:Einddatum><wmo301:Omvang><iwmo:Volume>3</iwmo:Volume><iwmo:Eenheid>04</iwmo:Eenheid><iwmo:Frequentie>2</iwmo:Frequentie></wmo301:Omvang></wmo301:ToegewezenProduct></wmo301:ToegewezenProducten></wmo301:Client></wmo301:Bericht>'
+  return wrk.format("POST", "/istandaarden", { ["Content-Type"] = "application/xml", ["Authorization"] = "Bearer %s" }, body)
+end
+done = function(summary, latency, requests) end
+""" % (",".join(f'"{b}"' for b in bsns), utrecht))
+        lines = ["### iWmo WMO301 allocations ingested (POST /istandaarden: parse, rules, Patient + ServiceRequest in one transaction, receipt, audit, WMO302 answer)", "",
+                 "| connections | messages/s (median) | p50 ms | p99 ms | non-2xx |", "|---|---|---|---|---|"]
+        for c in (1, 4):
+            rs = [wrk(gw.url + "/istandaarden", lua, args.seconds, c, threads=min(c, 2)) for _ in range(args.rounds)]
+            med = statistics.median
+            lines.append(f"| {c} | {med([r['rps'] for r in rs]):.0f} | {med([r['lat']['50'] for r in rs]):.2f} | "
+                         f"{med([r['lat']['99'] for r in rs]):.2f} | {sum(r['non2xx'] for r in rs)} |")
+        total = timed_get(f"{gw.url}/fhir/ServiceRequest?_summary=count", utrecht)[1].get("total")
+        lines.append(f"\n- ServiceRequests stored afterwards: {total} (one per accepted message)")
+        report.append("\n".join(lines) + "\n")
+    finally:
+        mysql(f"DROP TABLE IF EXISTS {prefix}_metingen;")
+
+
 def wait_tcp(port):
     import socket
     for _ in range(200):
@@ -504,6 +624,8 @@ def main():
             federation_suite(args, workdir, servers, report)
         if "search" in suites:
             search_suite(args, workdir, bare, servers, report)
+        if "social" in suites:
+            social_suite(args, workdir, servers, report)
         if "mllp" in suites:
             mllp_suite(args, workdir, servers, schema, report)
         if "replicas" in suites:
