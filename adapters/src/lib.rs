@@ -22,6 +22,7 @@ pub mod istandaarden;
 pub mod local_time;
 pub mod namespace;
 pub mod nl_core;
+pub mod rest;
 pub mod sql;
 pub mod upstream_fhir;
 
@@ -209,6 +210,7 @@ pub fn build_all(sections: &[Value]) -> Result<Vec<Arc<dyn Adapter>>, ConfigErro
         let adapter: Arc<dyn Adapter> = match section["kind"].as_str() {
             Some("fhir") => Arc::new(upstream_fhir::UpstreamFhir::from_config(section)?),
             Some("sql") => Arc::new(sql::SqlAdapter::from_config(section)?),
+            Some("rest") => Arc::new(rest::RestAdapter::from_config(section)?),
             other => {
                 return Err(ConfigError {
                     name: Some(name),

@@ -34,6 +34,15 @@ pub struct Mapping {
     pub table: Option<String>,
     #[serde(default)]
     pub query: Option<String>,
+    /// REST adapter: the list endpoint, where items are, the next page, the API's filters.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default = "data")]
+    pub items: String,
+    #[serde(default = "next")]
+    pub next: String,
+    #[serde(default)]
+    pub filters: BTreeMap<String, String>,
     pub id: String,
     pub fields: Fields,
 }
@@ -69,6 +78,12 @@ pub struct Fields {
     pub text: Option<String>,
     pub date: Option<String>,
     pub author: Option<String>,
+    /// ServiceRequest: `wmo` or `jeugdwet`, which marks it social-domain data.
+    pub social_domain: Option<String>,
+    /// ServiceRequest: the column with the performing provider's AGB code.
+    pub performer_agb: Option<String>,
+    /// ServiceRequest: the allocated volume and its unit.
+    pub quantity: Option<ValueColumns>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +155,12 @@ pub enum Code {
     },
 }
 
+fn data() -> String {
+    "data".into()
+}
+fn next() -> String {
+    "next".into()
+}
 fn pool_size() -> u32 {
     4
 }

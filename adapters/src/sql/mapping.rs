@@ -12,11 +12,12 @@ use super::source::{Bind, ColumnKind, Dialect};
 use crate::namespace;
 use fhir_sdk::r4b::codes::{
     AdministrativeGender, ContactPointSystem, DocumentReferenceStatus, EpisodeOfCareStatus,
-    ObservationStatus, RequestStatus,
+    ObservationStatus, RequestIntent, RequestStatus,
 };
 use fhir_sdk::r4b::resources::{
     CarePlan, DocumentReference, DocumentReferenceContent, EpisodeOfCare, Observation,
-    ObservationEffective, ObservationValue, Patient, Practitioner,
+    ObservationEffective, ObservationValue, Patient, Practitioner, ServiceRequest,
+    ServiceRequestOccurrence, ServiceRequestQuantity,
 };
 use fhir_sdk::r4b::types::{
     Annotation, Attachment, CodeableConcept, Coding as FhirCoding, ContactPoint, Identifier,
@@ -30,6 +31,9 @@ use time::{Duration, Month, OffsetDateTime, PrimitiveDateTime, Time};
 
 pub const BSN_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/bsn";
 const UCUM: &str = "http://unitsofmeasure.org";
+const AGB_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/agb-z";
+const SOCIAL_DOMAIN: &str = crate::istandaarden::mapping::SOCIAL_DOMAIN;
+const DATA_CATEGORY: &str = crate::istandaarden::mapping::DATA_CATEGORY;
 
 /// A mapping resolved against the database: the columns it reads, in the order they are
 /// selected, with their kinds.
@@ -97,7 +101,8 @@ impl Table {
         match (&self.mapping.table, &self.mapping.query) {
             (Some(t), _) => format!("{} AS src", d.quote(t)),
             (None, Some(q)) => format!("({q}) AS src"),
-            (None, None) => unreachable!("the schema requires table or query"),
+            // A REST mapping (no SQL); the SQL adapter refuses those at start-up.
+            (None, None) => String::new(),
         }
     }
 
@@ -216,7 +221,7 @@ impl Table {
                     let id = self.mapping.id.clone();
                     namespace::inward(adapter, &v).and_then(|b| w.equals(self, &id, b))
                 }
-                ("identifier", "Patient" | "Practitioner") => {
+                ("identifier", "Patient" | "Practitioner" | "ServiceRequest") => {
                     no_modifier(modifier, unsupported)?;
                     self.identifier(w, &v)
                 }
@@ -281,12 +286,22 @@ impl Table {
                     let s = f.status.as_ref().ok_or_else(unsupported)?;
                     w.code(self, s, token(&v).1)
                 }
-                ("code", "Observation") => {
+                ("code", "Observation" | "ServiceRequest") => {
                     no_modifier(modifier, unsupported)?;
                     let c = f.code.as_ref().ok_or_else(unsupported)?;
                     w.coded(self, c, &v)
                 }
-                ("category", "Observation" | "DocumentReference") => {
+                ("category", "ServiceRequest")
+                    if f.social_domain.is_some() && f.category.is_none() =>
+                {
+                    no_modifier(modifier, unsupported)?;
+                    let domain = f.social_domain.clone().unwrap_or_default();
+                    let (system, code) = token(&v);
+                    let hit = (system.is_none_or(|s| s == SOCIAL_DOMAIN) && code == domain)
+                        || (system.is_none_or(|s| s == DATA_CATEGORY) && code == "social-domain");
+                    hit.then(|| "1=1".to_owned())
+                }
+                ("category", "Observation" | "DocumentReference" | "ServiceRequest") => {
                     no_modifier(modifier, unsupported)?;
                     match &f.category {
                         Some(c) => w.coded(self, c, &v),
@@ -365,8 +380,11 @@ impl Table {
                 if f.effective.is_some() || f.date.is_some() || f.start.is_some() {
                     out.push("date");
                 }
+                if self.mapping.resource == "ServiceRequest" && !f.identifiers.is_empty() {
+                    out.push("identifier");
+                }
                 match self.mapping.resource.as_str() {
-                    "Observation" => out.extend(["code", "category"]),
+                    "Observation" | "ServiceRequest" => out.extend(["code", "category"]),
                     "DocumentReference" => out.extend(["type", "category"]),
                     "EpisodeOfCare" => out.push("type"),
                     _ => out.push("category"),
@@ -398,7 +416,7 @@ pub struct SearchSql {
 }
 
 /// Every column a mapping reads, the id first.
-fn used_columns(m: &Mapping) -> Vec<String> {
+pub(crate) fn used_columns(m: &Mapping) -> Vec<String> {
     let f: &Fields = &m.fields;
     let mut out = vec![m.id.clone()];
     let singles = [
@@ -455,10 +473,11 @@ fn used_columns(m: &Mapping) -> Vec<String> {
             out.push(column.clone());
         }
     }
-    if let Some(v) = &f.value {
+    for v in [&f.value, &f.quantity].into_iter().flatten() {
         out.push(v.column.clone());
         out.extend(v.unit_column.clone());
     }
+    out.extend(f.performer_agb.clone());
     let mut seen = std::collections::BTreeSet::new();
     out.retain(|c| seen.insert(c.clone()));
     out
@@ -824,7 +843,12 @@ pub struct Built {
 }
 
 /// Builds the resource of one row, in the namespace of `adapter`.
-pub fn build(row: &Row, adapter: &str, source: &str) -> Result<Built, String> {
+pub fn build(
+    row: &Row,
+    adapter: &str,
+    source: &str,
+    holder: &crate::Organization,
+) -> Result<Built, String> {
     let m = &row.table.mapping;
     let backend_id = row.id().ok_or("a row without an id")?;
     let id = namespace::outward(adapter, backend_id)
@@ -832,6 +856,7 @@ pub fn build(row: &Row, adapter: &str, source: &str) -> Result<Built, String> {
     let mut b = Builder {
         row,
         adapter,
+        holder,
         warnings: Vec::new(),
     };
     let meta = fhir_sdk::r4b::types::Meta::builder()
@@ -845,6 +870,7 @@ pub fn build(row: &Row, adapter: &str, source: &str) -> Result<Built, String> {
         "EpisodeOfCare" => serde_json::to_value(b.episode(id, meta)?),
         "CarePlan" => serde_json::to_value(b.care_plan(id, meta)?),
         "DocumentReference" => serde_json::to_value(b.document(id, meta)?),
+        "ServiceRequest" => serde_json::to_value(b.service_request(id, meta)?),
         other => return Err(format!("cannot map {other}")),
     }
     .map_err(|e| e.to_string())?;
@@ -857,6 +883,7 @@ pub fn build(row: &Row, adapter: &str, source: &str) -> Result<Built, String> {
 struct Builder<'r, 'a> {
     row: &'r Row<'a>,
     adapter: &'r str,
+    holder: &'r crate::Organization,
     warnings: Vec<String>,
 }
 
@@ -1230,6 +1257,112 @@ impl Builder<'_, '_> {
         b.build().map_err(|e| e.to_string())
     }
 
+    /// A social-domain allocation (a municipality's case-management system): requested by the
+    /// municipality that holds it, performed by the provider its AGB code names.
+    fn service_request(
+        &mut self,
+        id: String,
+        meta: fhir_sdk::r4b::types::Meta,
+    ) -> Result<ServiceRequest, String> {
+        let f = self.f().clone();
+        let status = match &f.status {
+            Some(_) => self.code_text(&f.status, "status"),
+            None => Some("active".to_owned()),
+        }
+        .and_then(|s| RequestStatus::from_str(&s).ok())
+        .ok_or("a ServiceRequest without a valid status")?;
+        let patient = self
+            .reference("Patient", &f.patient)
+            .ok_or("a ServiceRequest without a patient")?;
+        let mut categories: Vec<Option<CodeableConcept>> =
+            self.concept(&f.category).map(Some).into_iter().collect();
+        if let Some(domain) = &f.social_domain {
+            let display = if domain == "wmo" {
+                "Wmo 2015"
+            } else {
+                "Jeugdwet"
+            };
+            let coding = |system: &str, code: &str, display: Option<&str>| {
+                let mut c = FhirCoding::builder()
+                    .system(system.to_owned())
+                    .code(code.to_owned());
+                if let Some(d) = display {
+                    c = c.display(d.to_owned());
+                }
+                c.build().ok()
+            };
+            categories.push(
+                CodeableConcept::builder()
+                    .coding(vec![
+                        coding(SOCIAL_DOMAIN, domain, Some(display)),
+                        coding(DATA_CATEGORY, "social-domain", None),
+                    ])
+                    .build()
+                    .ok(),
+            );
+        }
+        let requester = Reference::builder()
+            .identifier(
+                Identifier::builder()
+                    .system(self.holder.system.clone())
+                    .value(self.holder.value.clone())
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+            .display(self.holder.name.clone())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut b = ServiceRequest::builder()
+            .id(id)
+            .meta(meta)
+            .identifier(self.identifiers())
+            .status(status)
+            .intent(RequestIntent::Order)
+            .category(categories)
+            .subject(patient)
+            .requester(requester);
+        if let Some(c) = self.concept(&f.code) {
+            b = b.code(c);
+        }
+        if let Some(p) = self.period() {
+            b = b.occurrence(ServiceRequestOccurrence::Period(p));
+        }
+        if let Some(agb) = self.row.opt(&f.performer_agb) {
+            let performer = Reference::builder()
+                .identifier(
+                    Identifier::builder()
+                        .system(AGB_SYSTEM.to_owned())
+                        .value(agb)
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                )
+                .build()
+                .map_err(|e| e.to_string())?;
+            b = b.performer(vec![Some(performer)]);
+        }
+        if let Some(q) = &f.quantity
+            && let Some(text) = self.row.get(&q.column)
+        {
+            let number: f64 = text
+                .parse()
+                .map_err(|_| format!("quantity {text:?} is not a number"))?;
+            let mut quantity = Quantity::builder().value(number);
+            if let Some(u) = q.unit.clone().or_else(|| self.row.opt(&q.unit_column)) {
+                quantity = quantity.unit(u.clone());
+                if q.ucum {
+                    quantity = quantity.system(UCUM.to_owned()).code(u);
+                }
+            }
+            b = b.quantity(ServiceRequestQuantity::Quantity(
+                quantity.build().map_err(|e| e.to_string())?,
+            ));
+        }
+        if let Some(n) = self.row.opt(&f.note) {
+            b = b.note(vec![Annotation::builder().text(n).build().ok()]);
+        }
+        b.build().map_err(|e| e.to_string())
+    }
+
     fn date(&self, column: &Option<String>) -> Option<Date> {
         let v = self.row.opt(column)?;
         Date::from_str(v.get(..10)?).ok()
@@ -1252,6 +1385,8 @@ impl Builder<'_, '_> {
         let zone = rest[8..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
         let instant = if zone.is_empty() {
             crate::local_time::from_local(local)
+        } else if zone == "Z" {
+            local.assume_utc()
         } else {
             let sign: i8 = if zone.starts_with('-') { -1 } else { 1 };
             let digits: Vec<&str> = zone[1..].split(':').collect();

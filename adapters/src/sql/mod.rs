@@ -122,7 +122,12 @@ impl SqlAdapter {
         let mut out = Vec::new();
         for values in rows {
             let row = Row::new(table, values);
-            match mapping::build(&row, &self.config.name, &self.meta_source) {
+            match mapping::build(
+                &row,
+                &self.config.name,
+                &self.meta_source,
+                &self.config.organization,
+            ) {
                 Ok(built) => {
                     for w in &built.warnings {
                         tracing::warn!(backend = %self.config.name, "{w}");
