@@ -339,6 +339,48 @@ async fn municipal_messages_and_who_sees_them() {
         "{seen:?}"
     );
 
+    // The person objects to youth care seeing their data: the allocations addressed to it are
+    // withheld until the objection is withdrawn (consent applies to social-domain data too).
+    let objection = utrecht_system
+        .post(format!("{}/Consent", gw.base))
+        .header("Content-Type", "application/fhir+json")
+        .header("Prefer", "return=representation")
+        .json(&json!({"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": format!("Patient/{own_patient}")},
+            "policy": [{"uri": "https://healthhub-utrecht.nl/consent-policy"}],
+            "provision": {"type": "deny", "actor": [{
+                "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                "reference": {"identifier": {"system": gateway::policy::consent::ORG_TYPE_SYSTEM, "value": "youth-care"}}}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        objection.status(),
+        201,
+        "{}",
+        objection.text().await.unwrap()
+    );
+    let objection: Value = objection.json().await.unwrap();
+    let withheld = matches(&get_json(&youth_read, format!("{}/ServiceRequest", gw.base)).await);
+    assert!(
+        identifiers(&withheld).is_empty(),
+        "under the objection: {withheld:?}"
+    );
+    let r = utrecht_system
+        .delete(format!(
+            "{}/Consent/{}",
+            gw.base,
+            objection["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let again = matches(&get_json(&youth_read, format!("{}/ServiceRequest", gw.base)).await);
+    assert_eq!(identifiers(&again).len(), 4, "{again:?}");
+
     // The hospital: no social-domain data without the person's consent (opt-in region).
     let hospital_sees = matches(&get_json(&umcu, format!("{}/ServiceRequest", gw.base)).await);
     assert!(identifiers(&hospital_sees).is_empty(), "{hospital_sees:?}");
