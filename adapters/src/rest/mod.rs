@@ -9,7 +9,7 @@ pub mod source;
 #[cfg(test)]
 mod tests;
 
-use crate::sql::mapping::{Row, Table};
+use crate::sql::mapping::Table;
 use crate::{
     Adapter, AdapterError, Capabilities, ConfigError, Failure, Health, Interaction, Organization,
     ResourceCapability, SearchPage, namespace,
@@ -72,28 +72,22 @@ impl RestAdapter {
         self.tables.iter().find(|t| t.mapping.resource == ty)
     }
 
-    fn build(&self, table: &Table, item: &Value, warnings: &mut Vec<String>) -> Option<Value> {
-        let values = mapping::row_values(table, item);
-        let row = Row::new(table, &values);
-        match crate::sql::mapping::build(
-            &row,
-            &self.config.name,
-            &self.meta_source,
-            &self.config.organization,
-        ) {
-            Ok(built) => {
-                warnings.extend(built.warnings);
-                Some(built.resource)
-            }
-            Err(e) => {
-                tracing::warn!(backend = %self.config.name, error = %e, "item not mapped");
-                warnings.push(format!(
-                    "backend {}: a {} item could not be mapped and is left out",
-                    self.config.name, table.mapping.resource
-                ));
-                None
-            }
-        }
+    fn resources(&self, table: &Table, items: &[Value], warnings: &mut Vec<String>) -> Vec<Value> {
+        let rows: Vec<Vec<Option<String>>> = items
+            .iter()
+            .map(|i| mapping::row_values(table, i))
+            .collect();
+        let rows: Vec<&[Option<String>]> = rows.iter().map(Vec::as_slice).collect();
+        crate::sql::mapping::resources(
+            table,
+            &rows,
+            (
+                &self.config.name,
+                &self.meta_source,
+                &self.config.organization,
+            ),
+            warnings,
+        )
     }
 }
 
@@ -138,7 +132,9 @@ impl Adapter for RestAdapter {
         else {
             return Ok(None);
         };
-        Ok(self.build(table, &item, &mut Vec::new()))
+        Ok(self
+            .resources(table, std::slice::from_ref(&item), &mut Vec::new())
+            .pop())
     }
 
     async fn search(
@@ -189,10 +185,7 @@ impl Adapter for RestAdapter {
             ));
         };
         let mut warnings = Vec::new();
-        let matches = items
-            .iter()
-            .filter_map(|i| self.build(table, i, &mut warnings))
-            .collect();
+        let matches = self.resources(table, items, &mut warnings);
         let next = answer[table.mapping.next.as_str()].as_str().map(|n| {
             // A relative link is under the base.
             if n.starts_with('/') {

@@ -880,6 +880,38 @@ pub fn build(
     })
 }
 
+/// The resources of rows (SQL rows, or REST items flattened into rows) from the backend
+/// (`adapter` name, `meta.source`, holder). A row that cannot be mapped is left out and said in
+/// `warnings` (and the log), never passed on half-built.
+pub fn resources(
+    table: &Table,
+    rows: &[&[Option<String>]],
+    (adapter, source, holder): (&str, &str, &crate::Organization),
+    warnings: &mut Vec<String>,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    for values in rows {
+        let row = Row::new(table, values);
+        match build(&row, adapter, source, holder) {
+            Ok(built) => {
+                for w in &built.warnings {
+                    tracing::warn!(backend = adapter, "{w}");
+                }
+                warnings.extend(built.warnings);
+                out.push(built.resource);
+            }
+            Err(e) => {
+                tracing::warn!(backend = adapter, row = ?row.id(), error = %e, "row not mapped");
+                warnings.push(format!(
+                    "backend {adapter}: a {} row could not be mapped and is left out",
+                    table.mapping.resource
+                ));
+            }
+        }
+    }
+    out
+}
+
 struct Builder<'r, 'a> {
     row: &'r Row<'a>,
     adapter: &'r str,

@@ -18,7 +18,7 @@ use crate::{
     ResourceCapability, SearchPage, namespace,
 };
 use config::Config;
-use mapping::{Row, Table};
+use mapping::Table;
 use serde_json::Value;
 use source::Source;
 use tokio::sync::OnceCell;
@@ -110,42 +110,6 @@ impl SqlAdapter {
             .await?;
         Ok(Some(table))
     }
-
-    /// Resources of rows; a row that cannot be mapped is left out and said (warning), never
-    /// passed on half-built.
-    fn build_rows(
-        &self,
-        table: &Table,
-        rows: &[Vec<Option<String>>],
-        warnings: &mut Vec<String>,
-    ) -> Vec<Value> {
-        let mut out = Vec::new();
-        for values in rows {
-            let row = Row::new(table, values);
-            match mapping::build(
-                &row,
-                &self.config.name,
-                &self.meta_source,
-                &self.config.organization,
-            ) {
-                Ok(built) => {
-                    for w in &built.warnings {
-                        tracing::warn!(backend = %self.config.name, "{w}");
-                    }
-                    warnings.extend(built.warnings);
-                    out.push(built.resource);
-                }
-                Err(e) => {
-                    tracing::warn!(backend = %self.config.name, row = ?row.id(), error = %e, "row not mapped");
-                    warnings.push(format!(
-                        "backend {}: a {} row could not be mapped and is left out",
-                        self.config.name, table.mapping.resource
-                    ));
-                }
-            }
-        }
-        out
-    }
 }
 
 #[async_trait::async_trait]
@@ -185,7 +149,7 @@ impl Adapter for SqlAdapter {
         };
         let rows = self.source.rows(&sql, &binds).await?;
         Ok(self
-            .build_rows(table, &rows, &mut Vec::new())
+            .resources(table, &rows, &mut Vec::new())
             .into_iter()
             .next())
     }
@@ -244,7 +208,7 @@ impl Adapter for SqlAdapter {
             None
         };
         let mut warnings = Vec::new();
-        let matches = self.build_rows(table, &rows, &mut warnings);
+        let matches = self.resources(table, &rows, &mut warnings);
         Ok(SearchPage {
             matches,
             included: Vec::new(),
@@ -256,6 +220,25 @@ impl Adapter for SqlAdapter {
 }
 
 impl SqlAdapter {
+    fn resources(
+        &self,
+        table: &Table,
+        rows: &[Vec<Option<String>>],
+        warnings: &mut Vec<String>,
+    ) -> Vec<Value> {
+        let rows: Vec<&[Option<String>]> = rows.iter().map(Vec::as_slice).collect();
+        mapping::resources(
+            table,
+            &rows,
+            (
+                &self.config.name,
+                &self.meta_source,
+                &self.config.organization,
+            ),
+            warnings,
+        )
+    }
+
     async fn count(&self, sql: &mapping::SearchSql) -> Result<u64, AdapterError> {
         let rows = self.source.rows(&sql.count, &sql.count_binds).await?;
         rows.first()

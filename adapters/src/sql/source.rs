@@ -239,23 +239,21 @@ impl Source {
     /// The columns (name and kind) a statement returns, from the database's own description
     /// of it (a prepare; nothing runs).
     pub async fn columns(&self, sql: &str) -> Result<Vec<(String, ColumnKind)>, AdapterError> {
+        macro_rules! prepare {
+            ($pool:expr) => {
+                describe(
+                    $pool
+                        .prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
+                        .await?
+                        .columns(),
+                )
+            };
+        }
         let described = async {
             Ok::<_, sqlx::Error>(match &self.pool {
-                Pool::MySql(p) => describe(
-                    p.prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
-                        .await?
-                        .columns(),
-                ),
-                Pool::Postgres(p) => describe(
-                    p.prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
-                        .await?
-                        .columns(),
-                ),
-                Pool::Sqlite(p) => describe(
-                    p.prepare(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
-                        .await?
-                        .columns(),
-                ),
+                Pool::MySql(p) => prepare!(p),
+                Pool::Postgres(p) => prepare!(p),
+                Pool::Sqlite(p) => prepare!(p),
             })
         };
         self.within(described).await
@@ -267,42 +265,26 @@ impl Source {
         sql: &str,
         binds: &[Bind],
     ) -> Result<Vec<Vec<Option<String>>>, AdapterError> {
+        // The statement is built by the mapping from quoted identifiers, fixed fragments and
+        // placeholders only; every search value is bound. One body for the three drivers (their
+        // query types differ, so a macro rather than a function).
+        macro_rules! fetch {
+            ($pool:expr) => {{
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+                for b in binds {
+                    q = match b {
+                        Bind::Int(i) => q.bind(*i),
+                        Bind::Text(s) => q.bind(s.as_str()),
+                    };
+                }
+                q.fetch_all($pool).await?.iter().map(texts).collect()
+            }};
+        }
         let fetched = async {
             Ok::<_, sqlx::Error>(match &self.pool {
-                Pool::MySql(p) => {
-                    // The statement is built by the mapping from quoted identifiers, fixed fragments and
-                    // placeholders only; every search value is bound.
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-                    for b in binds {
-                        q = match b {
-                            Bind::Int(i) => q.bind(*i),
-                            Bind::Text(s) => q.bind(s.as_str()),
-                        };
-                    }
-                    q.fetch_all(p).await?.iter().map(texts).collect()
-                }
-                Pool::Postgres(p) => {
-                    // The statement is built by the mapping from quoted identifiers, fixed fragments and
-                    // placeholders only; every search value is bound.
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-                    for b in binds {
-                        q = match b {
-                            Bind::Int(i) => q.bind(*i),
-                            Bind::Text(s) => q.bind(s.as_str()),
-                        };
-                    }
-                    q.fetch_all(p).await?.iter().map(texts).collect()
-                }
-                Pool::Sqlite(p) => {
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-                    for b in binds {
-                        q = match b {
-                            Bind::Int(i) => q.bind(*i),
-                            Bind::Text(s) => q.bind(s.as_str()),
-                        };
-                    }
-                    q.fetch_all(p).await?.iter().map(texts).collect()
-                }
+                Pool::MySql(p) => fetch!(p),
+                Pool::Postgres(p) => fetch!(p),
+                Pool::Sqlite(p) => fetch!(p),
             })
         };
         self.within(fetched).await
