@@ -301,51 +301,29 @@ async fn print_guide(http: &reqwest::Client, base: &str, patient: &str, ports: &
         ports.mllp
     );
     println!(
-        "\nOne person (BSN {BSN}) with a record at UMC Utrecht (Patient/{patient}, from the HL7 v2 feed)"
+        "\nOne person (BSN {BSN}) with a record at UMC Utrecht (Patient/{patient}, from the HL7 v2 feed),"
     );
     println!(
-        "one at St. Antonius (its own server) and one at the care home (its own SQL database), results\nat each, and a consent recorded at"
+        "one at St. Antonius (its own server) and one at the care home (its own SQL database), results"
     );
     println!(
-        "UMC Utrecht that lets hospitals and the GP see their data. The same request with five tokens:\n"
+        "at each, and a consent recorded at UMC Utrecht that lets hospitals and the GP see their data."
     );
+    println!("The same request with five tokens:\n");
     println!("  GET {base}/{query}\n");
     for (who, token) in &roles {
-        let answer = http
-            .get(format!("{base}/{query}"))
-            .bearer_auth(token)
-            .send()
-            .await;
-        let summary = match answer {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let body: Value = r.json().await.unwrap_or(Value::Null);
-                let seen: Vec<String> = body["entry"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|e| e["search"]["mode"] == "match")
-                    .map(|e| {
-                        let r = &e["resource"];
-                        format!(
-                            "{} ({})",
-                            r["code"]["coding"][0]["display"].as_str().unwrap_or("?"),
-                            match r["id"].as_str().unwrap_or("").split_once('.') {
-                                Some(("antonius", _)) => "St. Antonius",
-                                Some(("zorggroep", _)) => "care home",
-                                _ => "UMC Utrecht",
-                            }
-                        )
-                    })
-                    .collect();
-                if seen.is_empty() {
-                    format!("{status}, nothing")
-                } else {
-                    format!("{status}, {}", seen.join("; "))
+        let summary = summarize(http, &format!("{base}/{query}"), token, |r| {
+            format!(
+                "{} ({})",
+                r["code"]["coding"][0]["display"].as_str().unwrap_or("?"),
+                match r["id"].as_str().unwrap_or("").split_once('.') {
+                    Some(("antonius", _)) => "St. Antonius",
+                    Some(("zorggroep", _)) => "care home",
+                    _ => "UMC Utrecht",
                 }
-            }
-            Err(e) => format!("failed: {e}"),
-        };
+            )
+        })
+        .await;
         println!("  {who:<32} {summary}");
     }
     social_domain(http, base).await;
@@ -361,6 +339,34 @@ async fn print_guide(http: &reqwest::Client, base: &str, patient: &str, ports: &
         "NEN 7513 audit record): GET {base}/AuditEvent with a system/AuditEvent.rs token lists them."
     );
     println!("Ctrl-C stops the demo.");
+}
+
+/// "status, what came back" of a GET with `token`: each match as `describe` says it.
+async fn summarize(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    describe: impl Fn(&Value) -> String,
+) -> String {
+    match http.get(url).bearer_auth(token).send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let seen: Vec<String> = body["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| describe(&e["resource"]))
+                .collect();
+            if seen.is_empty() {
+                format!("{status}, nothing")
+            } else {
+                format!("{status}, {}", seen.join("; "))
+            }
+        }
+        Err(e) => format!("failed: {e}"),
+    }
 }
 
 /// The social domain: Utrecht's allocations, seen by the municipal app and by the youth-care
@@ -381,42 +387,16 @@ async fn social_domain(http: &reqwest::Client, base: &str) {
             mint("youth", "user/*.rs", None, None),
         ),
     ] {
-        let summary = match http
-            .get(format!("{base}/ServiceRequest"))
-            .bearer_auth(&token)
-            .send()
-            .await
-        {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let body: Value = r.json().await.unwrap_or(Value::Null);
-                let seen: Vec<String> = body["entry"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|e| e["search"]["mode"] == "match")
-                    .map(|e| {
-                        let r = &e["resource"];
-                        format!(
-                            "{} allocation {}",
-                            r["category"][0]["coding"][0]["display"]
-                                .as_str()
-                                .unwrap_or("?"),
-                            r["identifier"][0]["value"].as_str().unwrap_or("?")
-                        )
-                    })
-                    .collect();
-                format!(
-                    "{status}, {}",
-                    if seen.is_empty() {
-                        "nothing".into()
-                    } else {
-                        seen.join("; ")
-                    }
-                )
-            }
-            Err(e) => format!("failed: {e}"),
-        };
+        let summary = summarize(http, &format!("{base}/ServiceRequest"), &token, |r| {
+            format!(
+                "{} allocation {}",
+                r["category"][0]["coding"][0]["display"]
+                    .as_str()
+                    .unwrap_or("?"),
+                r["identifier"][0]["value"].as_str().unwrap_or("?")
+            )
+        })
+        .await;
         println!("  {who:<32} {summary}");
     }
 }
