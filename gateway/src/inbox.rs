@@ -104,7 +104,20 @@ pub async fn post(
             e.0
         ))
     })?;
-    if message.sender() != token.organization.value {
+    // The sender is the caller's own organisation, by identifier system and value: a
+    // municipality as configured (CBS code) for an allocation, a provider by its AGB code for a
+    // request. A value alone could be another register's number.
+    let me = &token.organization;
+    let sender_is_me = match message.kind {
+        istandaarden::mapping::Kind::Allocation => config
+            .municipalities
+            .get(message.sender())
+            .is_some_and(|m| m.system == me.system && m.value == me.value),
+        istandaarden::mapping::Kind::Request => {
+            me.system == istandaarden::mapping::AGB_SYSTEM && me.value == message.sender()
+        }
+    };
+    if !sender_is_me {
         return Err(Error::forbidden(format!(
             "the message's Afzender {} is not the caller's organisation",
             message.sender()

@@ -149,6 +149,14 @@ async fn municipal_messages_and_who_sees_them() {
     assert!(body.contains("OperationOutcome"));
     let (status, _) = post_message(&common::anon(), &gw, &wmo).await;
     assert_eq!(status, 401);
+    // An organisation whose identifier value happens to be the code, in another register.
+    let (status, body) = post_message(
+        &client_with(&token("system/*.cruds", "umcu", None)),
+        &gw,
+        &wmo.replace(">0344<", ">90000001<"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
     let r = utrecht_system
         .get(format!("http://{}/istandaarden", gw.addr))
         .send()
