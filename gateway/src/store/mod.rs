@@ -384,9 +384,14 @@ pub fn from_millis(ms: i64) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// A fresh server-assigned id.
+/// A fresh server-assigned id: a time-ordered UUID (v7). Every index keyed by (type, id) then
+/// receives new resources at its right edge, so consecutive writes share pages, instead of each
+/// dirtying a random leaf page per index that every commit writes to the WAL and every
+/// checkpoint writes again (random v4 ids: ~18 such pages per HL7 v2 message of three
+/// resources). The id reveals its creation time to the millisecond, as `meta.lastUpdated` of
+/// its first version does anyway (ids are no secret: every access is decided by the policy).
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 #[cfg(test)]
