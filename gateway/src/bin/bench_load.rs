@@ -1,10 +1,11 @@
 //! Loads NDJSON files into a running gateway through its REST API, as a client would: one
-//! `PUT [base]/[type]/[id]` per line, `--concurrency` requests in flight. Prints one JSON line
+//! `PUT [base]/[type]/[id]` per line (or with `--create` one `POST [base]/[type]`, the server
+//! assigning the id), `--concurrency` requests in flight. Prints one JSON line
 //! with how many were written, how many failed and the rate. The search benchmark loads its
 //! million resources with it (bench/bench.py); in Rust so that the client costs the 2-core
 //! machine little beside the gateway it measures.
 //!
-//!   bench-load --base URL --token JWT [--concurrency N] FILE.ndjson...
+//!   bench-load --base URL --token JWT [--concurrency N] [--create] [--limit N] FILE.ndjson...
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,12 @@ struct Args {
     token: String,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// POST each resource as a create (the server assigns the id) instead of a PUT of its id.
+    #[arg(long)]
+    create: bool,
+    /// At most this many lines over all files.
+    #[arg(long)]
+    limit: Option<u64>,
     files: Vec<std::path::PathBuf>,
 }
 
@@ -30,7 +37,7 @@ async fn main() {
         .pool_max_idle_per_host(args.concurrency)
         .build()
         .expect("an HTTP client");
-    let (tx, rx) = async_channel(args.concurrency * 4);
+    let (tx, rx) = async_channel::<(String, String)>(args.concurrency * 4);
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -44,11 +51,20 @@ async fn main() {
             failed.clone(),
             first_error.clone(),
         );
-        let (base, auth) = (args.base.clone(), format!("Bearer {}", args.token));
+        let (base, auth, create) = (
+            args.base.clone(),
+            format!("Bearer {}", args.token),
+            args.create,
+        );
         workers.push(tokio::spawn(async move {
             while let Ok((path, body)) = rx.recv().await {
-                let r = client
-                    .put(format!("{base}/{path}"))
+                let request = if create {
+                    let ty = path.split('/').next().unwrap_or_default();
+                    client.post(format!("{base}/{ty}"))
+                } else {
+                    client.put(format!("{base}/{path}"))
+                };
+                let r = request
                     .header("content-type", "application/fhir+json")
                     .header("prefer", "return=minimal")
                     .header("authorization", &auth)
@@ -76,7 +92,8 @@ async fn main() {
         }));
     }
     drop(rx);
-    for file in &args.files {
+    let mut sent = 0u64;
+    'files: for file in &args.files {
         let f = tokio::fs::File::open(file)
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -88,6 +105,10 @@ async fn main() {
             let (Some(ty), Some(id)) = (v["resourceType"].as_str(), v["id"].as_str()) else {
                 continue;
             };
+            if args.limit.is_some_and(|n| sent >= n) {
+                break 'files;
+            }
+            sent += 1;
             if tx.send((format!("{ty}/{id}"), line)).await.is_err() {
                 break;
             }
