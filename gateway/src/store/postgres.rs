@@ -387,8 +387,13 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
-    /// Counts writes and, when due, refreshes the planner's statistics in the background (see
-    /// `store::statistics`).
+    /// Counts writes and, when due, refreshes the planner's statistics and the visibility map in
+    /// the background (see `store::statistics`). VACUUM, not only ANALYZE: index-only scans (the
+    /// `_total` counts, the semi-joins of searches) read the heap for every row on a page the
+    /// visibility map does not mark all-visible, and only VACUUM marks them. Without it, on a
+    /// database whose autovacuum is off or has not come by yet, `_total=accurate` over 112,000
+    /// DiagnosticReports of a 1M-resource schema took 231 ms, after it 45 ms. A plain VACUUM
+    /// blocks neither reads nor writes, and only visits pages changed since the last one.
     fn wrote(&self, n: u64) {
         if !self.statistics.wrote(n) {
             return;
@@ -396,7 +401,7 @@ impl PostgresStore {
         let (pool, schedule) = (self.pool.clone(), self.statistics.clone());
         tokio::spawn(async move {
             let r = sqlx::raw_sql(
-                "ANALYZE resource_current, search_index, token_index, compartment, fulltext, resource_version",
+                "VACUUM (ANALYZE) resource_current, search_index, token_index, compartment, fulltext, resource_version",
             )
             .execute(&pool)
             .await;
