@@ -8,6 +8,7 @@
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
+mod sqlite_checkpointer;
 mod sqlite_inline;
 mod sqlite_writer;
 pub mod statistics;

@@ -7,6 +7,7 @@
 //! (a version conflict, a 412) is rolled back alone.
 
 use super::sql::{self, Bind, Dialect, FullTextBatch, Indexing, Sql};
+use super::sqlite_checkpointer::Checkpointer;
 use super::writes::WriteTx;
 use super::{Stored, WriteMethod, from_millis};
 use crate::error::{Error, Result};
@@ -75,12 +76,14 @@ pub struct GroupWriter {
 }
 
 impl GroupWriter {
-    /// Starts the writer thread on `conn` (opened read-write by the caller, schema migrated).
-    pub fn start(conn: Connection) -> GroupWriter {
+    /// Starts the writer thread on `conn` (opened read-write by the caller, schema migrated);
+    /// after each commit it nudges `checkpointer`, which copies the WAL into the database file
+    /// on a thread of its own.
+    pub fn start(conn: Connection, checkpointer: Checkpointer) -> GroupWriter {
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, checkpointer))
             .expect("a thread for the SQLite writer");
         GroupWriter { jobs }
     }
@@ -156,7 +159,7 @@ impl GroupWriter {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, checkpointer: Checkpointer) {
     let mut tx = InlineTx {
         conn,
         indexing: None,
@@ -175,6 +178,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
         for job in group {
             job.deliver(committed.clone());
         }
+        checkpointer.nudge();
     }
 }
 
