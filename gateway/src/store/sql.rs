@@ -90,7 +90,7 @@ fn push_criteria(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>) {
         if driver == Some(Driver::Identifiers(n)) {
             continue;
         }
-        q.push(" AND EXISTS (SELECT 1 FROM token_index t WHERE t.type = c.type AND t.id = c.id AND t.param = 'identifier' AND (");
+        q.push(" AND EXISTS (SELECT 1 FROM search_index t WHERE t.type = c.type AND t.id = c.id AND t.param = 'identifier' AND (");
         push_identifier_tokens(q, ors);
         q.push("))");
     }
@@ -464,7 +464,7 @@ fn push_driver_select(q: &mut Sql, ty: &str, criteria: &Criteria, driver: Driver
         }
         Driver::Identifiers(n) => {
             q.push(if all { "t.type, t.id" } else { "t.id" })
-                .push(" FROM token_index t WHERE t.param = 'identifier'");
+                .push(" FROM search_index t WHERE t.param = 'identifier'");
             if !all {
                 q.push(" AND t.type = ").text(ty);
             }
@@ -715,7 +715,6 @@ pub fn snapshot_expire(d: Dialect, before_ms: i64) -> Sql {
 /// that it can be worked out before the write queues for the database (see `sqlite_writer`).
 #[derive(Debug, Clone, Default)]
 pub struct Indexing {
-    tokens: Vec<(String, String)>,
     /// Compartments through references (a Patient's own is added at the write, with its id).
     patients: Vec<String>,
     /// Every search parameter but `_lastUpdated`, which the write's time decides.
@@ -745,10 +744,27 @@ impl Indexing {
         let mut patients = crate::fhir::compartment::patients(ty, "", body);
         patients.retain(|p| !p.is_empty());
         let (narrative, content) = crate::fhir::search_index::texts(body);
+        let mut entries = crate::fhir::search_index::entries(ty, body);
+        // `identifier=` is searched in the `identifier` rows of the search index, and allowed on
+        // every type with an `identifier` element; the few of those without an `identifier`
+        // search parameter in R4 (ObservationDefinition, say) get their rows here.
+        if !crate::fhir::search_params::indexed(ty).any(|d| d.code == "identifier") {
+            entries.extend(
+                crate::fhir::search::identifier_tokens(body)
+                    .into_iter()
+                    .map(|(system, value)| Entry {
+                        param: "identifier".to_owned(),
+                        system,
+                        value,
+                        raw: String::new(),
+                        low: None,
+                        high: None,
+                    }),
+            );
+        }
         Indexing {
-            tokens: crate::fhir::search::identifier_tokens(body),
             patients,
-            entries: crate::fhir::search_index::entries(ty, body),
+            entries,
             narrative,
             content,
         }
@@ -756,7 +772,7 @@ impl Indexing {
 }
 
 /// What follows the insert of a version (`seq`): it becomes current, and the resource's index
-/// rows (identifier tokens, compartment, search parameters) replace the previous version's.
+/// rows (compartment, search parameters) replace the previous version's.
 pub fn after_insert(
     d: Dialect,
     stored: &crate::store::Stored,
@@ -791,7 +807,7 @@ pub fn after_insert_but_fulltext(
     // A first version has no index rows to clear (ids are never reused: a deleted resource's
     // next version is 2 or more); on a bulk import that spares five statements per resource.
     if stored.version > 1 {
-        for index in [Index::Token, Index::Compartment, Index::Search] {
+        for index in [Index::Compartment, Index::Search] {
             out.push(clear_index(d, index, &stored.ty, &stored.id));
         }
     }
@@ -868,7 +884,7 @@ impl FullTextBatch {
 /// The statements that remove a resource's index rows.
 fn clear_statements(d: Dialect, ty: &str, id: &str) -> Vec<Sql> {
     let mut out = Vec::new();
-    for index in [Index::Token, Index::Compartment, Index::Search] {
+    for index in [Index::Compartment, Index::Search] {
         out.push(clear_index(d, index, ty, id));
     }
     out.extend(clear_fulltext(d, ty, id));
@@ -876,7 +892,7 @@ fn clear_statements(d: Dialect, ty: &str, id: &str) -> Vec<Sql> {
 }
 
 /// The statements that replace a resource's index rows with those of `stored` (none left for a
-/// deletion): identifier tokens, compartment, search parameters, full text.
+/// deletion): compartment, search parameters, full text.
 pub fn index_statements(
     d: Dialect,
     stored: &crate::store::Stored,
@@ -911,7 +927,6 @@ fn insert_index_statements(
     if ty == "Patient" {
         patients.insert(0, id.to_owned());
     }
-    out.extend(insert_tokens(d, ty, id, &ix.tokens));
     out.extend(insert_compartment(d, ty, id, &patients));
     // `_lastUpdated`: the version's own time, as stamped into its meta.
     let instant = crate::store::format_instant(stored.last_updated);
@@ -1049,7 +1064,6 @@ pub fn upsert_current(d: Dialect, s: &crate::store::Stored, seq: i64) -> Sql {
 /// The index tables a write keeps in step with the current version.
 #[derive(Debug, Clone, Copy)]
 pub enum Index {
-    Token,
     Compartment,
     Search,
 }
@@ -1057,7 +1071,6 @@ pub enum Index {
 /// Removes a resource's rows from an index (before the current version's are inserted).
 pub fn clear_index(d: Dialect, index: Index, ty: &str, id: &str) -> Sql {
     let table = match index {
-        Index::Token => "token_index",
         Index::Compartment => "compartment",
         Index::Search => "search_index",
     };
@@ -1230,15 +1243,6 @@ fn insert_rows(d: Dialect, head: &str, rows: &[Vec<&str>]) -> Option<Sql> {
         }
         q
     })
-}
-
-/// The identifier tokens of a resource, one multi-row INSERT (`None` when there are none).
-pub fn insert_tokens(d: Dialect, ty: &str, id: &str, tokens: &[(String, String)]) -> Option<Sql> {
-    let rows: Vec<Vec<&str>> = tokens
-        .iter()
-        .map(|(s, v)| vec![ty, id, "identifier", s.as_str(), v.as_str()])
-        .collect();
-    insert_rows(d, "token_index (type, id, param, system, value)", &rows)
 }
 
 /// The search index rows of a resource, as multi-row INSERTs of at most 500 rows (8 parameters
@@ -1570,25 +1574,44 @@ mod tests {
         assert_eq!(without_text(&s.binds), without_text(&p.binds));
     }
 
+    /// Identifier searches read the search index's `identifier` rows: a type with an
+    /// identifier element but no `identifier` search parameter gets them all the same, and a
+    /// type with one gets them once.
+    #[test]
+    fn identifiers_are_indexed_for_every_type_with_the_element() {
+        let ids = |ty: &str| {
+            let body = serde_json::json!({"resourceType": ty, "identifier": [{"system": "s", "value": "v1"}]});
+            Indexing::of(ty, &body)
+                .entries
+                .into_iter()
+                .filter(|e| e.param == "identifier")
+                .map(|e| (e.system, e.value))
+                .collect::<Vec<_>>()
+        };
+        let one = vec![("s".to_owned(), "v1".to_owned())];
+        assert!(
+            !crate::fhir::search_params::indexed("ObservationDefinition")
+                .any(|d| d.code == "identifier")
+        );
+        assert_eq!(ids("ObservationDefinition"), one);
+        assert_eq!(ids("Patient"), one);
+    }
+
     #[test]
     fn index_inserts_are_one_statement_with_bound_values() {
-        let tokens = vec![
-            ("s1".to_owned(), "v1".to_owned()),
-            ("s2".to_owned(), "v'2".to_owned()),
-        ];
-        let p = insert_tokens(Dialect::Postgres, "Patient", "p", &tokens).unwrap();
-        assert!(
-            p.text
-                .ends_with("($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)"),
-            "{}",
-            p.text
-        );
-        assert_eq!(p.binds.len(), 10);
-        assert_eq!(p.binds[2], Bind::Text("identifier".into()));
-        assert_eq!(p.binds[9], Bind::Text("v'2".into()));
+        let p = insert_compartment(
+            Dialect::Postgres,
+            "Observation",
+            "o'1",
+            &["p1".into(), "p2".into()],
+        )
+        .unwrap();
+        assert!(p.text.ends_with("($1, $2, $3), ($4, $5, $6)"), "{}", p.text);
+        assert_eq!(p.binds.len(), 6);
+        assert_eq!(p.binds[1], Bind::Text("o'1".into()));
         let s = insert_compartment(Dialect::Sqlite, "Observation", "o", &["p1".into()]).unwrap();
         assert!(s.text.ends_with("VALUES (?, ?, ?)"), "{}", s.text);
-        assert!(insert_tokens(Dialect::Sqlite, "Patient", "p", &[]).is_none());
+        assert!(insert_compartment(Dialect::Sqlite, "Patient", "p", &[]).is_none());
         assert!(
             clear_index(Dialect::Postgres, Index::Compartment, "Patient", "p")
                 .text

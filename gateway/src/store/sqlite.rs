@@ -139,6 +139,19 @@ CREATE INDEX token_index_lookup ON token_index (type, param, value, id, system);
 DROP INDEX search_index_range;
 CREATE INDEX search_index_range ON search_index (type, param, low) WHERE low IS NOT NULL;
 "#,
+    // Identifier searches read the search index's `identifier` rows, which held the same
+    // (type, param, value, id, system) entries as `token_index`: a write kept both, and each of
+    // an HL7 message's commits wrote ~14 of its ~124 pages for the copy. Resources of a type
+    // without an `identifier` search parameter keep theirs, moved over.
+    r#"
+INSERT INTO search_index (type, id, param, system, value, raw)
+SELECT t.type, t.id, 'identifier', t.system, t.value, ''
+FROM token_index t
+WHERE NOT EXISTS (
+    SELECT 1 FROM search_index s WHERE s.type = t.type AND s.id = t.id AND s.param = 'identifier'
+);
+DROP TABLE token_index;
+"#,
 ];
 
 /// Schema versions of `audit.db`.
@@ -590,5 +603,45 @@ mod tests {
         // Opening again is a no-op (nothing left to move).
         let store = SqliteStore::open(dir.path()).await.unwrap();
         assert_eq!(crate::audit::verify(&store).await.unwrap().records, 4);
+    }
+
+    /// The migration that drops `token_index` keeps the identifiers the search index lacks (a
+    /// type without an `identifier` search parameter) and adds none that it holds already.
+    #[tokio::test]
+    async fn identifier_tokens_move_into_the_search_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = pools(&dir.path().join("gateway.db"), 1).await.unwrap();
+        migrate(&writer, &MIGRATIONS[..MIGRATIONS.len() - 1])
+            .await
+            .unwrap();
+        for q in [
+            "INSERT INTO token_index (type, id, param, system, value) VALUES ('Patient', 'p1', 'identifier', 'bsn', '999911120'), ('ObservationDefinition', 'od1', 'identifier', 's', 'v1')",
+            "INSERT INTO search_index (type, id, param, system, value, raw) VALUES ('Patient', 'p1', 'identifier', 'bsn', '999911120', '')",
+        ] {
+            sqlx::query(q).execute(&writer).await.unwrap();
+        }
+        migrate(&writer, MIGRATIONS).await.unwrap();
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT type, id, system, value FROM search_index WHERE param = 'identifier' ORDER BY type",
+        )
+        .fetch_all(&writer)
+        .await
+        .unwrap();
+        let row = |t: &str, i: &str, s: &str, v: &str| {
+            (t.to_owned(), i.to_owned(), s.to_owned(), v.to_owned())
+        };
+        assert_eq!(
+            rows,
+            vec![
+                row("ObservationDefinition", "od1", "s", "v1"),
+                row("Patient", "p1", "bsn", "999911120")
+            ]
+        );
+        let left: Option<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = 'token_index'")
+                .fetch_optional(&writer)
+                .await
+                .unwrap();
+        assert_eq!(left, None);
     }
 }
