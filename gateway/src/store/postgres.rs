@@ -160,19 +160,7 @@ CREATE INDEX token_index_lookup ON token_index (type, param, value, id, system);
 DROP INDEX search_index_range;
 CREATE INDEX search_index_range ON search_index (type, param, low) WHERE low IS NOT NULL;
 "#,
-    // Identifier searches read the search index's `identifier` rows, which held the same
-    // (type, param, value, id, system) entries as `token_index`: a write kept both, and each of
-    // an HL7 message's commits wrote ~14 of its ~124 pages for the copy. Resources of a type
-    // without an `identifier` search parameter keep theirs, moved over.
-    r#"
-INSERT INTO search_index (type, id, param, system, value, raw)
-SELECT t.type, t.id, 'identifier', t.system, t.value, ''
-FROM token_index t
-WHERE NOT EXISTS (
-    SELECT 1 FROM search_index s WHERE s.type = t.type AND s.id = t.id AND s.param = 'identifier'
-);
-DROP TABLE token_index;
-"#,
+    super::sql::DROP_TOKEN_INDEX,
 ];
 
 pub struct PostgresStore {

@@ -214,6 +214,20 @@ fn push_clause(q: &mut Sql, clause: &Clause, c: &str, depth: usize) {
     q.push(")");
 }
 
+/// A schema migration of both stores. Identifier searches read the search index's `identifier`
+/// rows, which held the same (type, param, value, id, system) entries as `token_index`: a write
+/// kept both, and each of an HL7 message's commits wrote ~14 of its ~124 pages for the copy.
+/// Resources of a type without an `identifier` search parameter keep theirs, moved over.
+pub const DROP_TOKEN_INDEX: &str = r#"
+INSERT INTO search_index (type, id, param, system, value, raw)
+SELECT t.type, t.id, 'identifier', t.system, t.value, ''
+FROM token_index t
+WHERE NOT EXISTS (
+    SELECT 1 FROM search_index s WHERE s.type = t.type AND s.id = t.id AND s.param = 'identifier'
+);
+DROP TABLE token_index;
+"#;
+
 /// LIKE patterns escape their own wildcards; a backslash is the escape character in both dialects.
 fn like_escape(s: &str) -> String {
     s.replace('\\', "\\\\")
