@@ -109,14 +109,22 @@ async fn export_memory_stays_flat() {
         "export of {RESOURCES} resources (~{} MiB): anonymous memory {before} KiB, at most {after} KiB while exporting (+{growth} KiB; {peak_first_half} KiB by half way)",
         written_kib / 1024
     );
-    // Flat: the second half of the export needs no more memory than the first did.
+    // Flat: the second half of the export needs no more memory than the first did, give or take
+    // a page: a page of 500 resources of ~6 KB is in memory (as text and as parsed JSON) while it
+    // is decided on and written, and a sample every 20 ms may catch it at its highest in one
+    // half and not in the other. Measured on 2026-11-24, 14 runs before and after that day's store
+    // changes: second half +2 to +18 MiB over the first, peaks 109-128 MiB with no trend (with
+    // 8 MiB here the test failed one run in five). An export that held what it wrote would add
+    // ~57 MiB in the second half.
     // (Skipped only if the export finished before a sample at half way could be taken.)
     assert!(
-        peak_first_half == before || after.saturating_sub(peak_first_half) < 8 * 1024,
+        peak_first_half == before || after.saturating_sub(peak_first_half) < 24 * 1024,
         "memory kept growing: {peak_first_half} KiB at half way, {after} KiB at the end"
     );
+    // In all, the same runs grew by 16-45 MiB (depending as much on what the warm-up left
+    // allocated as on the export); one that held what it wrote would grow by 114 MiB or more.
     assert!(
-        growth < written_kib / 3,
+        growth < written_kib / 2,
         "peak memory grew by {growth} KiB while writing {written_kib} KiB"
     );
 }
