@@ -744,13 +744,15 @@ async fn the_suite_covers_both_backends() {
 async fn audit_appends_form_one_chain() {
     for b in backends().await {
         let s = b.store.as_ref();
-        let record = |i: usize| gateway::store::AuditRecord {
-            id: format!("{}-{i}", b.name),
-            recorded_ms: 1_700_000_000_000 + i as i64,
-            patient: i.is_multiple_of(2).then(|| "Patient/p1".to_owned()),
-            agent: "iss|sub".into(),
-            outcome: "0".into(),
-            body: bytes::Bytes::from(format!("{{\"n\":{i}}}")),
+        let record = |i: usize| {
+            gateway::store::AuditRecord::new(
+                format!("{}-{i}", b.name),
+                1_700_000_000_000 + i as i64,
+                i.is_multiple_of(2).then(|| "Patient/p1".to_owned()),
+                "iss|sub".into(),
+                "0".into(),
+                bytes::Bytes::from(format!("{{\"n\":{i}}}")),
+            )
         };
         for batch in [0..1, 1..4, 4..9] {
             let records: Vec<_> = batch.map(record).collect();
@@ -766,6 +768,14 @@ async fn audit_appends_form_one_chain() {
             "{}: chain order",
             b.name
         );
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(
+                &r.record.body[..],
+                format!("{{\"n\":{i}}}").as_bytes(),
+                "{}: the body reads back as written",
+                b.name
+            );
+        }
         let v = gateway::audit::verify(s).await.unwrap();
         assert_eq!((v.records, v.broken.len()), (9, 0), "{}", b.name);
         let q = gateway::store::AuditQuery {

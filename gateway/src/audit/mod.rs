@@ -208,14 +208,14 @@ pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
     if !entities.is_empty() {
         event["entity"] = Value::Array(entities);
     }
-    AuditRecord {
+    AuditRecord::new(
         id,
-        recorded_ms: to_millis(recorded),
-        patient: a.patients.first().cloned(),
-        agent: agent_key,
-        outcome: outcome(a.status).to_owned(),
-        body: Bytes::from(serde_json::to_vec(&event).expect("JSON serializes")),
-    }
+        to_millis(recorded),
+        a.patients.first().cloned(),
+        agent_key,
+        outcome(a.status).to_owned(),
+        Bytes::from(serde_json::to_vec(&event).expect("JSON serializes")),
+    )
 }
 
 /// What `gateway audit verify` found.

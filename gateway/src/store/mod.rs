@@ -5,6 +5,7 @@
 //! Resources are kept as the JSON that was validated, with the server's `id` and `meta` stamped
 //! in, and every version is kept.
 
+mod audit_codec;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
@@ -218,7 +219,53 @@ pub struct AuditRecord {
     pub agent: String,
     /// AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure.
     pub outcome: String,
+    /// The `AuditEvent` JSON: what the hash chain seals.
     pub body: Bytes,
+    /// The body as stored (compressed, see `audit_codec`).
+    pub packed: Bytes,
+}
+
+impl AuditRecord {
+    /// A record whose body is stored compressed.
+    pub fn new(
+        id: String,
+        recorded_ms: i64,
+        patient: Option<String>,
+        agent: String,
+        outcome: String,
+        body: Bytes,
+    ) -> AuditRecord {
+        AuditRecord {
+            id,
+            recorded_ms,
+            patient,
+            agent,
+            outcome,
+            packed: audit_codec::pack(&body),
+            body,
+        }
+    }
+
+    /// A record as read back: the stored body unpacked (left as stored if it cannot be, so that
+    /// its hash fails to verify rather than the read).
+    pub fn stored(
+        id: String,
+        recorded_ms: i64,
+        patient: Option<String>,
+        agent: String,
+        outcome: String,
+        packed: Bytes,
+    ) -> AuditRecord {
+        AuditRecord {
+            id,
+            recorded_ms,
+            patient,
+            agent,
+            outcome,
+            body: audit_codec::unpack(&packed).unwrap_or_else(|| packed.clone()),
+            packed,
+        }
+    }
 }
 
 /// An appended audit event with its place in the chain.

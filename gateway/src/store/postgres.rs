@@ -536,7 +536,7 @@ impl Store for PostgresStore {
         .bind(col(|r| r.outcome.clone()))
         .bind(links.iter().map(|(p, _)| p.clone()).collect::<Vec<String>>())
         .bind(links.iter().map(|(_, h)| h.clone()).collect::<Vec<String>>())
-        .bind(records.iter().map(|r| r.body.to_vec()).collect::<Vec<Vec<u8>>>())
+        .bind(records.iter().map(|r| r.packed.to_vec()).collect::<Vec<Vec<u8>>>())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -1475,14 +1475,14 @@ macro_rules! relational_common {
             use sqlx::Row;
             $crate::store::AuditRow {
                 seq: r.get(0),
-                record: $crate::store::AuditRecord {
-                    id: r.get(1),
-                    recorded_ms: r.get(2),
-                    patient: r.get(3),
-                    agent: r.get(4),
-                    outcome: r.get(5),
-                    body: bytes::Bytes::from(r.get::<Vec<u8>, _>(8)),
-                },
+                record: $crate::store::AuditRecord::stored(
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    bytes::Bytes::from(r.get::<Vec<u8>, _>(8)),
+                ),
                 prev_hash: r.get(6),
                 hash: r.get(7),
             }

@@ -542,16 +542,16 @@ mod tests {
     use crate::store::{AUDIT_GENESIS, AuditRecord, chain};
 
     fn record(n: u8) -> AuditRecord {
-        AuditRecord {
-            id: format!("event-{n}"),
-            recorded_ms: 1_700_000_000_000 + i64::from(n),
-            patient: Some("Patient/p1".into()),
-            agent: "issuer|user".into(),
-            outcome: "0".into(),
-            body: bytes::Bytes::from(format!(
+        AuditRecord::new(
+            format!("event-{n}"),
+            1_700_000_000_000 + i64::from(n),
+            Some("Patient/p1".into()),
+            "issuer|user".into(),
+            "0".into(),
+            bytes::Bytes::from(format!(
                 "{{\"resourceType\":\"AuditEvent\",\"id\":\"event-{n}\"}}"
             )),
-        }
+        )
     }
 
     /// A data directory written by a binary that kept the access log in `gateway.db` opens with
@@ -581,6 +581,14 @@ mod tests {
         store.append_audit(&[record(4)]).await.unwrap();
         let v = crate::audit::verify(&store).await.unwrap();
         assert_eq!((v.records, v.broken), (4, vec![]));
+        // The old records' bodies were stored as plain JSON, the new one's compressed: all four
+        // read back as the JSON that was written.
+        let rows = store.scan_audit(0, 10).await.unwrap();
+        for (row, n) in rows.iter().zip(1..) {
+            assert_eq!(row.record.body, record(n).body);
+        }
+        assert_eq!(rows[0].record.packed.first(), Some(&b'{'));
+        assert_ne!(rows[3].record.packed.first(), Some(&b'{'));
         let left: Option<String> =
             sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = 'audit_log'")
                 .fetch_optional(&store.reader)

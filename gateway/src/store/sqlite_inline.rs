@@ -150,7 +150,7 @@ fn append(conn: &mut Connection, records: &[AuditRecord]) -> Result<()> {
                 r.outcome,
                 prev,
                 hash,
-                &r.body[..]
+                &r.packed[..]
             ])?;
         }
     }
