@@ -235,15 +235,9 @@ impl AuditRecord {
         outcome: String,
         body: Bytes,
     ) -> AuditRecord {
-        AuditRecord {
-            id,
-            recorded_ms,
-            patient,
-            agent,
-            outcome,
-            packed: audit_codec::pack(&body),
-            body,
-        }
+        let packed = audit_codec::pack(&body);
+        let head = (id, recorded_ms, patient, agent, outcome);
+        AuditRecord::of(head, body, packed)
     }
 
     /// A record as read back: the stored body unpacked (left as stored if it cannot be, so that
@@ -256,13 +250,23 @@ impl AuditRecord {
         outcome: String,
         packed: Bytes,
     ) -> AuditRecord {
+        let body = audit_codec::unpack(&packed).unwrap_or_else(|| packed.clone());
+        let head = (id, recorded_ms, patient, agent, outcome);
+        AuditRecord::of(head, body, packed)
+    }
+
+    fn of(
+        (id, recorded_ms, patient, agent, outcome): (String, i64, Option<String>, String, String),
+        body: Bytes,
+        packed: Bytes,
+    ) -> AuditRecord {
         AuditRecord {
             id,
             recorded_ms,
             patient,
             agent,
             outcome,
-            body: audit_codec::unpack(&packed).unwrap_or_else(|| packed.clone()),
+            body,
             packed,
         }
     }
