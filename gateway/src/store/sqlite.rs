@@ -601,6 +601,27 @@ mod tests {
         assert_eq!(crate::audit::verify(&store).await.unwrap().records, 4);
     }
 
+    /// A batch that fails (here: an id used twice) leaves nothing behind, and the next batch
+    /// chains to the last record that was committed.
+    #[tokio::test]
+    async fn a_failed_audit_batch_is_undone_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        store.append_audit(&[record(1)]).await.unwrap();
+        assert!(store.append_audit(&[record(2), record(2)]).await.is_err());
+        store.append_audit(&[record(3)]).await.unwrap();
+        let ids: Vec<String> = store
+            .scan_audit(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.record.id)
+            .collect();
+        assert_eq!(ids, ["event-1", "event-3"]);
+        let v = crate::audit::verify(&store).await.unwrap();
+        assert_eq!((v.records, v.broken), (2, vec![]));
+    }
+
     /// The migration that drops `token_index` keeps the identifiers the search index lacks (a
     /// type without an `identifier` search parameter) and adds none that it holds already.
     #[tokio::test]

@@ -126,34 +126,41 @@ impl AuditAppender {
     }
 }
 
+/// One transaction per batch. Its statements, BEGIN and COMMIT included, are prepared once per
+/// connection: with one batch per request at low load, preparing them (the last-hash query's
+/// plan above all) was ~5 % of the request threads' CPU under an HL7 feed on one connection.
 fn append(conn: &mut Connection, records: &[AuditRecord]) -> Result<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let last: String = tx
-        .query_row(
-            "SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let written = append_in_transaction(conn, records)
+        .and_then(|()| Ok(conn.prepare_cached("COMMIT")?.execute([]).map(|_| ())?));
+    if written.is_err() {
+        // Nothing of the batch stays; the next batch chains to the last committed hash.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    written
+}
+
+fn append_in_transaction(conn: &Connection, records: &[AuditRecord]) -> Result<()> {
+    let last: String = conn
+        .prepare_cached("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| r.get(0))
         .optional()?
         .unwrap_or_else(|| AUDIT_GENESIS.to_owned());
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        for (r, (prev, hash)) in records.iter().zip(chain(last, records)) {
-            insert.execute(rusqlite::params![
-                r.id,
-                r.recorded_ms,
-                r.patient,
-                r.agent,
-                r.outcome,
-                prev,
-                hash,
-                &r.packed[..]
-            ])?;
-        }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for (r, (prev, hash)) in records.iter().zip(chain(last, records)) {
+        insert.execute(rusqlite::params![
+            r.id,
+            r.recorded_ms,
+            r.patient,
+            r.agent,
+            r.outcome,
+            prev,
+            hash,
+            &r.packed[..]
+        ])?;
     }
-    tx.commit()?;
     Ok(())
 }
