@@ -163,6 +163,8 @@ def ms(v):
 
 
 def wrk(url, script, seconds, connections, threads=2):
+    # wrk refuses more threads than connections (the search suite's latency runs use -c1).
+    threads = min(threads, connections)
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script:
         cmd += ["-s", script]
