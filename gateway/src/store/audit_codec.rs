@@ -37,8 +37,10 @@ fn decoder_dictionary() -> &'static zstd::dict::DecoderDictionary<'static> {
 }
 
 thread_local! {
-    // One compression context per thread: making one per event costs as much as compressing.
+    // One context per thread and direction: making one per event costs as much as compressing
+    // it (and `audit verify` unpacks every record of the log).
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
 /// The body as stored: tag and zstd frame; the JSON itself if compression fails (it cannot for
@@ -71,9 +73,14 @@ pub fn unpack(stored: &[u8]) -> Option<Bytes> {
             if size > MAX_BODY {
                 return None;
             }
-            let mut d =
-                zstd::bulk::Decompressor::with_prepared_dictionary(decoder_dictionary()).ok()?;
-            d.decompress(frame, size).ok().map(Bytes::from)
+            DECOMPRESSOR.with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = zstd::bulk::Decompressor::with_prepared_dictionary(decoder_dictionary())
+                        .ok();
+                }
+                d.as_mut()?.decompress(frame, size).ok().map(Bytes::from)
+            })
         }
         Some((b'{', _)) => Some(Bytes::copy_from_slice(stored)),
         _ => None,

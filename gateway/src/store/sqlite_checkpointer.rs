@@ -94,46 +94,58 @@ mod tests {
         c
     }
 
-    /// The thread copies what the writer commits into the database file without the writer
-    /// checkpointing (its automatic checkpoint is off here).
-    #[test]
-    fn checkpoints_beside_the_writer() {
+    /// A writer connection with one table, and a checkpoint thread on a second connection.
+    fn writer_and_thread() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Connection,
+        Checkpointer,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let writer = open(&path);
         writer.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
         let cp = Checkpointer::start(open(&path)).unwrap();
-        for _ in 0..50 {
+        (dir, path, writer, cp)
+    }
+
+    /// Commits `rows` rows of 3,000 bytes, nudging the thread after each.
+    fn write(writer: &Connection, cp: &Checkpointer, rows: usize) {
+        for _ in 0..rows {
             writer
                 .execute("INSERT INTO t VALUES (randomblob(3000))", [])
                 .unwrap();
             cp.nudge();
         }
-        // Until a checkpoint copies them, the rows are in the WAL alone and the database file
-        // holds only the empty table.
+    }
+
+    /// Waits (10 s at most) until the database file holds `rows` such rows.
+    fn wait_until_copied(path: &std::path::Path, rows: u64, what: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(&path).unwrap().len() < 50 * 3000 {
-            assert!(std::time::Instant::now() < deadline, "never checkpointed");
+        while std::fs::metadata(path).unwrap().len() < rows * 3000 {
+            assert!(std::time::Instant::now() < deadline, "{what}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The thread copies what the writer commits into the database file without the writer
+    /// checkpointing (its automatic checkpoint is off here).
+    #[test]
+    fn checkpoints_beside_the_writer() {
+        let (_dir, path, writer, cp) = writer_and_thread();
+        write(&writer, &cp, 50);
+        // Until a checkpoint copies them, the rows are in the WAL alone and the database file
+        // holds only the empty table.
+        wait_until_copied(&path, 50, "never checkpointed");
         drop(cp);
     }
 
     /// Paused, the thread copies nothing.
     #[test]
     fn pausing_stops_checkpoints() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let writer = open(&path);
-        writer.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
-        let cp = Checkpointer::start(open(&path)).unwrap();
+        let (_dir, path, writer, cp) = writer_and_thread();
         cp.pause(true);
-        for _ in 0..20 {
-            writer
-                .execute("INSERT INTO t VALUES (randomblob(3000))", [])
-                .unwrap();
-            cp.nudge();
-        }
+        write(&writer, &cp, 20);
         std::thread::sleep(PAUSE * 5);
         let on_disk = std::fs::metadata(&path).unwrap().len();
         assert!(
@@ -142,10 +154,6 @@ mod tests {
         );
         cp.pause(false);
         cp.nudge();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(&path).unwrap().len() < 20 * 3000 {
-            assert!(std::time::Instant::now() < deadline, "never resumed");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_copied(&path, 20, "never resumed");
     }
 }

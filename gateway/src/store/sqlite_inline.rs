@@ -118,8 +118,8 @@ impl AuditAppender {
         let conn = self.conn.clone();
         let records = records.to_vec();
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().expect("audit connection lock");
-            append(&mut conn, &records)
+            let conn = conn.lock().expect("audit connection lock");
+            append(&conn, &records)
         })
         .await
         .map_err(|e| Error::internal(format!("audit append task: {e}")))?
@@ -129,7 +129,7 @@ impl AuditAppender {
 /// One transaction per batch. Its statements, BEGIN and COMMIT included, are prepared once per
 /// connection: with one batch per request at low load, preparing them (the last-hash query's
 /// plan above all) was ~5 % of the request threads' CPU under an HL7 feed on one connection.
-fn append(conn: &mut Connection, records: &[AuditRecord]) -> Result<()> {
+fn append(conn: &Connection, records: &[AuditRecord]) -> Result<()> {
     conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     let written = append_in_transaction(conn, records)
         .and_then(|()| Ok(conn.prepare_cached("COMMIT")?.execute([]).map(|_| ())?));
