@@ -611,6 +611,199 @@ async fn search_index_follows_writes() {
     }
 }
 
+/// A row that two parameters share is stored once, under the narrower one (a Patient's family
+/// name is a `family` row, not also a `name` row; an Observation's code a `code` row, not also a
+/// `combo-code` row): searches, `:missing` and sorting on the wider one answer as before, on
+/// one type and across types, and the narrower one does not pick up the wider one's own rows.
+#[tokio::test]
+async fn rows_shared_by_parameters_are_stored_once() {
+    use gateway::fhir::search::{SortBy, SortKey};
+    for b in backends().await {
+        let s = b.store.as_ref();
+        let make = |ty: &str, r: Value| {
+            permit(Create {
+                ty: ty.into(),
+                resource: r,
+                if_none_exist: None,
+                id: None,
+            })
+        };
+        let id = |c: Created| match c {
+            Created::New(s) | Created::Existing(s) => s.id,
+        };
+        let jansen = id(s
+            .create(&make(
+                "Patient",
+                json!({"resourceType": "Patient", "name": [{"family": "Jansen", "given": ["Piet"], "text": "Piet Jansen"}],
+                       "address": [{"city": "Utrecht", "line": ["Heidelberglaan 100"]}]}),
+            ))
+            .await
+            .unwrap());
+        let vaak = id(s
+            .create(&make(
+                "Patient",
+                json!({"resourceType": "Patient", "name": [{"text": "Klaas Vaak"}]}),
+            ))
+            .await
+            .unwrap());
+        s.create(&make(
+            "Patient",
+            json!({"resourceType": "Patient", "gender": "male"}),
+        ))
+        .await
+        .unwrap();
+        s.create(&make(
+            "Organization",
+            json!({"resourceType": "Organization", "name": "Jansen Zorg"}),
+        ))
+        .await
+        .unwrap();
+        s.create(&make(
+            "Observation",
+            json!({"resourceType": "Observation", "status": "final",
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+                   "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                                  "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]}),
+        ))
+        .await
+        .unwrap();
+        let search =
+            |ty: &str, types: &[&str], param: &str, how: ClauseKind, sort: Vec<SortKey>| {
+                let op = permit(Search {
+                    ty: ty.into(),
+                    criteria: Criteria {
+                        clauses: vec![Clause {
+                            param: param.into(),
+                            how,
+                        }],
+                        types: types.iter().map(|t| t.to_string()).collect(),
+                        ..Default::default()
+                    },
+                    count: 10,
+                    total: true,
+                    sort,
+                    ..Default::default()
+                });
+                async move {
+                    let page = s.search(&op).await.unwrap();
+                    page.entries
+                        .iter()
+                        .map(|e| format!("{}/{}", e.ty, e.id))
+                        .collect::<Vec<_>>()
+                }
+            };
+        let starts = |v: &str| ClauseKind::Any(vec![Pred::StartsWith(v.into())]);
+        let n = |ty: &'static str, param: &'static str, how: ClauseKind| {
+            let f = search(ty, &[], param, how, vec![]);
+            async move { f.await.len() }
+        };
+        let name = b.name;
+        assert_eq!(n("Patient", "name", starts("jansen")).await, 1, "{name}");
+        assert_eq!(n("Patient", "name", starts("piet")).await, 1, "{name}");
+        assert_eq!(n("Patient", "name", starts("klaas")).await, 1, "{name}");
+        assert_eq!(n("Patient", "family", starts("jansen")).await, 1, "{name}");
+        assert_eq!(n("Patient", "family", starts("klaas")).await, 0, "{name}");
+        assert_eq!(n("Patient", "given", starts("piet j")).await, 0, "{name}");
+        assert_eq!(
+            n("Patient", "address", starts("utrecht")).await,
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            n("Patient", "address", starts("heidelberg")).await,
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            n("Patient", "address-city", starts("utrecht")).await,
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            n("Patient", "name", ClauseKind::Missing(true)).await,
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            n("Patient", "name", ClauseKind::Missing(false)).await,
+            2,
+            "{name}"
+        );
+        assert_eq!(
+            n(
+                "Patient",
+                "name",
+                ClauseKind::None(vec![Pred::StartsWith("jansen".into())])
+            )
+            .await,
+            2,
+            "{name}"
+        );
+        let code = |c: &str| {
+            ClauseKind::Any(vec![Pred::Token(Token {
+                system: Some("http://loinc.org".into()),
+                value: Some(c.into()),
+            })])
+        };
+        assert_eq!(
+            n("Observation", "combo-code", code("85354-9")).await,
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            n("Observation", "combo-code", code("8480-6")).await,
+            1,
+            "{name}"
+        );
+        assert_eq!(n("Observation", "code", code("8480-6")).await, 0, "{name}");
+        assert_eq!(
+            n("Observation", "component-code", code("8480-6")).await,
+            1,
+            "{name}"
+        );
+        let high = ClauseKind::Any(vec![Pred::Quantity(Prefix::Gt, 100.0, 100.0, None, None)]);
+        assert_eq!(
+            n("Observation", "combo-value-quantity", high).await,
+            1,
+            "{name}"
+        );
+        // Sorted by name, a patient sorts by the first of all its name strings: "jansen" (a
+        // `family` row) before "klaas vaak" (a `name` row of its own).
+        let by_name = vec![SortKey {
+            by: SortBy::Param {
+                code: "name".into(),
+                ordered: false,
+            },
+            descending: false,
+        }];
+        let sorted = search("Patient", &[], "name", ClauseKind::Missing(false), by_name).await;
+        assert_eq!(
+            sorted,
+            [format!("Patient/{jansen}"), format!("Patient/{vaak}")],
+            "{name}"
+        );
+        // Across types: Patient's `name` reads `family` rows, Organization's only its own.
+        let across = search(
+            gateway::fhir::operation::ALL_TYPES,
+            &["Patient", "Organization"],
+            "name",
+            starts("jansen"),
+            vec![],
+        )
+        .await;
+        assert_eq!(across.len(), 2, "{name}: {across:?}");
+        let everywhere = search(
+            gateway::fhir::operation::ALL_TYPES,
+            &[],
+            "name",
+            starts("piet"),
+            vec![],
+        )
+        .await;
+        assert_eq!(everywhere, [format!("Patient/{jansen}")], "{name}");
+    }
+}
+
 /// A database migrated by a newer binary is refused: an older binary must not write to a schema
 /// it does not understand.
 /// A sorted search pages from its snapshot: the order holds when a sort value changes between

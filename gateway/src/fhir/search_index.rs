@@ -66,6 +66,29 @@ pub fn entries(ty: &str, resource: &Value) -> Vec<Entry> {
     out
 }
 
+/// `entries` as the store keeps them: a row of a parameter that another's row repeats exactly
+/// (a `name` row that is the `family` row, say) is left out, since a search on the wider
+/// parameter reads the narrower one's rows too (`search_params::aliases`).
+pub fn stored_once(ty: &str, entries: &mut Vec<Entry>) {
+    let repeated: Vec<bool> = entries
+        .iter()
+        .map(|e| {
+            let narrower = search_params::aliases(ty, &e.param);
+            !narrower.is_empty()
+                && entries.iter().any(|o| {
+                    narrower.contains(&o.param)
+                        && o.system == e.system
+                        && o.value == e.value
+                        && o.raw == e.raw
+                        && o.low == e.low
+                        && o.high == e.high
+                })
+        })
+        .collect();
+    let mut keep = repeated.into_iter().map(|r| !r);
+    entries.retain(|_| keep.next().unwrap_or(true));
+}
+
 fn rows(param: &str, kind: Kind, item: &Item, out: &mut Vec<Entry>) {
     let v = item.json();
     match kind {
@@ -492,6 +515,45 @@ pub fn precision_range(s: &str) -> Option<(f64, f64)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A Patient's `name` rows that are its `family` and `given` rows, its `address` rows that
+    /// are its `address-city` rows, are left out; the name's text, a row of `name` alone, stays.
+    #[test]
+    fn rows_another_parameter_holds_are_stored_once() {
+        let patient = json!({"resourceType": "Patient",
+            "name": [{"family": "Jansen", "given": ["Piet"], "text": "Piet Jansen"}],
+            "address": [{"city": "Utrecht", "line": ["Heidelberglaan 100"]}]});
+        let all = entries("Patient", &patient);
+        let mut once = all.clone();
+        stored_once("Patient", &mut once);
+        let of = |rows: &[Entry], param: &str| -> Vec<String> {
+            rows.iter()
+                .filter(|e| e.param == param)
+                .map(|e| e.value.clone())
+                .collect()
+        };
+        assert_eq!(of(&all, "name"), ["jansen", "piet", "piet jansen"]);
+        assert_eq!(of(&once, "name"), ["piet jansen"]);
+        assert_eq!(of(&once, "family"), ["jansen"]);
+        assert_eq!(of(&once, "address"), ["heidelberglaan 100"]);
+        assert_eq!(of(&once, "address-city"), ["utrecht"]);
+        assert_eq!(all.len() - once.len(), 3);
+        // An Organization's `name` has no narrower parameter: every row stays.
+        let org = json!({"resourceType": "Organization", "name": "Jansen Zorg"});
+        let mut rows = entries("Organization", &org);
+        let n = rows.len();
+        stored_once("Organization", &mut rows);
+        assert_eq!(rows.len(), n);
+        // An Observation's `combo-*` rows are all its `code`, `component-code`, `value-quantity`,
+        // ... rows.
+        let obs = json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+            "valueQuantity": {"value": 7.2, "system": "http://unitsofmeasure.org", "code": "mmol/L"}});
+        let mut rows = entries("Observation", &obs);
+        stored_once("Observation", &mut rows);
+        assert!(rows.iter().all(|e| !e.param.starts_with("combo-")), "{rows:?}");
+        assert!(rows.iter().any(|e| e.param == "code-value-quantity"));
+    }
 
     #[test]
     fn content_leaves_out_machine_identifiers() {

@@ -261,9 +261,229 @@ pub fn composite_pair(d: &Definition) -> Option<[&(Kind, FhirPath); 2]> {
     }
 }
 
+/// The parts of a HumanName or Address that a string parameter on one indexes (`strings` in
+/// `search_index`), in the order it reads them.
+pub const STRING_PARTS: [&str; 11] = [
+    "family",
+    "given",
+    "prefix",
+    "suffix",
+    "text",
+    "line",
+    "city",
+    "district",
+    "state",
+    "postalCode",
+    "country",
+];
+
+/// Type -> parameter -> the parameters whose index rows are all rows of it too: `name` holds
+/// every `family` and `given` row, `address` every `address-city` row, Observation's
+/// `combo-code` every `code` and `component-code` row. Such a row is stored once, under the
+/// narrower parameter, and a search on the wider one reads both (`aliases`). Each of an HL7 ADT
+/// message's Patients saves 5 of its 21 rows, an Observation its `combo-*` rows: on SQLite each
+/// index row is about a page of the write's commit, and at one message per commit the commit's
+/// pages are most of its cost.
+///
+/// Derived from the definitions, not listed: (P, Q) holds on a type where Q's expression is one
+/// of the alternatives of P's (`A | B` covers `A`; composites with the same components), or, for
+/// string parameters, P's expression followed by one of the [`STRING_PARTS`].
+static BASE_ALIASES: LazyLock<HashMap<String, HashMap<String, Vec<String>>>> =
+    LazyLock::new(|| {
+        let all: HashMap<String, HashMap<String, Value>> =
+            serde_json::from_str(DEFINITIONS).expect("the generated search parameters are JSON");
+        alias_pairs(&all)
+    });
+
+fn alias_pairs(
+    all: &HashMap<String, HashMap<String, Value>>,
+) -> HashMap<String, HashMap<String, Vec<String>>> {
+    let kind_of_url: HashMap<&str, &str> = all
+        .values()
+        .flat_map(HashMap::values)
+        .filter_map(|d| Some((d["url"].as_str()?, d["type"].as_str()?)))
+        .collect();
+    // `phonetic` is not indexed (see `indexed`): a search on it must not read `family` rows.
+    let usable = |code: &str| code != "phonetic" && code != "_id";
+    let mut out: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
+    for (ty, params) in all {
+        for (p, pd) in params.iter().filter(|(p, _)| usable(p)) {
+            let mut qs: Vec<String> = params
+                .iter()
+                .filter(|(q, qd)| usable(q) && *q != p && covers(pd, qd, &kind_of_url))
+                .map(|(q, _)| q.clone())
+                .collect();
+            if !qs.is_empty() {
+                qs.sort();
+                out.entry(ty.clone()).or_default().insert(p.clone(), qs);
+            }
+        }
+    }
+    out
+}
+
+/// Whether every index row of definition `q` is one of definition `p` (same type of parameter).
+fn covers(p: &Value, q: &Value, kind_of_url: &HashMap<&str, &str>) -> bool {
+    let (Some(pe), Some(qe)) = (p["expression"].as_str(), q["expression"].as_str()) else {
+        return false;
+    };
+    if p["type"] != q["type"] || pe == qe {
+        return false;
+    }
+    let components = |d: &Value| -> Vec<(Option<String>, Option<String>)> {
+        d["component"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c["definition"]
+                        .as_str()
+                        .and_then(|u| kind_of_url.get(u).map(|k| k.to_string())),
+                    c["expression"].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    };
+    if components(p) != components(q) {
+        return false;
+    }
+    if p["type"] == "string"
+        && qe
+            .strip_prefix(pe)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|part| STRING_PARTS.contains(&part))
+    {
+        return true;
+    }
+    let (pa, qa) = (alternatives(pe), alternatives(qe));
+    qa.iter().all(|a| pa.contains(a))
+}
+
+/// The top-level alternatives of a FHIRPath union (`A | (B) | C.where(x | y)` -> `A`, `B`,
+/// `C.where(x | y)`), each without parentheses around it whole.
+fn alternatives(e: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
+    for (i, ch) in e.char_indices() {
+        match ch {
+            '\'' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth -= 1,
+            '|' if !quoted && depth == 0 => {
+                out.push(unwrap_parens(e[start..i].trim()));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(unwrap_parens(e[start..].trim()));
+    out
+}
+
+/// `(A)` -> `A`, but `(A).b` and `(A) | (B)` stay as they are.
+fn unwrap_parens(e: &str) -> &str {
+    let Some(inner) = e.strip_prefix('(').and_then(|r| r.strip_suffix(')')) else {
+        return e;
+    };
+    let mut depth = 0i32;
+    for ch in inner.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth < 0 {
+                    return e;
+                }
+            }
+            _ => {}
+        }
+    }
+    inner.trim()
+}
+
+/// The parameters whose rows a search on `code` reads besides its own on `ty` (see
+/// [`BASE_ALIASES`]). None once a custom parameter on `ty` uses either code: its rows were not
+/// derived with them.
+pub fn aliases(ty: &str, code: &str) -> &'static [String] {
+    let Some(qs) = BASE_ALIASES.get(ty).and_then(|p| p.get(code)) else {
+        return &[];
+    };
+    let custom = CUSTOM.read().expect("custom search parameters lock");
+    if let Some(mine) = custom.get(ty)
+        && (mine.contains_key(code) || qs.iter().any(|q| mine.contains_key(q)))
+    {
+        return &[];
+    }
+    qs
+}
+
+/// The types on which a search on `code` reads other parameters' rows too.
+pub fn types_aliasing(code: &str) -> Vec<&'static str> {
+    let mut types: Vec<&'static str> = BASE_ALIASES
+        .iter()
+        .filter(|(ty, _)| !aliases(ty, code).is_empty())
+        .map(|(ty, _)| ty.as_str())
+        .collect();
+    types.sort_unstable();
+    types
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aliases_are_derived_from_the_definitions() {
+        let mut pairs: Vec<String> = BASE_ALIASES
+            .iter()
+            .flat_map(|(t, ps)| {
+                ps.iter()
+                    .flat_map(move |(p, qs)| qs.iter().map(move |q| format!("{t}.{p} > {q}")))
+            })
+            .collect();
+        pairs.sort();
+        eprintln!("{pairs:#?}");
+        assert_eq!(aliases("Patient", "name"), ["family", "given"]);
+        assert_eq!(aliases("Practitioner", "name"), ["family", "given"]);
+        assert_eq!(
+            aliases("Patient", "address"),
+            [
+                "address-city",
+                "address-country",
+                "address-postalcode",
+                "address-state"
+            ]
+        );
+        assert_eq!(
+            aliases("Observation", "combo-code"),
+            ["code", "component-code"]
+        );
+        assert_eq!(
+            aliases("Observation", "combo-code-value-quantity"),
+            ["code-value-quantity", "component-code-value-quantity"]
+        );
+        assert!(aliases("Observation", "code").is_empty());
+        // Organization's `name` is `name | alias`, and it has no `family`.
+        assert!(aliases("Organization", "name").is_empty());
+        // `patient` is `subject.where(resolve() is Patient)`: a subject row need not be a
+        // patient row, so no alias.
+        assert!(aliases("Observation", "patient").is_empty());
+        assert!(aliases("Patient", "phonetic").is_empty());
+        assert_eq!(types_aliasing("combo-code"), ["Observation"]);
+        assert!(types_aliasing("name").contains(&"Patient"));
+    }
+
+    #[test]
+    fn alternatives_split_only_the_top_level_union() {
+        assert_eq!(
+            alternatives("(A as Quantity) | B.where(x | y) | (C | D).e"),
+            ["A as Quantity", "B.where(x | y)", "(C | D).e"]
+        );
+        assert_eq!(alternatives("A.b"), ["A.b"]);
+        assert_eq!(unwrap_parens("(A) | (B)"), "(A) | (B)");
+        assert_eq!(alternatives("A.where(c = '|')"), ["A.where(c = '|')"]);
+    }
 
     #[test]
     fn every_expression_parses_and_common_parameters_exist() {

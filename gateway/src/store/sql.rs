@@ -124,11 +124,74 @@ fn push_identifier_tokens(q: &mut Sql, ors: &[crate::fhir::search::Token]) {
     }
 }
 
+/// The resource types a condition on index rows is about: which rows hold a parameter's values
+/// depends on the type (see [`push_param`]).
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    One(&'a str),
+    Some(&'a [String]),
+    Any,
+}
+
+impl<'a> Scope<'a> {
+    /// A search's: its type, or the `_type` list of a search across types.
+    fn of(ty: &'a str, criteria: &'a Criteria) -> Scope<'a> {
+        if ty != ALL_TYPES {
+            Scope::One(ty)
+        } else if !criteria.types.is_empty() {
+            Scope::Some(&criteria.types)
+        } else {
+            Scope::Any
+        }
+    }
+}
+
+/// `<s>.param = 'code'`, or, where rows of narrower parameters stand for the code's own (a
+/// Patient's `name` rows that are its `family` rows are stored once, as `family`:
+/// `search_params::aliases`), `<s>.param IN ('name', 'family', 'given')`; a scope over types
+/// that differ in this reads the narrower rows only on the types where they count.
+fn push_param(q: &mut Sql, s: &str, code: &str, scope: Scope) {
+    use crate::fhir::search_params::{aliases, types_aliasing};
+    let types: Vec<&str> = match scope {
+        Scope::One(t) => vec![t],
+        Scope::Some(ts) => ts.iter().map(String::as_str).collect(),
+        Scope::Any => types_aliasing(code),
+    };
+    let first = types.first().map_or(&[][..], |t| aliases(t, code));
+    let uniform = !matches!(scope, Scope::Any) && types.iter().all(|t| aliases(t, code) == first);
+    q.push(" ");
+    if uniform && first.is_empty() || types.is_empty() {
+        q.push(s).push(".param = ").text(code);
+        return;
+    }
+    if uniform {
+        q.push(s).push(".param IN (").text(code);
+        for a in first {
+            q.push(", ").text(a);
+        }
+        q.push(")");
+        return;
+    }
+    q.push("(").push(s).push(".param = ").text(code);
+    for t in types.iter().filter(|t| !aliases(t, code).is_empty()) {
+        q.push(" OR (").push(s).push(".type = ").text(t);
+        q.push(" AND ").push(s).push(".param IN (");
+        for (i, a) in aliases(t, code).iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.text(a);
+        }
+        q.push("))");
+    }
+    q.push(")");
+}
+
 /// `AND [NOT] EXISTS (rows of the parameter matching any alternative)` per indexed clause.
-fn push_clauses(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>) {
+fn push_clauses(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>, scope: Scope) {
     for (n, clause) in criteria.clauses.iter().enumerate() {
         if driver != Some(Driver::Clause(n)) {
-            push_clause(q, clause, "c", 1);
+            push_clause(q, clause, "c", 1, scope);
         }
     }
 }
@@ -136,15 +199,15 @@ fn push_clauses(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>) {
 /// One clause on the resource aliased `c` (`resource_current`). Chains and `_has` nest a
 /// subquery over another `resource_current` alias (`c1`, `c2`, ...); each EXISTS has its own
 /// `search_index s`, so predicates always mean the innermost one.
-fn push_clause(q: &mut Sql, clause: &Clause, c: &str, depth: usize) {
+fn push_clause(q: &mut Sql, clause: &Clause, c: &str, depth: usize, scope: Scope) {
     let inner_alias = format!("c{depth}");
     let index_rows = |q: &mut Sql| {
         q.push(" (SELECT 1 FROM search_index s WHERE s.type = ")
             .push(c)
             .push(".type AND s.id = ")
             .push(c)
-            .push(".id AND s.param = ")
-            .text(&clause.param);
+            .push(".id AND");
+        push_param(q, "s", &clause.param, scope);
     };
     let (negate, preds): (bool, &[Pred]) = match &clause.how {
         ClauseKind::Any(p) => (false, p),
@@ -172,7 +235,7 @@ fn push_clause(q: &mut Sql, clause: &Clause, c: &str, depth: usize) {
                 q.text(t);
             }
             q.push(")");
-            push_clause(q, inner, n, depth + 1);
+            push_clause(q, inner, n, depth + 1, Scope::Some(targets));
             q.push("))");
             return;
         }
@@ -190,14 +253,14 @@ fn push_clause(q: &mut Sql, clause: &Clause, c: &str, depth: usize) {
                 .push(n)
                 .push(".type = ")
                 .text(ty)
-                .push(" AND s.param = ")
-                .text(&clause.param)
-                .push(" AND s.value = ")
+                .push(" AND");
+            push_param(q, "s", &clause.param, Scope::One(ty));
+            q.push(" AND s.value = ")
                 .push(c)
                 .push(".type || '/' || ")
                 .push(c)
                 .push(".id");
-            push_clause(q, inner, n, depth + 1);
+            push_clause(q, inner, n, depth + 1, Scope::One(ty));
             q.push(")");
             return;
         }
@@ -501,8 +564,8 @@ fn push_driver_select(q: &mut Sql, ty: &str, criteria: &Criteria, driver: Driver
                 unreachable!("only an Any clause drives")
             };
             q.push(if all { "s.type, s.id" } else { "s.id" })
-                .push(" FROM search_index s WHERE s.param = ")
-                .text(&clause.param);
+                .push(" FROM search_index s WHERE");
+            push_param(q, "s", &clause.param, Scope::of(ty, criteria));
             if !all {
                 q.push(" AND s.type = ").text(ty);
             }
@@ -539,7 +602,7 @@ fn current_where(q: &mut Sql, ty: &str, criteria: &Criteria) {
         push_driver(q, ty, criteria, d);
     }
     push_criteria(q, criteria, driver);
-    push_clauses(q, criteria, driver);
+    push_clauses(q, criteria, driver, Scope::of(ty, criteria));
     push_compartment(q, criteria, driver);
 }
 
@@ -642,9 +705,9 @@ fn push_sorted_matches(q: &mut Sql, op: &Search, cols: &str) {
                     .push(agg)
                     .push("(")
                     .push(col)
-                    .push(") FROM search_index s WHERE s.type = c.type AND s.id = c.id AND s.param = ")
-                    .text(code)
-                    .push(")");
+                    .push(") FROM search_index s WHERE s.type = c.type AND s.id = c.id AND");
+                push_param(q, "s", code, Scope::of(&op.ty, &op.criteria));
+                q.push(")");
             }
         }
         q.push(&format!(" AS k{i}"));
@@ -769,6 +832,7 @@ impl Indexing {
         patients.retain(|p| !p.is_empty());
         let (narrative, content) = crate::fhir::search_index::texts(body);
         let mut entries = crate::fhir::search_index::entries(ty, body);
+        crate::fhir::search_index::stored_once(ty, &mut entries);
         // `identifier=` is searched in the `identifier` rows of the search index, and allowed on
         // every type with an `identifier` element; the few of those without an `identifier`
         // search parameter in R4 (ObservationDefinition, say) get their rows here.
