@@ -551,7 +551,10 @@ mod tests {
             "valueQuantity": {"value": 7.2, "system": "http://unitsofmeasure.org", "code": "mmol/L"}});
         let mut rows = entries("Observation", &obs);
         stored_once("Observation", &mut rows);
-        assert!(rows.iter().all(|e| !e.param.starts_with("combo-")), "{rows:?}");
+        assert!(
+            rows.iter().all(|e| !e.param.starts_with("combo-")),
+            "{rows:?}"
+        );
         assert!(rows.iter().any(|e| e.param == "code-value-quantity"));
     }
 
