@@ -212,19 +212,7 @@ fn strings(v: &Value, f: &mut dyn FnMut(&str)) {
         Value::String(s) => f(s),
         Value::Array(a) => a.iter().for_each(|x| strings(x, f)),
         Value::Object(m) => {
-            for k in [
-                "family",
-                "given",
-                "prefix",
-                "suffix",
-                "text",
-                "line",
-                "city",
-                "district",
-                "state",
-                "postalCode",
-                "country",
-            ] {
+            for k in search_params::STRING_PARTS {
                 if let Some(x) = m.get(k) {
                     strings(x, f);
                 }
