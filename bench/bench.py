@@ -562,7 +562,13 @@ def search_suite(args, workdir, bare, servers, report):
         lines.append("")
         lines.append(table(f"First pages on {name} (wrk -c{args.search_connections})",
                            alternate(targets, args.rounds, args.seconds, args.search_connections)))
-        for q in ("DiagnosticReport?status=final&_total=accurate&_count=1", "Observation?category=vital-signs&_total=accurate&_count=1"):
+        # Counts over many matches: a token, and ranges (a date, a quantity, a birth date), whose
+        # conditions are probed per resource (a range never drives a search).
+        for q in ("DiagnosticReport?status=final&_total=accurate&_count=1",
+                  "Observation?category=vital-signs&_total=accurate&_count=1",
+                  "Observation?date=lt2030-01-01&_total=accurate&_count=1",
+                  "Observation?value-quantity=gt5&_total=accurate&_count=1",
+                  "Patient?birthdate=lt1980-01-01&_total=accurate&_count=1"):
             times = []
             for _ in range(7):
                 ms_, body = timed_get(f"{gw.url}/fhir/{q}")
