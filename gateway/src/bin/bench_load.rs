@@ -1,11 +1,12 @@
 //! Loads NDJSON files into a running gateway through its REST API, as a client would: one
 //! `PUT [base]/[type]/[id]` per line (or with `--create` one `POST [base]/[type]`, the server
-//! assigning the id), `--concurrency` requests in flight. Prints one JSON line
-//! with how many were written, how many failed and the rate. The search benchmark loads its
+//! assigning the id; or with `--bundle N` one transaction Bundle of N such PUTs per request, as a
+//! bulk client or an integration engine sends them), `--concurrency` requests in flight. Prints
+//! one JSON line with how many resources were written, how many failed and the rate. The search benchmark loads its
 //! million resources with it (bench/bench.py); in Rust so that the client costs the 2-core
 //! machine little beside the gateway it measures.
 //!
-//!   bench-load --base URL --token JWT [--concurrency N] [--create] [--limit N] FILE.ndjson...
+//!   bench-load --base URL --token JWT [--concurrency N] [--create | --bundle N] [--limit N] FILE.ndjson...
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +22,12 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// POST each resource as a create (the server assigns the id) instead of a PUT of its id.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bundle")]
     create: bool,
+    /// Sends the lines N at a time as one transaction Bundle (`POST [base]`), each entry a PUT of
+    /// its id; a failed transaction counts all of its resources as failed.
+    #[arg(long)]
+    bundle: Option<usize>,
     /// At most this many lines over all files.
     #[arg(long)]
     limit: Option<u64>,
@@ -37,7 +42,7 @@ async fn main() {
         .pool_max_idle_per_host(args.concurrency)
         .build()
         .expect("an HTTP client");
-    let (tx, rx) = async_channel::<(String, String)>(args.concurrency * 4);
+    let (tx, rx) = async_channel::<Request>(args.concurrency * 4);
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -57,8 +62,10 @@ async fn main() {
             args.create,
         );
         workers.push(tokio::spawn(async move {
-            while let Ok((path, body)) = rx.recv().await {
-                let request = if create {
+            while let Ok(Request { path, body, count }) = rx.recv().await {
+                let request = if path.is_empty() {
+                    client.post(&base)
+                } else if create {
                     let ty = path.split('/').next().unwrap_or_default();
                     client.post(format!("{base}/{ty}"))
                 } else {
@@ -73,10 +80,10 @@ async fn main() {
                     .await;
                 match r {
                     Ok(r) if r.status().is_success() => {
-                        ok.fetch_add(1, Ordering::Relaxed);
+                        ok.fetch_add(count, Ordering::Relaxed);
                     }
                     other => {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                        failed.fetch_add(count, Ordering::Relaxed);
                         let why = match other {
                             Ok(r) => format!(
                                 "{path}: {} {}",
@@ -93,6 +100,7 @@ async fn main() {
     }
     drop(rx);
     let mut sent = 0u64;
+    let mut pending: Vec<(String, String)> = Vec::new();
     'files: for file in &args.files {
         let f = tokio::fs::File::open(file)
             .await
@@ -109,10 +117,28 @@ async fn main() {
                 break 'files;
             }
             sent += 1;
-            if tx.send((format!("{ty}/{id}"), line)).await.is_err() {
-                break;
+            let path = format!("{ty}/{id}");
+            let request = match args.bundle {
+                None => Request {
+                    path,
+                    body: line,
+                    count: 1,
+                },
+                Some(n) => {
+                    pending.push((path, line));
+                    if pending.len() < n {
+                        continue;
+                    }
+                    transaction(std::mem::take(&mut pending))
+                }
+            };
+            if tx.send(request).await.is_err() {
+                break 'files;
             }
         }
+    }
+    if !pending.is_empty() {
+        let _ = tx.send(transaction(pending)).await;
     }
     drop(tx);
     for w in workers {
@@ -130,6 +156,37 @@ async fn main() {
             "first_error": *first_error.lock().unwrap(),
         })
     );
+}
+
+/// One request to send: a resource to `PUT [base]/{path}`, or with an empty path a Bundle to
+/// `POST [base]` carrying `count` resources.
+struct Request {
+    path: String,
+    body: String,
+    count: u64,
+}
+
+/// A transaction Bundle of the NDJSON `lines`, each entry a PUT of its `Type/id`. The lines are
+/// spliced in as they are (each is one JSON object), not parsed and printed again.
+fn transaction(lines: Vec<(String, String)>) -> Request {
+    let count = lines.len() as u64;
+    let mut body = String::from(r#"{"resourceType":"Bundle","type":"transaction","entry":["#);
+    for (i, (path, line)) in lines.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(r#"{"resource":"#);
+        body.push_str(line);
+        body.push_str(r#","request":{"method":"PUT","url":"#);
+        body.push_str(&serde_json::Value::String(path.clone()).to_string());
+        body.push_str("}}");
+    }
+    body.push_str("]}");
+    Request {
+        path: String::new(),
+        body,
+        count,
+    }
 }
 
 /// A bounded multi-consumer channel from tokio's primitives: the reader fills it, the workers
