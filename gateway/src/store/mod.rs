@@ -11,6 +11,7 @@ pub mod sql;
 pub mod sqlite;
 mod sqlite_checkpointer;
 mod sqlite_inline;
+mod sqlite_syncer;
 mod sqlite_writer;
 pub mod statistics;
 pub mod writes;

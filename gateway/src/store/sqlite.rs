@@ -1,6 +1,7 @@
 //! The embedded SQLite store.
 //!
-//! Durability: WAL with `synchronous=FULL`, so a commit is on disk before the response.
+//! Durability: WAL; a write is answered once its commit is synced to disk, and a read once every
+//! commit it could have seen is (`sqlite_syncer`).
 //! Atomicity of conditional writes: all writes go through one connection (SQLite has one writer
 //! anyway), each in its own transaction, so "search, then create if nothing matched" cannot
 //! interleave with another write. Reads use a separate pool and never wait for writers (WAL).
@@ -225,7 +226,11 @@ impl SqliteStore {
         // changes to a statement journal first; in memory, not a temporary file (with a file,
         // those pwrites were a fifth of the writer thread's time under concurrent REST writes).
         group_conn.pragma_update(None, "temp_store", "MEMORY")?;
-        let group = GroupWriter::start(group_conn, checkpointer.clone());
+        // The writer's commits do not wait for the disk; `sqlite_syncer` syncs the WAL after them,
+        // before any of their writes is answered and before any read that could see them is.
+        group_conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let wal = dir.join("gateway.db-wal");
+        let group = GroupWriter::start(group_conn, checkpointer.clone(), wal);
         let store = SqliteStore {
             writer,
             group,
@@ -397,6 +402,27 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// A search's page, read without waiting for the sync of what it saw.
+    async fn search_unsettled(&self, op: &Search) -> Result<Page> {
+        let (count, page) = sql::search(D, op);
+        let count = op.total.then_some(&count);
+        if op.sort.is_empty() || op.count == 0 {
+            let next_of: fn(&SqliteRow) -> String = if op.ty == ALL_TYPES {
+                |r: &_| format!("{}/{}", r.get::<String, _>(0), r.get::<String, _>(1))
+            } else {
+                |r: &_| r.get::<String, _>(1)
+            };
+            return self.page(count, &page, op.count, next_of).await;
+        }
+        let total = match count {
+            Some(c) => Some(scalar(c).fetch_one(&self.reader).await?),
+            None => None,
+        };
+        sorted_search(&self.reader, &self.writer, op, total).await
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create(&self, permit: &Permit<Create>) -> Result<Created> {
@@ -409,13 +435,18 @@ impl Store for SqliteStore {
 
     async fn read(&self, permit: &Permit<Read>) -> Result<Option<Stored>> {
         let op = permit.op();
-        self.point_reads.one(&sql::read(D, &op.ty, &op.id))
+        let found = self.point_reads.one(&sql::read(D, &op.ty, &op.id))?;
+        self.group.settled().await?;
+        Ok(found)
     }
 
     async fn vread(&self, permit: &Permit<VRead>) -> Result<Option<Stored>> {
         let op = permit.op();
-        self.point_reads
-            .one(&sql::vread(D, &op.ty, &op.id, op.version))
+        let found = self
+            .point_reads
+            .one(&sql::vread(D, &op.ty, &op.id, op.version))?;
+        self.group.settled().await?;
+        Ok(found)
     }
 
     async fn update(&self, permit: &Permit<Update>) -> Result<Updated> {
@@ -436,31 +467,20 @@ impl Store for SqliteStore {
     async fn history(&self, permit: &Permit<History>) -> Result<Page> {
         let op = permit.op();
         let (count, page) = sql::history(D, op);
-        self.page(Some(&count), &page, op.count, |r| {
-            r.get::<i64, _>(6).to_string()
-        })
-        .await
+        let found = self
+            .page(Some(&count), &page, op.count, |r| {
+                r.get::<i64, _>(6).to_string()
+            })
+            .await?;
+        self.group.settled().await?;
+        Ok(found)
     }
 
     async fn search(&self, permit: &Permit<Search>) -> Result<Page> {
-        let op = permit.op();
-        let (count, page) = sql::search(D, op);
-        let count = op.total.then_some(&count);
-        if op.sort.is_empty() || op.count == 0 {
-            let next_of: fn(&SqliteRow) -> String = if op.ty == ALL_TYPES {
-                |r: &_| format!("{}/{}", r.get::<String, _>(0), r.get::<String, _>(1))
-            } else {
-                |r: &_| r.get::<String, _>(1)
-            };
-            return self.page(count, &page, op.count, next_of).await;
-        }
-        let total = match count {
-            Some(c) => Some(scalar(c).fetch_one(&self.reader).await?),
-            None => None,
-        };
-        sorted_search(&self.reader, &self.writer, op, total).await
+        let found = self.search_unsettled(permit.op()).await?;
+        self.group.settled().await?;
+        Ok(found)
     }
-
     async fn transaction(&self, t: Transaction) -> Result<Vec<TxOutcome>> {
         let (entries, refs, expected) = t.into_parts();
         // One job of the group writer: its savepoint makes the bundle all or nothing.

@@ -3,18 +3,21 @@
 //! gateway managed ~400 writes/s on 2 cores while using half of them. Here one thread owns the
 //! write connection (rusqlite, statements run inline), takes every write that is waiting (up to
 //! [`MAX_GROUP`]), runs each in its own savepoint inside one transaction, commits once, and only
-//! then answers each: a write is still durable before it is acknowledged, and one that fails
-//! (a version conflict, a 412) is rolled back alone.
+//! then answers each: a write is still durable before it is acknowledged (the sync of the commit
+//! runs on a thread of its own, `sqlite_syncer`, while this one goes on with the next group), and
+//! one that fails (a version conflict, a 412) is rolled back alone.
 
 use super::sql::{self, Bind, Dialect, FullTextBatch, Indexing, Sql};
 use super::sqlite_checkpointer::Checkpointer;
+use super::sqlite_syncer::{self, Committed, Durability};
 use super::writes::WriteTx;
 use super::{Stored, WriteMethod, from_millis};
 use crate::error::{Error, Result};
 use crate::fhir::search::Criteria;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde_json::Value;
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::sync::{Arc, mpsc};
 
 /// The most writes one commit takes.
 pub const MAX_GROUP: usize = 256;
@@ -73,19 +76,35 @@ where
 #[derive(Clone)]
 pub struct GroupWriter {
     jobs: mpsc::Sender<Box<dyn Job>>,
+    durability: Arc<Durability>,
 }
 
 impl GroupWriter {
     /// Starts the writer thread on `conn` (opened read-write by the caller, schema migrated);
     /// after each commit it nudges `checkpointer`, which copies the WAL into the database file
     /// on a thread of its own.
-    pub fn start(conn: Connection, checkpointer: Checkpointer) -> GroupWriter {
+    ///
+    /// `conn` commits without syncing (`synchronous=NORMAL`); a thread of its own syncs `wal`,
+    /// the database's WAL file, after the commits and only then answers their writes (see
+    /// `sqlite_syncer`).
+    pub fn start(conn: Connection, checkpointer: Checkpointer, wal: PathBuf) -> GroupWriter {
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
+        let durability = Arc::new(Durability::default());
+        let synced = sqlite_syncer::start(wal, durability.clone(), |job: Box<dyn Job>, r| {
+            job.deliver(r)
+        })
+        .expect("a thread for the SQLite WAL sync");
+        let shared = durability.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, checkpointer))
+            .spawn(move || writer_loop(conn, rx, checkpointer, &shared, synced))
             .expect("a thread for the SQLite writer");
-        GroupWriter { jobs }
+        GroupWriter { jobs, durability }
+    }
+
+    /// Waits until every write that a read finished now could have seen is on disk.
+    pub async fn settled(&self) -> Result<()> {
+        self.durability.settled().await
     }
 
     /// Runs `work` in the next group; answers after its commit. `work` runs on the writer thread
@@ -159,13 +178,20 @@ impl GroupWriter {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, checkpointer: Checkpointer) {
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Box<dyn Job>>,
+    checkpointer: Checkpointer,
+    durability: &Durability,
+    synced: mpsc::Sender<Committed<Box<dyn Job>>>,
+) {
     let mut tx = InlineTx {
         conn,
         indexing: None,
         fulltext: FullTextBatch::default(),
         group_fulltext: FullTextBatch::default(),
     };
+    let mut n = 0;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -174,11 +200,26 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, checkpointer:
                 Err(_) => break,
             }
         }
-        let committed = run_group(&mut tx, &mut group);
-        for job in group {
-            job.deliver(committed.clone());
+        if durability.failed() {
+            for job in group {
+                job.deliver(Err(sqlite_syncer::unsynced().log_detail()));
+            }
+            continue;
         }
+        n += 1;
+        // Before the COMMIT: a reader that sees the group must find it announced.
+        durability.announce(n);
+        let outcome = run_group(&mut tx, &mut group);
         checkpointer.nudge();
+        if let Err(mpsc::SendError(c)) = synced.send(Committed {
+            n,
+            outcome,
+            jobs: group,
+        }) {
+            for job in c.jobs {
+                job.deliver(Err("the SQLite WAL sync thread has stopped".into()));
+            }
+        }
     }
 }
 
