@@ -400,9 +400,7 @@ impl SqliteStore {
         };
         Ok(page_of(total, &rows, size, row_to_stored, next_of))
     }
-}
 
-impl SqliteStore {
     /// A search's page, read without waiting for the sync of what it saw.
     async fn search_unsettled(&self, op: &Search) -> Result<Page> {
         let (count, page) = sql::search(D, op);
@@ -481,6 +479,7 @@ impl Store for SqliteStore {
         self.group.settled().await?;
         Ok(found)
     }
+
     async fn transaction(&self, t: Transaction) -> Result<Vec<TxOutcome>> {
         let (entries, refs, expected) = t.into_parts();
         // One job of the group writer: its savepoint makes the bundle all or nothing.

@@ -21,7 +21,7 @@
 
 use crate::error::{Error, Result};
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
@@ -155,7 +155,7 @@ where
     }
 }
 
-fn sync(file: &mut Option<File>, wal: &PathBuf) -> std::io::Result<()> {
+fn sync(file: &mut Option<File>, wal: &Path) -> std::io::Result<()> {
     if file.is_none() {
         *file = Some(File::open(wal)?);
     }
