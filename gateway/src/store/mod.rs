@@ -6,6 +6,7 @@
 //! in, and every version is kept.
 
 mod audit_codec;
+mod audit_journal;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;

@@ -9,12 +9,13 @@
 //! The access log lives in its own file, `audit.db`, with its own writer connection: its appends,
 //! one per batch of requests, never queue behind resource writes for the one writer, resource
 //! readers keep their page caches when the log grows, and the log can be kept, copied and
-//! retained apart from the clinical data. The statements on every request (point reads, the audit
-//! append) run through `sqlite_inline`.
+//! retained apart from the clinical data. Point reads run through `sqlite_inline`; the log is
+//! appended to a journal file and indexed into `audit.db` behind the requests (`audit_journal`).
 
+use super::audit_journal::AuditJournal;
 use super::sql::{self, Dialect, Sql};
 use super::sqlite_checkpointer::{BACKSTOP_PAGES, Checkpointer};
-use super::sqlite_inline::{AuditAppender, PointReads};
+use super::sqlite_inline::PointReads;
 use super::sqlite_writer::GroupWriter;
 use super::writes;
 use super::{
@@ -182,8 +183,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Read and vread, without sqlx's worker thread (see `sqlite_inline`).
     point_reads: PointReads,
-    /// `audit.db`: one connection appends (the chain needs one writer), a small pool reads.
-    audit_appender: AuditAppender,
+    /// The access log: appended to a journal, indexed into `audit.db`, read by a small pool.
+    audit_journal: AuditJournal,
     audit_reader: SqlitePool,
 }
 
@@ -237,7 +238,7 @@ impl SqliteStore {
             checkpointer,
             reader,
             point_reads: PointReads::new(&main, 8),
-            audit_appender: AuditAppender::open(&audit)?,
+            audit_journal: AuditJournal::open(&audit, &dir.join("audit-journal"))?,
             audit_reader,
         };
         reindex_if_missing(&store, &store.reader).await?;
@@ -491,10 +492,11 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
-        self.audit_appender.append(records).await
+        self.audit_journal.append(records).await
     }
 
     async fn search_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
+        self.audit_journal.settled().await?;
         let rows = query(&sql::audit_search(D, q))
             .fetch_all(&self.audit_reader)
             .await?;
@@ -502,6 +504,7 @@ impl Store for SqliteStore {
     }
 
     async fn scan_audit(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRow>> {
+        self.audit_journal.settled().await?;
         let rows = query(&sql::audit_scan(D, after_seq, limit))
             .fetch_all(&self.audit_reader)
             .await?;

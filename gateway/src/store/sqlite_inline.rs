@@ -8,18 +8,17 @@
 //! - **point reads** (read, vread): a primary-key lookup answered from the page cache in
 //!   microseconds, run on the calling task's thread (inline, like a mutex held briefly) on one of a
 //!   small set of read-only connections;
-//! - **the audit append**: one transaction per batch on the access log's own connection, run on
-//!   tokio's blocking pool because its commit waits for fsync.
+//! - the access log's indexer (`audit_journal`) writes `audit.db` on one of these connections too.
 //!
 //! Everything else (searches, history, writes, migrations) stays on sqlx.
 
+use super::Stored;
 use super::sql::Sql;
 use super::sqlite_writer::{params, stored_row};
-use super::{AUDIT_GENESIS, AuditRecord, Stored, chain};
 use crate::error::{Error, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 impl From<rusqlite::Error> for Error {
@@ -81,86 +80,4 @@ impl PointReads {
 fn run_one(conn: &Connection, q: &Sql) -> Result<Option<Stored>> {
     let mut stmt = conn.prepare_cached(&q.text)?;
     Ok(stmt.query_row(params(q), stored_row).optional()?)
-}
-
-/// The access log's writer: one connection, so the chain has one writer.
-#[derive(Clone)]
-pub struct AuditAppender {
-    conn: Arc<Mutex<Connection>>,
-}
-
-impl AuditAppender {
-    pub fn open(path: &Path) -> Result<AuditAppender> {
-        let conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        // Appends touch the right edges of the table and its indexes (and one leaf of the
-        // patient index per event): a small page cache suffices, and SQLite walks the whole
-        // cache at the end of every commit (`pcache1Truncate`: 11 % of the gateway's CPU under
-        // a read load with the shared 64 MiB setting).
-        conn.pragma_update(None, "cache_size", -4096)?;
-        // A checkpoint runs inside the commit that crosses the threshold, and every request
-        // waiting on that batch waits for it, so its size sets the reads' tail latency: at
-        // 10,000 pages reads ran ~9 % faster but their p99 was 43 ms instead of 19 ms (wrk -c32,
-        // point reads); on the 1M-resource search set, 250 pages against 2,000 took the p99 of
-        // `Patient?identifier=bsn|N` at 8 connections from 12-14 ms to 5-6 ms, and of the first
-        // lab page of a patient at 1 connection from 7.7-8.8 ms to 4.1-4.5 ms, at the same rate
-        // within the runs' noise (3 alternating series).
-        conn.pragma_update(None, "wal_autocheckpoint", 250)?;
-        // Checkpoints stay automatic, in the commit that crosses the threshold. A background
-        // PASSIVE checkpointer was tried: it never caught up with a steady stream of appends, so
-        // the WAL never restarted and grew by ~100 MB/s under load.
-        Ok(AuditAppender {
-            conn: Arc::new(Mutex::new(conn)),
-        })
-    }
-
-    /// Appends the records in order in one transaction, chained to the last stored hash.
-    pub async fn append(&self, records: &[AuditRecord]) -> Result<()> {
-        let conn = self.conn.clone();
-        let records = records.to_vec();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().expect("audit connection lock");
-            append(&conn, &records)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("audit append task: {e}")))?
-    }
-}
-
-/// One transaction per batch. Its statements, BEGIN and COMMIT included, are prepared once per
-/// connection: with one batch per request at low load, preparing them (the last-hash query's
-/// plan above all) was ~5 % of the request threads' CPU under an HL7 feed on one connection.
-fn append(conn: &Connection, records: &[AuditRecord]) -> Result<()> {
-    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    let written = append_in_transaction(conn, records)
-        .and_then(|()| Ok(conn.prepare_cached("COMMIT")?.execute([]).map(|_| ())?));
-    if written.is_err() {
-        // Nothing of the batch stays; the next batch chains to the last committed hash.
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    written
-}
-
-fn append_in_transaction(conn: &Connection, records: &[AuditRecord]) -> Result<()> {
-    let last: String = conn
-        .prepare_cached("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| r.get(0))
-        .optional()?
-        .unwrap_or_else(|| AUDIT_GENESIS.to_owned());
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    for (r, (prev, hash)) in records.iter().zip(chain(last, records)) {
-        insert.execute(rusqlite::params![
-            r.id,
-            r.recorded_ms,
-            r.patient,
-            r.agent,
-            r.outcome,
-            prev,
-            hash,
-            &r.packed[..]
-        ])?;
-    }
-    Ok(())
 }
