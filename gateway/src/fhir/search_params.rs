@@ -403,19 +403,14 @@ fn unwrap_parens(e: &str) -> &str {
 }
 
 /// The parameters whose rows a search on `code` reads besides its own on `ty` (see
-/// [`BASE_ALIASES`]). None once a custom parameter on `ty` uses either code: its rows were not
-/// derived with them.
+/// [`BASE_ALIASES`]). Only the spec's parameters alias one another, and a custom parameter
+/// cannot take one of their codes on the same type ([`install`] refuses it), so custom
+/// parameters never change the answer.
 pub fn aliases(ty: &str, code: &str) -> &'static [String] {
-    let Some(qs) = BASE_ALIASES.get(ty).and_then(|p| p.get(code)) else {
-        return &[];
-    };
-    let custom = CUSTOM.read().expect("custom search parameters lock");
-    if let Some(mine) = custom.get(ty)
-        && (mine.contains_key(code) || qs.iter().any(|q| mine.contains_key(q)))
-    {
-        return &[];
-    }
-    qs
+    BASE_ALIASES
+        .get(ty)
+        .and_then(|p| p.get(code))
+        .map_or(&[], Vec::as_slice)
 }
 
 /// The types on which a search on `code` reads other parameters' rows too.

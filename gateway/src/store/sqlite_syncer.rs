@@ -92,7 +92,7 @@ pub struct Committed<J> {
     /// The group's number, as announced.
     pub n: u64,
     /// The COMMIT's outcome (an error: nothing of the group was written).
-    pub outcome: std::result::Result<(), String>,
+    pub outcome: Result<()>,
     /// Whom to answer.
     pub jobs: Vec<J>,
 }
@@ -106,7 +106,7 @@ pub fn start<J, F>(
 ) -> std::io::Result<mpsc::Sender<Committed<J>>>
 where
     J: Send + 'static,
-    F: Fn(J, std::result::Result<(), String>) + Send + 'static,
+    F: Fn(J, Result<()>) + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Committed<J>>();
     std::thread::Builder::new()
@@ -117,7 +117,7 @@ where
 
 fn run<J, F>(wal: PathBuf, rx: mpsc::Receiver<Committed<J>>, durability: &Durability, answer: F)
 where
-    F: Fn(J, std::result::Result<(), String>),
+    F: Fn(J, Result<()>),
 {
     // Opened at the first commit (the file exists from then on); fsync flushes the file's
     // pages whichever descriptor wrote them.
@@ -144,7 +144,7 @@ where
         }
         for c in batch {
             let outcome = if durability.failed() && c.outcome.is_ok() {
-                Err(unsynced().log_detail())
+                Err(unsynced())
             } else {
                 c.outcome
             };
@@ -227,17 +227,25 @@ mod tests {
         d.announce(2);
         tx.send(Committed {
             n: 2,
-            outcome: Err("rolled back".into()),
+            outcome: Err(Error::store("rolled back", true)),
             jobs: vec![3],
         })
         .unwrap();
         let mut seen: Vec<_> = (0..3)
             .map(|_| got.recv_timeout(Duration::from_secs(5)).unwrap())
+            .map(|(job, r): (u32, Result<()>)| (job, r.map_err(|e| e.log_detail())))
             .collect();
         seen.sort_by_key(|(j, _)| *j);
         assert_eq!(seen[0], (1, Ok(())));
         assert_eq!(seen[1], (2, Ok(())));
-        assert_eq!(seen[2], (3, Err("rolled back".into())));
+        assert_eq!(
+            seen[2],
+            (
+                3,
+                Err("the store is unavailable; try again | rolled back".into())
+            ),
+            "a rolled-back group keeps its own error"
+        );
         assert_eq!(d.synced.load(Ordering::SeqCst), 2);
 
         // The file is gone (as it would be if it could not be synced): the commit is not
@@ -260,7 +268,12 @@ mod tests {
         .unwrap();
         let (job, r) = got.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(job, 7);
-        assert!(r.is_err());
+        let e = r.expect_err("not answered as written");
+        assert_eq!(
+            e.status,
+            hyper::StatusCode::INTERNAL_SERVER_ERROR,
+            "the store is failed: not the 503 that invites a retry"
+        );
         assert!(d.failed());
     }
 }

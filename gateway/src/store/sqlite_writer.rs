@@ -29,7 +29,7 @@ trait Job: Send {
     /// Runs the write inside the open transaction; `false` when it failed (and must be undone).
     fn run(&mut self, tx: &mut InlineTx) -> bool;
     /// Answers the caller once the group's commit is known.
-    fn deliver(self: Box<Self>, committed: std::result::Result<(), String>);
+    fn deliver(self: Box<Self>, committed: Result<()>);
 }
 
 struct WriteJob<T, F> {
@@ -60,13 +60,12 @@ where
         ok
     }
 
-    fn deliver(self: Box<Self>, committed: std::result::Result<(), String>) {
+    fn deliver(self: Box<Self>, committed: Result<()>) {
         let r = match committed {
             Ok(()) => self
                 .result
                 .unwrap_or_else(|| Err(Error::internal("a write job did not run"))),
-            // Nothing of the group was written: the client may try again.
-            Err(e) => Err(Error::store(e, true)),
+            Err(e) => Err(e),
         };
         let _ = self.reply.send(r);
     }
@@ -157,10 +156,12 @@ impl Job for CheckpointInterval {
         ok
     }
 
-    fn deliver(self: Box<Self>, committed: std::result::Result<(), String>) {
-        let r = committed
-            .and(self.outcome.unwrap_or(Ok(())))
-            .map_err(|e| Error::store(e, false));
+    fn deliver(self: Box<Self>, committed: Result<()>) {
+        let r = committed.and(
+            self.outcome
+                .unwrap_or(Ok(()))
+                .map_err(|e| Error::store(e, false)),
+        );
         let _ = self.reply.send(r);
     }
 }
@@ -202,14 +203,15 @@ fn writer_loop(
         }
         if durability.failed() {
             for job in group {
-                job.deliver(Err(sqlite_syncer::unsynced().log_detail()));
+                job.deliver(Err(sqlite_syncer::unsynced()));
             }
             continue;
         }
         n += 1;
         // Before the COMMIT: a reader that sees the group must find it announced.
         durability.announce(n);
-        let outcome = run_group(&mut tx, &mut group);
+        // A failed group left nothing written: its clients may try again.
+        let outcome = run_group(&mut tx, &mut group).map_err(|e| Error::store(e, true));
         checkpointer.nudge();
         if let Err(mpsc::SendError(c)) = synced.send(Committed {
             n,
@@ -217,7 +219,9 @@ fn writer_loop(
             jobs: group,
         }) {
             for job in c.jobs {
-                job.deliver(Err("the SQLite WAL sync thread has stopped".into()));
+                job.deliver(Err(Error::internal(
+                    "the SQLite WAL sync thread has stopped",
+                )));
             }
         }
     }
