@@ -37,8 +37,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// A segment is closed and a new one begun once it holds this many bytes.
-const SEGMENT_BYTES: u64 = 16 << 20;
+/// A segment is closed and a new one begun once it holds this many bytes. Each segment is
+/// written full of zeros and synced before it is used (see [`prepare_spare`]).
+const SEGMENT_BYTES: u64 = 4 << 20;
 /// The most records one indexing transaction inserts.
 const INDEX_BATCH: usize = 20_000;
 /// How long the indexer gathers rows before it commits them (unless a reader is waiting): one
@@ -100,6 +101,8 @@ enum Msg {
     },
     /// A reader waits: commit what has arrived without waiting for more.
     Flush,
+    /// The spare segment was taken: write the next one.
+    PrepareSpare,
 }
 
 impl AuditJournal {
@@ -130,6 +133,7 @@ impl AuditJournal {
         // the patient index per patient): a small cache is enough.
         conn.pragma_update(None, "cache_size", -8192)?;
         let (last_seq, last_hash) = recover(&conn, dir)?;
+        prepare_spare(dir, segment_bytes).map_err(io("prepare an audit journal segment"))?;
         let file = begin_segment(dir, last_seq + 1)?;
         let (tx, rx) = mpsc::channel();
         let wake = tx.clone();
@@ -143,7 +147,10 @@ impl AuditJournal {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("audit-indexer".into())
-                .spawn(move || index(conn, rx, &shared))
+                .spawn({
+                    let dir = dir.to_owned();
+                    move || index(conn, rx, &shared, &dir, segment_bytes)
+                })
                 .map_err(io("start the audit indexer"))?
         };
         Ok(AuditJournal {
@@ -271,6 +278,9 @@ impl Inner {
 impl Tail {
     fn roll(&mut self, last_seq: i64) -> Result<()> {
         let file = begin_segment(&self.dir, last_seq + 1)?;
+        if let Some(to) = &self.to_indexer {
+            let _ = to.send(Msg::PrepareSpare);
+        }
         self.file = file;
         self.size = 0;
         let first = std::mem::replace(&mut self.first_seq, last_seq + 1);
@@ -341,18 +351,48 @@ fn segments(dir: &Path) -> std::io::Result<Vec<(i64, PathBuf)>> {
     Ok(found)
 }
 
-/// Creates the segment whose first record will be `first_seq`, and makes its name durable
-/// before anything in it is acknowledged.
+/// Makes the spare segment the one whose first record will be `first_seq`, and makes its name
+/// durable before anything in it is acknowledged. Without a spare ready (segments filling faster
+/// than the indexer thread writes them) an empty file does, whose appends sync slower.
 fn begin_segment(dir: &Path, first_seq: i64) -> Result<File> {
+    let path = segment_path(dir, first_seq);
+    if std::fs::rename(dir.join(SPARE), &path).is_err() {
+        tracing::debug!("no spare audit journal segment ready");
+    }
     let file = OpenOptions::new()
         .create(true)
-        .append(true)
-        .open(segment_path(dir, first_seq))
+        .truncate(false)
+        .write(true)
+        .open(&path)
         .map_err(io("create an audit journal segment"))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("sync the audit journal directory"))?;
     Ok(file)
+}
+
+/// The name of the next segment while it is prepared.
+const SPARE: &str = "spare";
+
+/// Writes the next segment ahead of time, `bytes` of zeros, synced. Why: a frame written over
+/// allocated blocks syncs with one write; one that extends the file also has its new size
+/// written (`fdatasync` of 6 KB appended: p50 0.13-0.17 ms; over zeros: 0.085 ms).
+fn prepare_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    let spare = dir.join(SPARE);
+    if spare.exists() {
+        return Ok(());
+    }
+    let tmp = dir.join("spare.tmp");
+    let mut f = File::create(&tmp)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    std::fs::rename(tmp, spare)
 }
 
 /// Inserts what the journal holds beyond the table, then removes the segments. Returns the last
@@ -364,7 +404,9 @@ fn recover(conn: &Connection, dir: &Path) -> Result<(i64, String)> {
     for (i, (_, path)) in found.iter().enumerate() {
         let data = std::fs::read(path).map_err(io("read the audit journal"))?;
         let (rows, intact) = parse(&data);
-        if intact < data.len() {
+        // A segment ends at its first frame of zeros: the rest was written ahead of time.
+        let clean = data[intact..].iter().all(|b| *b == 0);
+        if !clean {
             if i + 1 < found.len() {
                 return Err(Error::store(
                     format!(
@@ -412,7 +454,13 @@ fn last_link(conn: &Connection) -> Result<(i64, String)> {
 
 /// The indexer thread: inserts journaled rows into `audit.db`, as many per transaction as have
 /// arrived, retrying a failed transaction until it succeeds or the journal is dropped.
-fn index(conn: Connection, rx: mpsc::Receiver<Msg>, shared: &Shared) {
+fn index(
+    conn: Connection,
+    rx: mpsc::Receiver<Msg>,
+    shared: &Shared,
+    dir: &Path,
+    segment_bytes: u64,
+) {
     let mut pending: Vec<AuditRow> = Vec::new();
     let mut closed: Vec<(PathBuf, i64)> = Vec::new();
     let mut open = true;
@@ -439,6 +487,11 @@ fn index(conn: Connection, rx: mpsc::Receiver<Msg>, shared: &Shared) {
                 }
                 Ok(Msg::Closed { path, last_seq }) => closed.push((path, last_seq)),
                 Ok(Msg::Flush) => flush = true,
+                Ok(Msg::PrepareSpare) => {
+                    if let Err(e) = prepare_spare(dir, segment_bytes) {
+                        tracing::warn!(error = %e, "cannot prepare the next audit journal segment");
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => break,
                 Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
             }
@@ -697,10 +750,14 @@ mod tests {
         let first = rows(0..3, AUDIT_GENESIS, 1);
         let second = rows(3..5, &first[2].hash, 4);
         let torn = frame(&rows(5..6, &second[1].hash, 6));
-        let mut bytes = frame(&first);
-        bytes.extend(frame(&second));
-        bytes.extend(&torn[..torn.len() - 7]);
-        std::fs::write(segment_path(&journal, 1), bytes).unwrap();
+        // Segments are written full of zeros ahead of time: one ends where its zeros begin.
+        let mut one = frame(&first);
+        one.extend(vec![0u8; 1000]);
+        std::fs::write(segment_path(&journal, 1), one).unwrap();
+        let mut two = frame(&second);
+        two.extend(&torn[..torn.len() - 7]);
+        two.extend(vec![0u8; 1000]);
+        std::fs::write(segment_path(&journal, 4), two).unwrap();
 
         let store = SqliteStore::open(dir.path()).await.unwrap();
         assert_eq!(ids(&store).await, names(0..5));
