@@ -227,13 +227,6 @@ impl SqliteStore {
         // changes to a statement journal first; in memory, not a temporary file (with a file,
         // those pwrites were a fifth of the writer thread's time under concurrent REST writes).
         group_conn.pragma_update(None, "temp_store", "MEMORY")?;
-        // SQLite walks the whole page cache's hash table at the end of every commit
-        // (`pcache1TruncateUnsafe`, 3.5 % of the writer thread under an HL7 feed at 64 MiB), so the
-        // writer keeps a smaller cache than the readers; it reads the database file mapped anyway.
-        // ADT^A04 over MLLP, 8 connections, 3 alternating rounds: 1,595 / 1,551 / 1,558 acks/s at
-        // 64 MiB, 1,688 / 1,596 / 1,652 at 16 MiB, 1,573 / 1,620 / 1,689 at 4 MiB; carebundle PUTs
-        // at 64 connections within noise (2,159 / 2,071 -> 2,164 / 2,190 per s).
-        group_conn.pragma_update(None, "cache_size", -16384)?;
         // The writer's commits do not wait for the disk; `sqlite_syncer` syncs the WAL after them,
         // before any of their writes is answered and before any read that could see them is.
         group_conn.pragma_update(None, "synchronous", "NORMAL")?;
