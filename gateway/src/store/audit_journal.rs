@@ -260,10 +260,12 @@ impl Inner {
         tail.size += frame.len() as u64;
         tail.next_seq = last_seq + 1;
         tail.last_hash = last_hash;
-        self.shared.appended.store(last_seq, Ordering::Release);
         if let Some(to) = &tail.to_indexer {
             let _ = to.send(Msg::Rows(rows));
         }
+        // After the rows are sent: a reader that waits for them and wakes the indexer must not
+        // wake it before they are there (it would then wait out the indexer's whole delay).
+        self.shared.appended.store(last_seq, Ordering::Release);
         if tail.size >= tail.segment_bytes
             && let Err(e) = tail.roll(last_seq)
         {
