@@ -3,12 +3,14 @@
 //!
 //! Why: sqlx's SQLite driver sends each statement to a thread of its own and each row back through
 //! a channel; on a point read that hand-off (futex wake-ups and context switches) cost more CPU
-//! than SQLite itself. Two statements run on every request, so they go direct:
+//! than SQLite itself. So the statement most requests run goes direct:
 //!
 //! - **point reads** (read, vread): a primary-key lookup answered from the page cache in
 //!   microseconds, run on the calling task's thread (inline, like a mutex held briefly) on one of a
-//!   small set of read-only connections;
-//! - the access log's indexer (`audit_journal`) writes `audit.db` on one of these connections too.
+//!   small set of read-only connections.
+//!
+//! The group writer (`sqlite_writer`) and the access log's indexer (`audit_journal`) open their
+//! connections with [`open`] too.
 //!
 //! Everything else (searches, history, writes, migrations) stays on sqlx.
 
