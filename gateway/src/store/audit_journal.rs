@@ -60,8 +60,9 @@ pub struct AuditJournal {
 
 struct Inner {
     tail: Mutex<Tail>,
-    /// For readers to ask the indexer to commit now (see [`AuditJournal::settled`]).
-    wake: Option<mpsc::Sender<Msg>>,
+    /// To the indexer: appended rows, closed segments, and readers' requests to commit now
+    /// (see [`AuditJournal::settled`]). `None` only while dropping, which ends the indexer.
+    to_indexer: Option<mpsc::Sender<Msg>>,
     shared: Arc<Shared>,
     indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -87,7 +88,6 @@ struct Tail {
     segment_bytes: u64,
     next_seq: i64,
     last_hash: String,
-    to_indexer: Option<mpsc::Sender<Msg>>,
     /// Held while this process appends; released after the indexer has finished.
     _lock: File,
 }
@@ -136,7 +136,6 @@ impl AuditJournal {
         prepare_spare(dir, segment_bytes).map_err(io("prepare an audit journal segment"))?;
         let file = begin_segment(dir, last_seq + 1)?;
         let (tx, rx) = mpsc::channel();
-        let wake = tx.clone();
         let (indexed, _) = watch::channel((last_seq, false));
         let shared = Arc::new(Shared {
             appended: AtomicI64::new(last_seq),
@@ -163,10 +162,9 @@ impl AuditJournal {
                     segment_bytes,
                     next_seq: last_seq + 1,
                     last_hash,
-                    to_indexer: Some(tx),
                     _lock: lock,
                 }),
-                wake: Some(wake),
+                to_indexer: Some(tx),
                 shared,
                 indexer: Mutex::new(Some(indexer)),
             })),
@@ -197,8 +195,8 @@ impl AuditJournal {
         if seen.borrow().0 >= target {
             return Ok(());
         }
-        if let Some(wake) = &inner.wake {
-            let _ = wake.send(Msg::Flush);
+        if let Some(to) = &inner.to_indexer {
+            let _ = to.send(Msg::Flush);
         }
         let state = *seen
             .wait_for(|(seq, failing)| *seq >= target || *failing)
@@ -260,14 +258,14 @@ impl Inner {
         tail.size += frame.len() as u64;
         tail.next_seq = last_seq + 1;
         tail.last_hash = last_hash;
-        if let Some(to) = &tail.to_indexer {
+        if let Some(to) = &self.to_indexer {
             let _ = to.send(Msg::Rows(rows));
         }
         // After the rows are sent: a reader that waits for them and wakes the indexer must not
         // wake it before they are there (it would then wait out the indexer's whole delay).
         self.shared.appended.store(last_seq, Ordering::Release);
         if tail.size >= tail.segment_bytes
-            && let Err(e) = tail.roll(last_seq)
+            && let Err(e) = tail.roll(last_seq, self.to_indexer.as_ref())
         {
             // This batch is on disk; the next cannot be.
             self.shared.closed.store(true, Ordering::Release);
@@ -278,15 +276,15 @@ impl Inner {
 }
 
 impl Tail {
-    fn roll(&mut self, last_seq: i64) -> Result<()> {
+    fn roll(&mut self, last_seq: i64, to_indexer: Option<&mpsc::Sender<Msg>>) -> Result<()> {
         let file = begin_segment(&self.dir, last_seq + 1)?;
-        if let Some(to) = &self.to_indexer {
+        if let Some(to) = to_indexer {
             let _ = to.send(Msg::PrepareSpare);
         }
         self.file = file;
         self.size = 0;
         let first = std::mem::replace(&mut self.first_seq, last_seq + 1);
-        if let Some(to) = &self.to_indexer {
+        if let Some(to) = to_indexer {
             let _ = to.send(Msg::Closed {
                 path: segment_path(&self.dir, first),
                 last_seq,
@@ -300,10 +298,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // The indexer finishes what it holds, then ends; only then is the lock released (with
         // `tail`), so a store reopened in this process recovers after it, not beside it.
-        self.wake = None;
-        if let Ok(tail) = self.tail.get_mut() {
-            tail.to_indexer = None;
-        }
+        self.to_indexer = None;
         if let Some(h) = self.indexer.get_mut().ok().and_then(Option::take) {
             let _ = h.join();
         }
