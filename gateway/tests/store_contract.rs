@@ -1112,3 +1112,110 @@ async fn transactions_resolve_references_and_are_all_or_nothing() {
         assert_eq!(s.transaction(dangling).await.unwrap_err().status, 400);
     }
 }
+
+/// Transactions written side by side (the SQLite writer commits them in groups, and runs a group
+/// again with savepoints when one of its writes fails): each succeeds or fails on its own, a
+/// failed one leaves nothing, and a successful one's references point at what it created.
+#[tokio::test]
+async fn concurrent_transactions_fail_alone() {
+    use gateway::store::{Transaction, TxOutcome, TxPermit, TxWrite};
+    fn write(place: usize, full_url: Option<&str>, permit: TxPermit) -> TxWrite {
+        TxWrite {
+            place: format!("Bundle.entry[{place}]"),
+            full_url: full_url.map(str::to_owned),
+            permit,
+            indexing: None,
+            unresolved: true,
+        }
+    }
+    for b in backends().await {
+        let target = create(b.store.as_ref(), patient("999811111")).await;
+        let tasks: Vec<_> = (0..40)
+            .map(|n| {
+                let store = b.store.clone();
+                let target = target.id.clone();
+                tokio::spawn(async move {
+                    let bsn = format!("9999{n:05}");
+                    let mut writes = vec![
+                        write(
+                            0,
+                            Some("urn:uuid:obs"),
+                            TxPermit::Create(permit(Create {
+                                ty: "Observation".into(),
+                                resource: json!({"resourceType": "Observation", "status": "final",
+                                    "code": {"text": "x"}, "subject": {"reference": "urn:uuid:p"}}),
+                                if_none_exist: None,
+                                id: None,
+                            })),
+                        ),
+                        write(
+                            1,
+                            Some("urn:uuid:p"),
+                            TxPermit::Create(permit(Create {
+                                ty: "Patient".into(),
+                                resource: patient(&bsn),
+                                if_none_exist: None,
+                                id: None,
+                            })),
+                        ),
+                    ];
+                    // Every third fails on its last entry, after its creates were written.
+                    if n % 3 == 0 {
+                        writes.push(write(
+                            2,
+                            None,
+                            TxPermit::Update(update(&target, patient("999811111"), Some(9))),
+                        ));
+                    }
+                    let t = Transaction {
+                        writes,
+                        conditional_refs: vec![],
+                        expected: Default::default(),
+                    };
+                    (n, bsn, store.transaction(t).await)
+                })
+            })
+            .collect();
+        let s = b.store.as_ref();
+        for task in tasks {
+            let (n, bsn, out) = task.await.unwrap();
+            let found = s
+                .search(&permit(Search {
+                    ty: "Patient".into(),
+                    criteria: by_bsn(&bsn),
+                    count: 10,
+                    total: true,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap();
+            if n % 3 == 0 {
+                assert_eq!(out.unwrap_err().status, 412, "{}: {n}", b.name);
+                assert_eq!(found.total, Some(0), "{}: {n} left a Patient", b.name);
+                continue;
+            }
+            let out = out.unwrap();
+            let (TxOutcome::Created(Created::New(o)), TxOutcome::Created(Created::New(p))) =
+                (&out[0], &out[1])
+            else {
+                panic!("{}: {out:?}", b.name)
+            };
+            assert_eq!(found.total, Some(1), "{}: {n}", b.name);
+            assert_eq!(
+                body(o)["subject"]["reference"],
+                format!("Patient/{}", p.id),
+                "{}: {n}",
+                b.name
+            );
+        }
+        let unchanged = s
+            .read(&permit(Read {
+                ty: "Patient".into(),
+                id: target.id.clone(),
+            }))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(unchanged.version, 1, "{}", b.name);
+    }
+}

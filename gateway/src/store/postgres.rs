@@ -468,13 +468,13 @@ impl Store for PostgresStore {
         &self,
         t: crate::store::Transaction,
     ) -> Result<Vec<crate::store::TxOutcome>> {
-        let (entries, refs, expected) = t.into_parts();
+        let (mut entries, refs, expected) = t.into_parts();
         let n = entries.len() as u64;
         let mut tx = self.begin().await?;
         for key in transaction_locks(&entries) {
             tx.lock(&key).await?;
         }
-        let outcomes = writes::transaction(&mut tx, entries, refs, expected).await?;
+        let outcomes = writes::transaction(&mut tx, &mut entries, &refs, &expected).await?;
         tx.0.commit().await?;
         self.wrote(n);
         Ok(outcomes)

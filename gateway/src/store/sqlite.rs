@@ -482,11 +482,11 @@ impl Store for SqliteStore {
     }
 
     async fn transaction(&self, t: Transaction) -> Result<Vec<TxOutcome>> {
-        let (entries, refs, expected) = t.into_parts();
-        // One job of the group writer: its savepoint makes the bundle all or nothing.
+        let (mut entries, refs, expected) = t.into_parts();
+        // One job of the group writer, which commits or rolls back each job as a whole.
         self.group
             .write(None, move |tx| {
-                block_on(writes::transaction(tx, entries, refs, expected))
+                block_on(writes::transaction(tx, &mut entries, &refs, &expected))
             })
             .await
     }

@@ -209,11 +209,15 @@ pub struct TxEntry {
 /// match, else 404 or 412); then the resources' remaining references to other entries'
 /// `fullUrl`s and conditions are rewritten to `Type/id`. A reference to a `urn:` no entry
 /// defines fails the transaction (400). Any failure fails the whole transaction.
+///
+/// May run again on the same entries after a rolled-back run (the SQLite writer's second pass):
+/// ids given to new resources and references rewritten to them stay as the first run left them,
+/// which is what the second run would choose anyway.
 pub async fn transaction(
     tx: &mut dyn WriteTx,
-    mut entries: Vec<TxEntry>,
-    conditional_refs: Vec<super::ConditionalRef>,
-    expected: HashMap<String, String>,
+    entries: &mut [TxEntry],
+    conditional_refs: &[super::ConditionalRef],
+    expected: &HashMap<String, String>,
 ) -> Result<Vec<TxOutcome>> {
     let mut outcomes: Vec<Option<TxOutcome>> = entries.iter().map(|_| None).collect();
     let mut resolved: HashMap<String, String> = HashMap::new();
@@ -250,7 +254,7 @@ pub async fn transaction(
             resolved.insert(f.clone(), reference);
         }
     }
-    for (text, ty, criteria) in &conditional_refs {
+    for (text, ty, criteria) in conditional_refs {
         let mut found = tx.matches(ty, criteria, 2).await?;
         let s = match found.len() {
             1 => found.pop().expect("one match"),
