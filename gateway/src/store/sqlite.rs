@@ -208,10 +208,12 @@ impl SqliteStore {
         move_audit_log(&writer, &audit).await?;
         let group_conn =
             super::sqlite_inline::open(&main, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        // The WAL is checkpointed beside the writer (see `sqlite_checkpointer`); the writer's own
-        // automatic checkpoint stays as a backstop. Not 10,000 pages: a bulk import then left up
-        // to 40 MB in the WAL, and readers load WAL pages into their heap page cache instead of
-        // mapping them (an export after an import then grew the server's memory by a third more).
+        // The WAL is checkpointed beside the writer (see `sqlite_checkpointer`), which also has
+        // the writer stop now and then so that the log restarts; the writer's own automatic
+        // checkpoint stays as a backstop. The WAL must not stay large once writes stop: readers
+        // load WAL pages they need into their heap page cache instead of mapping them (an export
+        // after an import that left 40 MB in the WAL grew the server's memory by a third more);
+        // the thread copies everything within a pause of the last commit.
         group_conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES)?;
         let checkpointer = Checkpointer::start(super::sqlite_inline::open(
             &main,

@@ -6,25 +6,40 @@
 //! resources and ~35 search-index rows), so that was every eighth message, and 16-20 % of the
 //! writer thread's CPU (perf, ADT^A04 over MLLP on 1 and 8 connections) plus its fsync waits.
 //! A checkpoint needs no write lock in WAL mode, so this thread does it on its own connection
-//! while the writer goes on. The writer keeps an automatic checkpoint at a higher threshold as a
-//! backstop (see [`BACKSTOP_PAGES`]): a passive checkpoint running beside a busy writer rarely
-//! catches up with the WAL's end, and only a complete one lets the next write start the log
-//! from its beginning again; the writer's own checkpoint then finds almost every page copied
-//! already.
+//! while the writer goes on.
+//!
+//! A passive checkpoint beside a busy writer rarely catches up with the WAL's end, and only a
+//! complete one lets the next write start the log from its beginning again. So once the WAL
+//! holds [`RESTART_PAGES`], the thread asks the writer to stop before its next group
+//! ([`Checkpointer::wait_if_draining`]), copies the little the writer committed since its last
+//! checkpoint, and lets it go on: the writer's next transaction restarts the log. Before, the
+//! writer's own automatic checkpoint did this at 4,000 pages, copying on its thread whatever
+//! this one had not copied yet (its fsync of the database file was the writer's longest wait,
+//! perf sched); now that checkpoint stays only as a backstop ([`BACKSTOP_PAGES`]) for a thread
+//! that cannot keep up or has stopped.
 
 use rusqlite::Connection;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// The writer's own automatic checkpoint threshold while this thread runs, in pages (16 MiB).
-pub const BACKSTOP_PAGES: u32 = 4_000;
+/// WAL pages (16 MiB) from which the thread has the writer stop so that the log restarts.
+pub const RESTART_PAGES: i64 = 4_000;
+
+/// The writer's own automatic checkpoint threshold while this thread runs, in pages (64 MiB).
+pub const BACKSTOP_PAGES: u32 = 16_000;
 
 /// How long the thread waits after a checkpoint before the next: commits in between are copied
 /// together, and a page that several of them changed (an index's last leaf, say) is written to
 /// the database file once.
 const PAUSE: Duration = Duration::from_millis(20);
+
+/// How long the writer waits for a restart at most; then it goes on (the backstop remains).
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// While the writer waits, how soon the thread tries again when a reader still holds frames.
+const DRAIN_RETRY: Duration = Duration::from_millis(1);
 
 /// The writer's handle: [`Checkpointer::nudge`] after each commit. The thread ends when every
 /// clone is dropped.
@@ -34,6 +49,28 @@ pub struct Checkpointer {
     /// Set during a bulk load, whose writer checkpoints on its own schedule (see
     /// `SqliteStore::bulk_load`).
     paused: Arc<AtomicBool>,
+    drain: Arc<Drain>,
+}
+
+/// The thread's request that the writer stop until the WAL is copied whole.
+#[derive(Default)]
+struct Drain {
+    requested: Mutex<bool>,
+    done: Condvar,
+}
+
+impl Drain {
+    fn set(&self, on: bool) {
+        let mut requested = self.requested.lock().unwrap_or_else(|e| e.into_inner());
+        *requested = on;
+        if !on {
+            self.done.notify_all();
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        *self.requested.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Checkpointer {
@@ -42,11 +79,16 @@ impl Checkpointer {
         // One pending wake-up is enough: the checkpoint copies everything committed before it.
         let (wake, rx) = mpsc::sync_channel(1);
         let paused = Arc::new(AtomicBool::new(false));
-        let flag = paused.clone();
+        let drain = Arc::new(Drain::default());
+        let (flag, thread_drain) = (paused.clone(), drain.clone());
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || run(conn, rx, flag))?;
-        Ok(Checkpointer { wake, paused })
+            .spawn(move || run(conn, rx, flag, &thread_drain))?;
+        Ok(Checkpointer {
+            wake,
+            paused,
+            drain,
+        })
     }
 
     /// Something was committed: checkpoint soon.
@@ -59,21 +101,75 @@ impl Checkpointer {
     /// Stops (true) or resumes (false) checkpoints from this thread.
     pub fn pause(&self, on: bool) {
         self.paused.store(on, Ordering::Relaxed);
+        if on {
+            self.drain.set(false);
+        }
+    }
+
+    /// The writer, before it begins a group: when the thread asked, waits until it has copied
+    /// the whole WAL (at most [`DRAIN_WAIT`]), so that the group's transaction restarts the log.
+    pub fn wait_if_draining(&self) {
+        let requested = self
+            .drain
+            .requested
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !*requested {
+            return;
+        }
+        let (mut requested, waited) = self
+            .drain
+            .done
+            .wait_timeout_while(requested, DRAIN_WAIT, |r| *r)
+            .unwrap_or_else(|e| e.into_inner());
+        if waited.timed_out() {
+            tracing::warn!("the WAL checkpoint did not catch up in time; writing on");
+            *requested = false;
+        }
     }
 }
 
-fn run(conn: Connection, wake: Receiver<()>, paused: Arc<AtomicBool>) {
+fn run(conn: Connection, wake: Receiver<()>, paused: Arc<AtomicBool>, drain: &Drain) {
     while wake.recv().is_ok() {
-        if !paused.load(Ordering::Relaxed) {
+        loop {
+            if paused.load(Ordering::Relaxed) {
+                drain.set(false);
+                break;
+            }
             // PASSIVE: copies what no reader still needs, never waits for a lock. A failure (the
             // disk, say) leaves the pages in the WAL, where they are durable; the writer's
             // backstop checkpoint and the next nudge try again.
-            if let Err(e) = passive_checkpoint(&conn) {
-                tracing::warn!(error = %e, "WAL checkpoint failed");
+            let (log, copied) = match passive_checkpoint(&conn) {
+                Ok(frames) => frames,
+                Err(e) => {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                    drain.set(false);
+                    break;
+                }
+            };
+            if drain.is_set() {
+                if copied >= log {
+                    // All copied: the writer's next transaction starts the log again.
+                    drain.set(false);
+                    break;
+                }
+                // The writer may still be committing its group, or a reader holds frames of an
+                // older snapshot; the writer gives up after `DRAIN_WAIT`, which clears the flag.
+                match wake.recv_timeout(DRAIN_RETRY) {
+                    Ok(()) | Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
+            if log >= RESTART_PAGES {
+                // Copied up to where this checkpoint began; stop the writer for the rest.
+                drain.set(true);
+                continue;
+            }
+            break;
         }
         std::thread::sleep(PAUSE);
     }
+    drain.set(false);
 }
 
 /// Runs a passive checkpoint; answers (frames in the WAL, frames copied to the database).
@@ -137,6 +233,35 @@ mod tests {
         // Until a checkpoint copies them, the rows are in the WAL alone and the database file
         // holds only the empty table.
         wait_until_copied(&path, 50, "never checkpointed");
+        drop(cp);
+    }
+
+    /// A writer that waits when asked finds the log restarted: the WAL file stays near
+    /// `RESTART_PAGES` however much is written (the writer's own checkpoint is off here).
+    #[test]
+    fn the_log_restarts_while_the_writer_writes() {
+        let (_dir, path, writer, cp) = writer_and_thread();
+        writer.pragma_update(None, "synchronous", "OFF").unwrap();
+        let rows = 3 * RESTART_PAGES as usize;
+        for n in 0..rows {
+            // ~40,000 WAL frames a second, a busy writer's pace (it is unbounded without disk
+            // syncs; then the pause between checkpoints alone lets the WAL grow past any bound).
+            if n % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            cp.wait_if_draining();
+            writer
+                .execute("INSERT INTO t VALUES (randomblob(3000))", [])
+                .unwrap();
+            cp.nudge();
+        }
+        let wal = std::fs::metadata(path.with_file_name("db-wal"))
+            .unwrap()
+            .len();
+        // A frame is a page of 4,096 bytes and a 24-byte header; a commit writes ~2.
+        let most = 2 * RESTART_PAGES as u64 * 4_120;
+        assert!(wal < most, "the WAL grew to {wal} bytes for {rows} rows");
+        wait_until_copied(&path, rows as u64, "never checkpointed");
         drop(cp);
     }
 

@@ -196,6 +196,8 @@ fn writer_loop(
     };
     let mut n = 0;
     while let Ok(first) = rx.recv() {
+        // Before the group is taken: the writes that arrive meanwhile join it.
+        checkpointer.wait_if_draining();
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
