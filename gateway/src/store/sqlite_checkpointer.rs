@@ -131,6 +131,8 @@ impl Checkpointer {
 
 fn run(conn: Connection, wake: Receiver<()>, paused: Arc<AtomicBool>, drain: &Drain) {
     while wake.recv().is_ok() {
+        // Frames copied by the previous checkpoint of this round, while draining.
+        let mut before = -1;
         loop {
             if paused.load(Ordering::Relaxed) {
                 drain.set(false);
@@ -148,20 +150,25 @@ fn run(conn: Connection, wake: Receiver<()>, paused: Arc<AtomicBool>, drain: &Dr
                 }
             };
             if drain.is_set() {
-                if copied >= log {
-                    // All copied: the writer's next transaction starts the log again.
+                if copied >= log || copied <= before {
+                    // All copied: the writer's next transaction starts the log again. Or no
+                    // progress: a reader still reads frames of an older snapshot, which no
+                    // checkpoint may overwrite; the writer goes on, the log restarts later.
                     drain.set(false);
                     break;
                 }
-                // The writer may still be committing its group, or a reader holds frames of an
-                // older snapshot; the writer gives up after `DRAIN_WAIT`, which clears the flag.
+                // The writer may still be committing the group it was running.
+                before = copied;
                 match wake.recv_timeout(DRAIN_RETRY) {
                     Ok(()) | Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            if log >= RESTART_PAGES {
+            // Only when nothing held this checkpoint back: with a reader on frames of an older
+            // snapshot, stopping the writer would not let the log restart.
+            if log >= RESTART_PAGES && copied >= log {
                 // Copied up to where this checkpoint began; stop the writer for the rest.
+                before = copied;
                 drain.set(true);
                 continue;
             }
@@ -262,6 +269,39 @@ mod tests {
         let most = 2 * RESTART_PAGES as u64 * 4_120;
         assert!(wal < most, "the WAL grew to {wal} bytes for {rows} rows");
         wait_until_copied(&path, rows as u64, "never checkpointed");
+        drop(cp);
+    }
+
+    /// A reader on an old snapshot keeps the log from restarting; the writer must not wait for
+    /// that (up to `DRAIN_WAIT` per group) while it lasts.
+    #[test]
+    fn a_lasting_reader_does_not_hold_the_writer_up() {
+        let (_dir, path, writer, cp) = writer_and_thread();
+        writer.pragma_update(None, "synchronous", "OFF").unwrap();
+        writer
+            .execute("INSERT INTO t VALUES (randomblob(3000))", [])
+            .unwrap();
+        let reader = open(&path);
+        reader.execute_batch("BEGIN").unwrap();
+        let n: i64 = reader
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        for n in 0..2 * RESTART_PAGES {
+            if n % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // A wait for a restart that cannot come lasts `DRAIN_WAIT`.
+            let started = std::time::Instant::now();
+            cp.wait_if_draining();
+            let took = started.elapsed();
+            assert!(took < DRAIN_WAIT / 2, "row {n} waited {took:?}");
+            writer
+                .execute("INSERT INTO t VALUES (randomblob(3000))", [])
+                .unwrap();
+            cp.nudge();
+        }
+        reader.execute_batch("COMMIT").unwrap();
         drop(cp);
     }
 
