@@ -1303,8 +1303,8 @@ fn push_fulltext(q: &mut Sql, f: &FullText) {
 /// halfway (a multi-row insert, an upsert, an insert with `RETURNING`) needs a statement journal
 /// so that it can undo its own rows, a copy of every page it changes (with a temporary file:
 /// 44 `pwrite`s per resource on an import); with `FAIL` it need not, and a failure still undoes
-/// everything, since every write runs in its own savepoint that is then rolled back, or in a
-/// transaction of its own. In memory, that journal is a list of 1 KiB pieces that SQLite walks
+/// everything, since a failed write's group transaction is rolled back whole (and run again with
+/// each write in a savepoint of its own, which is rolled back). In memory, that journal is a list of 1 KiB pieces that SQLite walks
 /// from its start at the end of each statement: inside a write group's savepoint it holds every
 /// page the write changed so far, so a transaction Bundle's entries cost time quadratic in its
 /// size (`sqlite3BtreeSavepoint` 9.7 % of the writer thread on 100-entry transactions).

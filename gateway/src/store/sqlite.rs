@@ -225,9 +225,10 @@ impl SqliteStore {
                 false,
             )
         })?;
-        // Each write of a group runs in its own savepoint, so SQLite copies every page it
-        // changes to a statement journal first; in memory, not a temporary file (with a file,
-        // those pwrites were a fifth of the writer thread's time under concurrent REST writes).
+        // When a group runs again after a failed write, each write runs in its own savepoint, so
+        // SQLite copies every page it changes to a statement journal first; in memory, not a
+        // temporary file (with a file, those pwrites were a fifth of the writer thread's time
+        // under concurrent REST writes, when every group ran that way).
         group_conn.pragma_update(None, "temp_store", "MEMORY")?;
         // The writer's commits do not wait for the disk; `sqlite_syncer` syncs the WAL after them,
         // before any of their writes is answered and before any read that could see them is.
