@@ -943,20 +943,26 @@ async fn audit_appends_form_one_chain() {
     }
 }
 
+/// A transaction Bundle's entry number `place` (its `fullUrl`, if any), indexed by the store.
+fn write(
+    place: usize,
+    full_url: Option<&str>,
+    permit: gateway::store::TxPermit,
+) -> gateway::store::TxWrite {
+    gateway::store::TxWrite {
+        place: format!("Bundle.entry[{place}]"),
+        full_url: full_url.map(str::to_owned),
+        permit,
+        indexing: None,
+        unresolved: true,
+    }
+}
+
 /// A transaction's writes: one store transaction, references to other entries and conditional
 /// references resolved inside it, all or nothing.
 #[tokio::test]
 async fn transactions_resolve_references_and_are_all_or_nothing() {
-    use gateway::store::{Transaction, TxOutcome, TxPermit, TxWrite};
-    fn write(place: usize, full_url: Option<&str>, permit: TxPermit) -> TxWrite {
-        TxWrite {
-            place: format!("Bundle.entry[{place}]"),
-            full_url: full_url.map(str::to_owned),
-            permit,
-            indexing: None,
-            unresolved: true,
-        }
-    }
+    use gateway::store::{Transaction, TxOutcome, TxPermit};
     fn cond(text: &str, bsn: &str) -> (String, Permit<Search>) {
         (
             text.to_owned(),
@@ -1118,16 +1124,7 @@ async fn transactions_resolve_references_and_are_all_or_nothing() {
 /// failed one leaves nothing, and a successful one's references point at what it created.
 #[tokio::test]
 async fn concurrent_transactions_fail_alone() {
-    use gateway::store::{Transaction, TxOutcome, TxPermit, TxWrite};
-    fn write(place: usize, full_url: Option<&str>, permit: TxPermit) -> TxWrite {
-        TxWrite {
-            place: format!("Bundle.entry[{place}]"),
-            full_url: full_url.map(str::to_owned),
-            permit,
-            indexing: None,
-            unresolved: true,
-        }
-    }
+    use gateway::store::{Transaction, TxOutcome, TxPermit};
     for b in backends().await {
         let target = create(b.store.as_ref(), patient("999811111")).await;
         let tasks: Vec<_> = (0..40)
