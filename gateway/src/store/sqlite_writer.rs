@@ -234,7 +234,7 @@ fn writer_loop(
 /// One transaction for the group. It runs first with the jobs one after the other, no
 /// savepoints: a savepoint makes SQLite copy every page a job changes to a statement journal
 /// first, and FTS5 flush its pending terms (without them, groups of 100-entry transaction
-/// bundles committed ~18 % more resources per second). When a job fails, that transaction is
+/// bundles committed 13-18 % more resources per second). When a job fails, that transaction is
 /// rolled back and the group runs again with each job in a savepoint of its own, so that the
 /// failure undoes only it. A group of one job needs no second run: its failure is its outcome.
 fn run_group(tx: &mut InlineTx, group: &mut [Box<dyn Job>]) -> std::result::Result<(), String> {
