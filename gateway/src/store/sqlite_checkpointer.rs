@@ -11,7 +11,7 @@
 //! A passive checkpoint beside a busy writer rarely catches up with the WAL's end, and only a
 //! complete one lets the next write start the log from its beginning again. So once the WAL
 //! holds [`RESTART_PAGES`], the thread asks the writer to stop before its next group
-//! ([`Checkpointer::wait_if_draining`]), copies the little the writer committed since its last
+//! ([`Checkpointer::begin_group`]), copies the little the writer committed since its last
 //! checkpoint, and lets it go on: the writer's next transaction restarts the log. Before, the
 //! writer's own automatic checkpoint did this at 4,000 pages, copying on its thread whatever
 //! this one had not copied yet (its fsync of the database file was the writer's longest wait,
@@ -20,7 +20,7 @@
 
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -38,9 +38,6 @@ const PAUSE: Duration = Duration::from_millis(20);
 /// How long the writer waits for a restart at most; then it goes on (the backstop remains).
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
-/// While the writer waits, how soon the thread tries again when a reader still holds frames.
-const DRAIN_RETRY: Duration = Duration::from_millis(1);
-
 /// The writer's handle: [`Checkpointer::nudge`] after each commit. The thread ends when every
 /// clone is dropped.
 #[derive(Clone)]
@@ -52,24 +49,45 @@ pub struct Checkpointer {
     drain: Arc<Drain>,
 }
 
-/// The thread's request that the writer stop until the WAL is copied whole.
+/// The thread's request that the writer stop until the WAL is copied whole, and what the writer
+/// is doing; one lock, so that the writer cannot begin a group unseen between the thread's look
+/// and its checkpoint.
 #[derive(Default)]
 struct Drain {
-    requested: Mutex<bool>,
-    done: Condvar,
+    state: Mutex<DrainState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct DrainState {
+    requested: bool,
+    /// The writer is running a group (it may commit more frames).
+    in_group: bool,
 }
 
 impl Drain {
-    fn set(&self, on: bool) {
-        let mut requested = self.requested.lock().unwrap_or_else(|e| e.into_inner());
-        *requested = on;
-        if !on {
-            self.done.notify_all();
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, DrainState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn is_set(&self) -> bool {
-        *self.requested.lock().unwrap_or_else(|e| e.into_inner())
+    fn request(&self) {
+        self.lock().requested = true;
+    }
+
+    /// Ends the request (done, given up, or paused): a waiting writer goes on.
+    fn release(&self) {
+        self.lock().requested = false;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the writer is between groups, and stays there because the request holds;
+    /// `false` when the request ended first (the writer gave up waiting) or the wait timed out.
+    fn writer_at_rest(&self) -> bool {
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(self.lock(), DRAIN_WAIT, |s| s.requested && s.in_group)
+            .unwrap_or_else(|e| e.into_inner());
+        state.requested && !state.in_group
     }
 }
 
@@ -102,81 +120,78 @@ impl Checkpointer {
     pub fn pause(&self, on: bool) {
         self.paused.store(on, Ordering::Relaxed);
         if on {
-            self.drain.set(false);
+            self.drain.release();
         }
     }
 
     /// The writer, before it begins a group: when the thread asked, waits until it has copied
     /// the whole WAL (at most [`DRAIN_WAIT`]), so that the group's transaction restarts the log.
-    pub fn wait_if_draining(&self) {
-        let requested = self
+    pub fn begin_group(&self) {
+        let state = self.drain.lock();
+        let (mut state, waited) = self
             .drain
-            .requested
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if !*requested {
-            return;
-        }
-        let (mut requested, waited) = self
-            .drain
-            .done
-            .wait_timeout_while(requested, DRAIN_WAIT, |r| *r)
+            .changed
+            .wait_timeout_while(state, DRAIN_WAIT, |s| s.requested)
             .unwrap_or_else(|e| e.into_inner());
         if waited.timed_out() {
             tracing::warn!("the WAL checkpoint did not catch up in time; writing on");
-            *requested = false;
+            state.requested = false;
         }
+        state.in_group = true;
+    }
+
+    /// The writer, once its group is committed (or rolled back).
+    pub fn end_group(&self) {
+        self.drain.lock().in_group = false;
+        self.drain.changed.notify_all();
     }
 }
 
 fn run(conn: Connection, wake: Receiver<()>, paused: Arc<AtomicBool>, drain: &Drain) {
     while wake.recv().is_ok() {
-        // Frames copied by the previous checkpoint of this round, while draining.
-        let mut before = -1;
-        loop {
-            if paused.load(Ordering::Relaxed) {
-                drain.set(false);
-                break;
-            }
-            // PASSIVE: copies what no reader still needs, never waits for a lock. A failure (the
-            // disk, say) leaves the pages in the WAL, where they are durable; the writer's
-            // backstop checkpoint and the next nudge try again.
-            let (log, copied) = match passive_checkpoint(&conn) {
-                Ok(frames) => frames,
-                Err(e) => {
-                    tracing::warn!(error = %e, "WAL checkpoint failed");
-                    drain.set(false);
-                    break;
-                }
-            };
-            if drain.is_set() {
-                if copied >= log || copied <= before {
-                    // All copied: the writer's next transaction starts the log again. Or no
-                    // progress: a reader still reads frames of an older snapshot, which no
-                    // checkpoint may overwrite; the writer goes on, the log restarts later.
-                    drain.set(false);
-                    break;
-                }
-                // The writer may still be committing the group it was running.
-                before = copied;
-                match wake.recv_timeout(DRAIN_RETRY) {
-                    Ok(()) | Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            }
-            // Only when nothing held this checkpoint back: with a reader on frames of an older
-            // snapshot, stopping the writer would not let the log restart.
-            if log >= RESTART_PAGES && copied >= log {
-                // Copied up to where this checkpoint began; stop the writer for the rest.
-                before = copied;
-                drain.set(true);
-                continue;
-            }
-            break;
+        if !paused.load(Ordering::Relaxed) {
+            round(&conn, drain);
         }
         std::thread::sleep(PAUSE);
     }
-    drain.set(false);
+    drain.release();
+}
+
+/// A passive checkpoint; then, when the log has grown to [`RESTART_PAGES`] and nothing held that
+/// checkpoint back, the writer is stopped once it is between groups, the few frames it committed
+/// meanwhile are copied, and it is released: its next transaction restarts the log.
+fn round(conn: &Connection, drain: &Drain) {
+    let Some((log, copied)) = checkpoint(conn) else {
+        return;
+    };
+    // With a reader on frames of an older snapshot, stopping the writer would not let the log
+    // restart.
+    if log < RESTART_PAGES || copied < log {
+        return;
+    }
+    drain.request();
+    let mut before = copied;
+    while drain.writer_at_rest() {
+        let Some((log, copied)) = checkpoint(conn) else {
+            break;
+        };
+        // Done; or no progress: a reader still reads frames no checkpoint may overwrite, and
+        // the log restarts at a later round.
+        if copied >= log || copied <= before {
+            break;
+        }
+        before = copied;
+    }
+    drain.release();
+}
+
+/// PASSIVE: copies what no reader still needs, never waits for a lock. A failure (the disk, say)
+/// leaves the pages in the WAL, where they are durable; the writer's backstop checkpoint and the
+/// next round try again.
+fn checkpoint(conn: &Connection) -> Option<(i64, i64)> {
+    passive_checkpoint(conn)
+        .map_err(|e| tracing::warn!(error = %e, "WAL checkpoint failed"))
+        .ok()
 }
 
 /// Runs a passive checkpoint; answers (frames in the WAL, frames copied to the database).
@@ -256,10 +271,11 @@ mod tests {
             if n % 20 == 0 {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            cp.wait_if_draining();
+            cp.begin_group();
             writer
                 .execute("INSERT INTO t VALUES (randomblob(3000))", [])
                 .unwrap();
+            cp.end_group();
             cp.nudge();
         }
         let wal = std::fs::metadata(path.with_file_name("db-wal"))
@@ -293,12 +309,13 @@ mod tests {
             }
             // A wait for a restart that cannot come lasts `DRAIN_WAIT`.
             let started = std::time::Instant::now();
-            cp.wait_if_draining();
+            cp.begin_group();
             let took = started.elapsed();
             assert!(took < DRAIN_WAIT / 2, "row {n} waited {took:?}");
             writer
                 .execute("INSERT INTO t VALUES (randomblob(3000))", [])
                 .unwrap();
+            cp.end_group();
             cp.nudge();
         }
         reader.execute_batch("COMMIT").unwrap();

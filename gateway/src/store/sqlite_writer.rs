@@ -196,8 +196,8 @@ fn writer_loop(
     };
     let mut n = 0;
     while let Ok(first) = rx.recv() {
-        // Before the group is taken: the writes that arrive meanwhile join it.
-        checkpointer.wait_if_draining();
+        // Before the group is taken: the writes that arrive while it waits join it.
+        checkpointer.begin_group();
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -209,6 +209,7 @@ fn writer_loop(
             for job in group {
                 job.deliver(Err(sqlite_syncer::unsynced()));
             }
+            checkpointer.end_group();
             continue;
         }
         n += 1;
@@ -216,6 +217,7 @@ fn writer_loop(
         durability.announce(n);
         // A failed group left nothing written: its clients may try again.
         let outcome = run_group(&mut tx, &mut group).map_err(|e| Error::store(e, true));
+        checkpointer.end_group();
         checkpointer.nudge();
         if let Err(mpsc::SendError(c)) = synced.send(Committed {
             n,
