@@ -23,9 +23,7 @@ use super::{
 };
 use crate::config;
 use crate::error::{Error, Result};
-use crate::fhir::operation::{
-    ALL_TYPES, Create, Delete, History, Read, Search, Target, Update, VRead,
-};
+use crate::fhir::operation::{Create, Delete, History, Read, Search, Target, Update, VRead};
 use crate::fhir::search::Criteria;
 use crate::policy::Permit;
 use serde_json::Value;
@@ -161,6 +159,36 @@ DROP INDEX search_index_range;
 CREATE INDEX search_index_range ON search_index (type, param, low) WHERE low IS NOT NULL;
 "#,
     super::sql::DROP_TOKEN_INDEX,
+    // A key per resource for the index tables in place of its random id (see the SQLite store's
+    // migration of the same name).
+    r#"
+ALTER TABLE resource_current ADD COLUMN rid BIGINT;
+UPDATE resource_current SET rid = seq;
+CREATE UNIQUE INDEX resource_current_rid ON resource_current (rid);
+CREATE INDEX resource_current_type_rid ON resource_current (type, rid);
+DROP TABLE search_index;
+CREATE TABLE search_index (
+    rid    BIGINT NOT NULL,
+    type   TEXT COLLATE "C" NOT NULL,
+    param  TEXT COLLATE "C" NOT NULL,
+    system TEXT COLLATE "C" NOT NULL,
+    value  TEXT COLLATE "C" NOT NULL,
+    raw    TEXT NOT NULL,
+    low    DOUBLE PRECISION,
+    high   DOUBLE PRECISION
+);
+CREATE INDEX search_index_value ON search_index (type, param, value, rid, system);
+CREATE INDEX search_index_range ON search_index (type, param, low) WHERE low IS NOT NULL;
+CREATE INDEX search_index_owner ON search_index (rid, param);
+DROP TABLE compartment;
+CREATE TABLE compartment (
+    rid     BIGINT NOT NULL,
+    type    TEXT COLLATE "C" NOT NULL,
+    patient TEXT COLLATE "C" NOT NULL
+);
+CREATE INDEX compartment_patient ON compartment (patient, type, rid);
+CREATE INDEX compartment_owner ON compartment (rid);
+"#,
 ];
 
 pub struct PostgresStore {
@@ -274,8 +302,11 @@ async fn write_version(
     let seq: i64 = scalar(&sql::insert_version(D, &stored))
         .fetch_one(&mut *conn)
         .await?;
+    let rid: i64 = scalar(&sql::upsert_current(D, &stored, seq))
+        .fetch_one(&mut *conn)
+        .await?;
     let indexing = resource.map(|r| sql::Indexing::of(ty, r));
-    for statement in sql::after_insert(D, &stored, seq, indexing.as_ref()) {
+    for statement in sql::after_upsert(D, &stored, rid, indexing.as_ref()) {
         query(&statement).execute(&mut *conn).await?;
     }
     Ok(stored)
@@ -491,14 +522,11 @@ impl Store for PostgresStore {
 
     async fn search(&self, permit: &Permit<Search>) -> Result<Page> {
         let op = permit.op();
-        let (count, page) = sql::search(D, op);
+        let (count, page) = sql::search(D, op)?;
         let count = op.total.then_some(&count);
         if op.sort.is_empty() || op.count == 0 {
-            let next_of: fn(&PgRow) -> String = if op.ty == ALL_TYPES {
-                |r: &_| format!("{}/{}", r.get::<String, _>(0), r.get::<String, _>(1))
-            } else {
-                |r: &_| r.get::<String, _>(1)
-            };
+            let next_of: fn(&PgRow) -> String =
+                |r: &_| r.get::<i64, _>(sql::PAGE_CURSOR_COLUMN).to_string();
             return self.page(count, &page, op.count, next_of).await;
         }
         let total = match count {

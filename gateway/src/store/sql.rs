@@ -99,7 +99,7 @@ fn push_criteria(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>) {
         if driver == Some(Driver::Identifiers(n)) {
             continue;
         }
-        q.push(" AND EXISTS (SELECT 1 FROM search_index t WHERE t.type = c.type AND t.id = c.id AND t.param = 'identifier' AND (");
+        q.push(" AND EXISTS (SELECT 1 FROM search_index t WHERE t.rid = c.rid AND t.param = 'identifier' AND (");
         push_identifier_tokens(q, ors);
         q.push("))");
     }
@@ -202,11 +202,9 @@ fn push_clauses(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>, scope:
 fn push_clause(q: &mut Sql, clause: &Clause, c: &str, depth: usize, scope: Scope) {
     let inner_alias = format!("c{depth}");
     let index_rows = |q: &mut Sql| {
-        q.push(" (SELECT 1 FROM search_index s WHERE s.type = ")
+        q.push(" (SELECT 1 FROM search_index s WHERE s.rid = ")
             .push(c)
-            .push(".type AND s.id = ")
-            .push(c)
-            .push(".id AND");
+            .push(".rid AND");
         push_param(q, "s", &clause.param, scope);
     };
     let (negate, preds): (bool, &[Pred]) = match &clause.how {
@@ -243,15 +241,17 @@ fn push_clause(q: &mut Sql, clause: &Clause, c: &str, depth: usize, scope: Scope
             let n = inner_alias.as_str();
             q.push(" AND EXISTS (SELECT 1 FROM resource_current ")
                 .push(n)
-                .push(" JOIN search_index s ON s.type = ")
+                .push(" JOIN search_index s ON s.rid = ")
                 .push(n)
-                .push(".type AND s.id = ")
-                .push(n)
-                .push(".id WHERE ")
+                .push(".rid WHERE ")
                 .push(n)
                 .push(".deleted = 0 AND ")
                 .push(n)
                 .push(".type = ")
+                .text(ty)
+                // The type again on the index row, which the value index starts with (the join
+                // on the key does not carry it over).
+                .push(" AND s.type = ")
                 .text(ty)
                 .push(" AND");
             push_param(q, "s", &clause.param, Scope::One(ty));
@@ -447,7 +447,7 @@ fn push_compartment(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>) {
         .enumerate()
     {
         if driver != Some(Driver::Compartment(n)) {
-            q.push(" AND EXISTS (SELECT 1 FROM compartment k WHERE k.type = c.type AND k.id = c.id AND k.patient ");
+            q.push(" AND EXISTS (SELECT 1 FROM compartment k WHERE k.rid = c.rid AND k.patient ");
             push_patients(q, criteria, n, p);
             q.push(")");
         }
@@ -476,8 +476,8 @@ fn push_patients(q: &mut Sql, criteria: &Criteria, n: usize, p: &str) {
 /// The condition a search starts from. Every condition is an EXISTS test on the resources of the
 /// type; a database that runs them as written tests every resource of the type (760,000
 /// Observations for one patient's labs). One condition that names few resources (a patient's
-/// compartment, an identifier, a reference, a coded value) is written instead as `c.id IN
-/// (ids from an index range)`, so that the search starts from those and tests the rest on them.
+/// compartment, an identifier, a reference, a coded value) is written instead as `c.rid IN
+/// (keys from an index range)`, so that the search starts from those and tests the rest on them.
 /// PostgreSQL's planner would find this from its statistics; SQLite's does not turn EXISTS
 /// around.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -518,18 +518,14 @@ fn driver(criteria: &Criteria) -> Option<Driver> {
         .map(|(n, _)| Driver::Clause(*n))
 }
 
-/// `AND c.id IN (...)` (or `(c.type, c.id) IN` over every type) for the driver.
+/// `AND c.rid IN (...)` for the driver.
 fn push_driver(q: &mut Sql, ty: &str, criteria: &Criteria, driver: Driver) {
-    q.push(if ty == ALL_TYPES {
-        " AND (c.type, c.id) IN ("
-    } else {
-        " AND c.id IN ("
-    });
+    q.push(" AND c.rid IN (");
     push_driver_select(q, ty, criteria, driver);
     q.push(")");
 }
 
-/// The `SELECT` of the ids (or types and ids) a driver names.
+/// The `SELECT` of the resource keys (`rid`) a driver names.
 fn push_driver_select(q: &mut Sql, ty: &str, criteria: &Criteria, driver: Driver) {
     let all = ty == ALL_TYPES;
     q.push("SELECT ");
@@ -541,16 +537,14 @@ fn push_driver_select(q: &mut Sql, ty: &str, criteria: &Criteria, driver: Driver
                 .chain(&criteria.within)
                 .nth(n)
                 .map_or("", String::as_str);
-            q.push(if all { "k.type, k.id" } else { "k.id" })
-                .push(" FROM compartment k WHERE k.patient ");
+            q.push("k.rid FROM compartment k WHERE k.patient ");
             push_patients(q, criteria, n, p);
             if !all {
                 q.push(" AND k.type = ").text(ty);
             }
         }
         Driver::Identifiers(n) => {
-            q.push(if all { "t.type, t.id" } else { "t.id" })
-                .push(" FROM search_index t WHERE t.param = 'identifier'");
+            q.push("t.rid FROM search_index t WHERE t.param = 'identifier'");
             if !all {
                 q.push(" AND t.type = ").text(ty);
             }
@@ -563,8 +557,7 @@ fn push_driver_select(q: &mut Sql, ty: &str, criteria: &Criteria, driver: Driver
             let ClauseKind::Any(preds) = &clause.how else {
                 unreachable!("only an Any clause drives")
             };
-            q.push(if all { "s.type, s.id" } else { "s.id" })
-                .push(" FROM search_index s WHERE");
+            q.push("s.rid FROM search_index s WHERE");
             push_param(q, "s", &clause.param, Scope::of(ty, criteria));
             if !all {
                 q.push(" AND s.type = ").text(ty);
@@ -615,9 +608,20 @@ pub fn matching(d: Dialect, ty: &str, criteria: &Criteria, limit: i64) -> Sql {
     q
 }
 
-/// (count, page) of a search. Keyset paging on id: a page never repeats or skips a resource that
-/// existed when the search began, whatever is written meanwhile.
-pub fn search(d: Dialect, op: &Search) -> (Sql, Sql) {
+/// The columns of a search's page: a version row's ([`VERSION_COLUMNS`]), then the resource's
+/// key, its cursor.
+const PAGE_COLUMNS: &str =
+    "SELECT v.type, v.id, v.version, v.last_updated, v.method, v.body, v.seq, c.rid FROM ";
+
+/// The cursor of a search page's row (see [`search`]).
+pub const PAGE_CURSOR_COLUMN: usize = 7;
+
+/// (count, page) of a search. Keyset paging on the resource's key (`rid`, which only grows and
+/// stays with a resource through its versions): a page never repeats or skips a resource that
+/// existed when the search began, whatever is written meanwhile. The key, not the id, so that a
+/// search that starts from an index range (see [`Driver`]) reads its matches in page order
+/// from that range, and stops after a page.
+pub fn search(d: Dialect, op: &Search) -> Result<(Sql, Sql), crate::error::Error> {
     // The count needs no version row: criteria only read `resource_current` and the indexes, and
     // reading 100,000 version rows (with their bodies on the same pages) is most of its cost.
     let count = index_only_count(d, op).unwrap_or_else(|| {
@@ -625,29 +629,19 @@ pub fn search(d: Dialect, op: &Search) -> (Sql, Sql) {
         current_where(&mut count, &op.ty, &op.criteria);
         count
     });
-    let mut page = Sql::new(d, VERSION_COLUMNS);
+    let mut page = Sql::new(d, PAGE_COLUMNS);
     page.push(CURRENT_FROM);
     current_where(&mut page, &op.ty, &op.criteria);
-    if op.ty == ALL_TYPES {
-        // Ids are unique per type: page on (type, id), the cursor `Type/id`.
-        if let Some((ty, id)) = op.cursor.as_deref().and_then(|c| c.split_once('/')) {
-            page.push(" AND (c.type > ")
-                .text(ty)
-                .push(" OR (c.type = ")
-                .text(ty)
-                .push(" AND c.id > ")
-                .text(id)
-                .push("))");
-        }
-        page.push(" ORDER BY c.type, c.id LIMIT ");
-    } else {
-        if let Some(after) = &op.cursor {
-            page.push(" AND c.id > ").text(after);
-        }
-        page.push(" ORDER BY c.id LIMIT ");
+    // A sorted search's cursor is its kept order's (see `sorted_search`), which reads no page here.
+    if let Some(after) = op.cursor.as_deref().filter(|_| op.sort.is_empty()) {
+        let after: i64 = after
+            .parse()
+            .map_err(|_| crate::error::Error::invalid("malformed _cursor"))?;
+        page.push(" AND c.rid > ").int(after);
     }
-    page.literal_int(op.count as i64 + 1);
-    (count, page)
+    page.push(" ORDER BY c.rid LIMIT ")
+        .literal_int(op.count as i64 + 1);
+    Ok((count, page))
 }
 
 /// PostgreSQL: the count of a search with one indexed condition and nothing else, from that
@@ -673,7 +667,7 @@ fn index_only_count(d: Dialect, op: &Search) -> Option<Sql> {
     if !alone {
         return None;
     }
-    let mut q = Sql::new(d, "SELECT COUNT(DISTINCT m.id) FROM (");
+    let mut q = Sql::new(d, "SELECT COUNT(DISTINCT m.rid) FROM (");
     push_driver_select(&mut q, &op.ty, c, single);
     q.push(") m");
     Some(q)
@@ -705,7 +699,7 @@ fn push_sorted_matches(q: &mut Sql, op: &Search, cols: &str) {
                     .push(agg)
                     .push("(")
                     .push(col)
-                    .push(") FROM search_index s WHERE s.type = c.type AND s.id = c.id AND");
+                    .push(") FROM search_index s WHERE s.rid = c.rid AND");
                 push_param(q, "s", code, Scope::of(&op.ty, &op.criteria));
                 q.push(")");
             }
@@ -859,15 +853,16 @@ impl Indexing {
     }
 }
 
-/// What follows the insert of a version (`seq`): it becomes current, and the resource's index
-/// rows (compartment, search parameters) replace the previous version's.
-pub fn after_insert(
+/// What follows [`upsert_current`], which made a version current and returned the resource's
+/// key (`rid`): the resource's index rows (compartment, search parameters, full text) replace
+/// the previous version's.
+pub fn after_upsert(
     d: Dialect,
     stored: &crate::store::Stored,
-    seq: i64,
+    rid: i64,
     indexing: Option<&Indexing>,
 ) -> Vec<Sql> {
-    let mut out = after_insert_but_fulltext(d, stored, seq, indexing);
+    let mut out = after_upsert_but_fulltext(d, stored, rid, indexing);
     if stored.version > 1 {
         out.extend(clear_fulltext(d, &stored.ty, &stored.id));
     }
@@ -883,23 +878,23 @@ pub fn after_insert(
     out
 }
 
-/// As [`after_insert`], without the full-text rows, which the caller writes with
+/// As [`after_upsert`], without the full-text rows, which the caller writes with
 /// [`FullTextBatch`].
-pub fn after_insert_but_fulltext(
+pub fn after_upsert_but_fulltext(
     d: Dialect,
     stored: &crate::store::Stored,
-    seq: i64,
+    rid: i64,
     indexing: Option<&Indexing>,
 ) -> Vec<Sql> {
-    let mut out = vec![upsert_current(d, stored, seq)];
+    let mut out = Vec::new();
     // A first version has no index rows to clear (ids are never reused: a deleted resource's
     // next version is 2 or more); on a bulk import that spares five statements per resource.
     if stored.version > 1 {
         for index in [Index::Compartment, Index::Search] {
-            out.push(clear_index(d, index, &stored.ty, &stored.id));
+            out.push(clear_index(d, index, rid));
         }
     }
-    out.extend(insert_index_statements(d, stored, indexing));
+    out.extend(insert_index_statements(d, stored, rid, indexing));
     out
 }
 
@@ -970,24 +965,25 @@ impl FullTextBatch {
 }
 
 /// The statements that remove a resource's index rows.
-fn clear_statements(d: Dialect, ty: &str, id: &str) -> Vec<Sql> {
+fn clear_statements(d: Dialect, ty: &str, id: &str, rid: i64) -> Vec<Sql> {
     let mut out = Vec::new();
     for index in [Index::Compartment, Index::Search] {
-        out.push(clear_index(d, index, ty, id));
+        out.push(clear_index(d, index, rid));
     }
     out.extend(clear_fulltext(d, ty, id));
     out
 }
 
-/// The statements that replace a resource's index rows with those of `stored` (none left for a
-/// deletion): compartment, search parameters, full text.
+/// The statements that replace the index rows of a resource (key `rid`) with those of `stored`
+/// (none left for a deletion): compartment, search parameters, full text.
 pub fn index_statements(
     d: Dialect,
     stored: &crate::store::Stored,
+    rid: i64,
     indexing: Option<&Indexing>,
 ) -> Vec<Sql> {
-    let mut out = clear_statements(d, &stored.ty, &stored.id);
-    out.extend(insert_index_statements(d, stored, indexing));
+    let mut out = clear_statements(d, &stored.ty, &stored.id, rid);
+    out.extend(insert_index_statements(d, stored, rid, indexing));
     if let Some(ix) = indexing {
         out.extend(insert_fulltext(
             d,
@@ -1004,6 +1000,7 @@ pub fn index_statements(
 fn insert_index_statements(
     d: Dialect,
     stored: &crate::store::Stored,
+    rid: i64,
     indexing: Option<&Indexing>,
 ) -> Vec<Sql> {
     let (ty, id) = (stored.ty.as_str(), stored.id.as_str());
@@ -1015,7 +1012,7 @@ fn insert_index_statements(
     if ty == "Patient" {
         patients.insert(0, id.to_owned());
     }
-    out.extend(insert_compartment(d, ty, id, &patients));
+    out.extend(insert_compartment(d, ty, rid, &patients));
     // `_lastUpdated`: the version's own time, as stamped into its meta.
     let instant = crate::store::format_instant(stored.last_updated);
     let mut entries = ix.entries.clone();
@@ -1029,7 +1026,7 @@ fn insert_index_statements(
             high: Some(high),
         });
     }
-    out.extend(insert_search_index(d, ty, id, &entries));
+    out.extend(insert_search_index(d, ty, rid, &entries));
     out
 }
 
@@ -1131,18 +1128,23 @@ pub fn insert_version(d: Dialect, s: &crate::store::Stored) -> Sql {
     q
 }
 
-/// Makes a version current.
+/// Makes a version (`seq`) current; returns the resource's key (`rid`), which its first version
+/// set to its own `seq` and every later one keeps (a deleted resource's too).
 pub fn upsert_current(d: Dialect, s: &crate::store::Stored, seq: i64) -> Sql {
     let mut q = Sql::new(d, insert_into(d));
-    q.push("resource_current (type, id, version, deleted, seq) VALUES (");
+    q.push("resource_current (type, id, version, deleted, seq, rid) VALUES (");
     q.text(&s.ty)
         .push(", ")
         .text(&s.id)
         .push(", ")
         .int(s.version as i64)
         .push(", ");
-    q.int(s.is_deleted() as i64).push(", ").int(seq);
-    q.push(") ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, seq = excluded.seq");
+    q.int(s.is_deleted() as i64)
+        .push(", ")
+        .int(seq)
+        .push(", ")
+        .int(seq);
+    q.push(") ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, seq = excluded.seq RETURNING rid");
     q
 }
 
@@ -1154,17 +1156,13 @@ pub enum Index {
 }
 
 /// Removes a resource's rows from an index (before the current version's are inserted).
-pub fn clear_index(d: Dialect, index: Index, ty: &str, id: &str) -> Sql {
+pub fn clear_index(d: Dialect, index: Index, rid: i64) -> Sql {
     let table = match index {
         Index::Compartment => "compartment",
         Index::Search => "search_index",
     };
     let mut q = Sql::new(d, "DELETE FROM ");
-    q.push(table)
-        .push(" WHERE type = ")
-        .text(ty)
-        .push(" AND id = ")
-        .text(id);
+    q.push(table).push(" WHERE rid = ").int(rid);
     q
 }
 
@@ -1315,39 +1313,19 @@ fn insert_into(d: Dialect) -> &'static str {
     }
 }
 
-/// One INSERT of several rows of text values (`None` when there are no rows).
-fn insert_rows(d: Dialect, head: &str, rows: &[Vec<&str>]) -> Option<Sql> {
-    (!rows.is_empty()).then(|| {
-        let mut q = Sql::new(d, insert_into(d));
-        q.push(head);
-        q.push(" VALUES ");
-        for (i, row) in rows.iter().enumerate() {
-            q.push(if i == 0 { "(" } else { ", (" });
-            for (j, value) in row.iter().enumerate() {
-                if j > 0 {
-                    q.push(", ");
-                }
-                q.text(value);
-            }
-            q.push(")");
-        }
-        q
-    })
-}
-
 /// The search index rows of a resource, as multi-row INSERTs of at most 500 rows (8 parameters
 /// each stays under SQLite's limit of 32,766).
-pub fn insert_search_index(d: Dialect, ty: &str, id: &str, entries: &[Entry]) -> Vec<Sql> {
+pub fn insert_search_index(d: Dialect, ty: &str, rid: i64, entries: &[Entry]) -> Vec<Sql> {
     entries
         .chunks(500)
         .map(|chunk| {
             let mut q = Sql::new(d, insert_into(d));
-            q.push("search_index (type, id, param, system, value, raw, low, high) VALUES ");
+            q.push("search_index (rid, type, param, system, value, raw, low, high) VALUES ");
             for (i, e) in chunk.iter().enumerate() {
                 q.push(if i == 0 { "(" } else { ", (" });
-                q.text(ty)
+                q.int(rid)
                     .push(", ")
-                    .text(id)
+                    .text(ty)
                     .push(", ")
                     .text(&e.param)
                     .push(", ");
@@ -1391,9 +1369,21 @@ pub fn current_after(d: Dialect, ty: &str, id: &str, limit: i64) -> Sql {
 }
 
 /// The patient compartments a resource is in, one multi-row INSERT (`None` when there are none).
-pub fn insert_compartment(d: Dialect, ty: &str, id: &str, patients: &[String]) -> Option<Sql> {
-    let rows: Vec<Vec<&str>> = patients.iter().map(|p| vec![ty, id, p.as_str()]).collect();
-    insert_rows(d, "compartment (type, id, patient)", &rows)
+pub fn insert_compartment(d: Dialect, ty: &str, rid: i64, patients: &[String]) -> Option<Sql> {
+    (!patients.is_empty()).then(|| {
+        let mut q = Sql::new(d, insert_into(d));
+        q.push("compartment (rid, type, patient) VALUES ");
+        for (i, p) in patients.iter().enumerate() {
+            q.push(if i == 0 { "(" } else { ", (" })
+                .int(rid)
+                .push(", ")
+                .text(ty)
+                .push(", ")
+                .text(p)
+                .push(")");
+        }
+        q
+    })
 }
 
 pub fn read(d: Dialect, ty: &str, id: &str) -> Sql {
@@ -1413,6 +1403,17 @@ pub fn vread(d: Dialect, ty: &str, id: &str, version: u64) -> Sql {
         .push(" AND v.id = ")
         .text(id)
         .push(" AND v.version = ")
+        .int(version as i64);
+    q
+}
+
+/// The key of a resource whose current version is `version`; no row when it is not.
+pub fn current_key(d: Dialect, ty: &str, id: &str, version: u64) -> Sql {
+    let mut q = Sql::new(d, "SELECT rid FROM resource_current WHERE type = ");
+    q.text(ty)
+        .push(" AND id = ")
+        .text(id)
+        .push(" AND version = ")
         .int(version as i64);
     q
 }
@@ -1440,18 +1441,16 @@ macro_rules! relational_common {
             use $crate::store::sql;
             for s in rows {
                 // A write since the batch was read has indexed its own version: leave it.
-                let now: Option<i64> = scalar(&sql::current_version($dialect, &s.ty, &s.id))
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                if now != Some(s.version as i64) {
+                let key = sql::current_key($dialect, &s.ty, &s.id, s.version);
+                let Some(rid): Option<i64> = scalar(&key).fetch_optional(&mut *conn).await? else {
                     continue;
-                }
+                };
                 let resource = s
                     .body
                     .as_ref()
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
                 let indexing = resource.map(|r| sql::Indexing::of(&s.ty, &r));
-                for statement in sql::index_statements($dialect, s, indexing.as_ref()) {
+                for statement in sql::index_statements($dialect, s, rid, indexing.as_ref()) {
                     query(&statement).execute(&mut *conn).await?;
                 }
             }
@@ -1646,7 +1645,7 @@ mod tests {
         // The compartment drives (see `Driver`); full text is a bound query.
         assert!(
             p.text
-                .contains("c.id IN (SELECT k.id FROM compartment k WHERE k.patient = $2")
+                .contains("c.rid IN (SELECT k.rid FROM compartment k WHERE k.patient = $2")
                 && p.text.ends_with("$13))) LIMIT 2"),
             "{}",
             p.text
@@ -1693,21 +1692,19 @@ mod tests {
         let p = insert_compartment(
             Dialect::Postgres,
             "Observation",
-            "o'1",
-            &["p1".into(), "p2".into()],
+            7,
+            &["p'1".into(), "p2".into()],
         )
         .unwrap();
         assert!(p.text.ends_with("($1, $2, $3), ($4, $5, $6)"), "{}", p.text);
         assert_eq!(p.binds.len(), 6);
-        assert_eq!(p.binds[1], Bind::Text("o'1".into()));
-        let s = insert_compartment(Dialect::Sqlite, "Observation", "o", &["p1".into()]).unwrap();
+        assert_eq!(p.binds[0], Bind::Int(7));
+        assert_eq!(p.binds[2], Bind::Text("p'1".into()));
+        let s = insert_compartment(Dialect::Sqlite, "Observation", 7, &["p1".into()]).unwrap();
         assert!(s.text.ends_with("VALUES (?, ?, ?)"), "{}", s.text);
-        assert!(insert_compartment(Dialect::Sqlite, "Patient", "p", &[]).is_none());
-        assert!(
-            clear_index(Dialect::Postgres, Index::Compartment, "Patient", "p")
-                .text
-                .starts_with("DELETE FROM compartment WHERE")
-        );
+        assert!(insert_compartment(Dialect::Sqlite, "Patient", 7, &[]).is_none());
+        let clear = clear_index(Dialect::Postgres, Index::Compartment, 7);
+        assert_eq!(clear.text, "DELETE FROM compartment WHERE rid = $1");
     }
 
     fn version(
@@ -1810,24 +1807,24 @@ mod tests {
             },
             ..Default::default()
         };
-        let (count, _) = search(Dialect::Postgres, &op);
+        let (count, _) = search(Dialect::Postgres, &op).unwrap();
         assert!(
             count
                 .text
-                .starts_with("SELECT COUNT(DISTINCT m.id) FROM (SELECT s.id FROM search_index s"),
+                .starts_with("SELECT COUNT(DISTINCT m.rid) FROM (SELECT s.rid FROM search_index s"),
             "{}",
             count.text
         );
         assert!(!count.text.contains("resource_current"));
         // SQLite keeps the join; so does anything beside the one condition.
-        let (count, _) = search(Dialect::Sqlite, &op);
+        let (count, _) = search(Dialect::Sqlite, &op).unwrap();
         assert!(
             count
                 .text
                 .starts_with("SELECT COUNT(*) FROM resource_current c")
         );
         op.criteria.compartment = Some("p1".into());
-        let (count, _) = search(Dialect::Postgres, &op);
+        let (count, _) = search(Dialect::Postgres, &op).unwrap();
         assert!(
             count
                 .text
@@ -1837,7 +1834,7 @@ mod tests {
         );
         op.criteria.compartment = None;
         op.criteria.clauses.push(op.criteria.clauses[0].clone());
-        let (count, _) = search(Dialect::Postgres, &op);
+        let (count, _) = search(Dialect::Postgres, &op).unwrap();
         assert!(
             count
                 .text

@@ -23,7 +23,7 @@ use super::{
     Updated, page_of,
 };
 use crate::error::{Error, Result};
-use crate::fhir::operation::{ALL_TYPES, Create, Delete, History, Read, Search, Update, VRead};
+use crate::fhir::operation::{Create, Delete, History, Read, Search, Update, VRead};
 use crate::policy::Permit;
 use futures::executor::block_on;
 use sqlx::sqlite::{
@@ -152,7 +152,44 @@ CREATE INDEX search_index_range ON search_index (type, param, low) WHERE low IS 
     // date, number and quantity (an HL7 ADT message's commit ~8 of its ~105 pages).
     // PostgreSQL keeps its own: with statistics its planner uses it for semi-joins.
     "DROP INDEX search_index_range;",
+    // A key per resource (`rid`, the `seq` of the version that made it current first, kept by
+    // every later one) for the index tables, in place of its (type, id). The id is random (a
+    // UUID), so an index ordered by it took every new entry at a random place: each of a
+    // resource's ~14 search parameters dirtied a page of the value index inside its value's
+    // range and another of the owner index, each written to the WAL and again to the database
+    // (a million resources loaded wrote ~195 KB per resource). Keys that only grow append at
+    // the end of each range instead (`bench/index_key_model.py`: 48.0 -> 8.8 KB of WAL per
+    // resource). The rows are rebuilt by the reindex that an empty index starts at open.
+    SQLITE_RID,
 ];
+
+const SQLITE_RID: &str = r#"
+ALTER TABLE resource_current ADD COLUMN rid INTEGER;
+UPDATE resource_current SET rid = seq;
+CREATE UNIQUE INDEX resource_current_rid ON resource_current (rid);
+CREATE INDEX resource_current_type_rid ON resource_current (type, rid);
+DROP TABLE search_index;
+CREATE TABLE search_index (
+    rid    INTEGER NOT NULL,
+    type   TEXT NOT NULL,
+    param  TEXT NOT NULL,
+    system TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    raw    TEXT NOT NULL,
+    low    REAL,
+    high   REAL
+);
+CREATE INDEX search_index_value ON search_index (type, param, value, rid, system);
+CREATE INDEX search_index_owner ON search_index (rid, param);
+DROP TABLE compartment;
+CREATE TABLE compartment (
+    rid     INTEGER NOT NULL,
+    type    TEXT NOT NULL,
+    patient TEXT NOT NULL
+);
+CREATE INDEX compartment_patient ON compartment (patient, type, rid);
+CREATE INDEX compartment_owner ON compartment (rid);
+"#;
 
 /// Schema versions of `audit.db`.
 const AUDIT_MIGRATIONS: &[&str] = &[r#"
@@ -407,14 +444,11 @@ impl SqliteStore {
 
     /// A search's page, read without waiting for the sync of what it saw.
     async fn search_unsettled(&self, op: &Search) -> Result<Page> {
-        let (count, page) = sql::search(D, op);
+        let (count, page) = sql::search(D, op)?;
         let count = op.total.then_some(&count);
         if op.sort.is_empty() || op.count == 0 {
-            let next_of: fn(&SqliteRow) -> String = if op.ty == ALL_TYPES {
-                |r: &_| format!("{}/{}", r.get::<String, _>(0), r.get::<String, _>(1))
-            } else {
-                |r: &_| r.get::<String, _>(1)
-            };
+            let next_of: fn(&SqliteRow) -> String =
+                |r: &_| r.get::<i64, _>(sql::PAGE_CURSOR_COLUMN).to_string();
             return self.page(count, &page, op.count, next_of).await;
         }
         let total = match count {
@@ -680,7 +714,7 @@ mod tests {
                 total: true,
                 ..Default::default()
             };
-            let (count, page) = sql::search(D, &op);
+            let (count, page) = sql::search(D, &op).unwrap();
             for mut plan in [count, page] {
                 plan.text.insert_str(0, "EXPLAIN QUERY PLAN ");
                 let steps: Vec<String> = query(&plan)
@@ -693,7 +727,7 @@ mod tests {
                 assert!(
                     steps
                         .iter()
-                        .any(|s| s.contains("search_index_owner (type=? AND id=?")),
+                        .any(|s| s.contains("search_index_owner (rid=?")),
                     "{prefix:?}: {steps:?}"
                 );
                 assert!(
@@ -721,7 +755,7 @@ mod tests {
         ] {
             sqlx::query(q).execute(&writer).await.unwrap();
         }
-        migrate(&writer, MIGRATIONS).await.unwrap();
+        migrate(&writer, &MIGRATIONS[..=drop_tokens]).await.unwrap();
         let rows: Vec<(String, String, String, String)> = sqlx::query_as(
             "SELECT type, id, system, value FROM search_index WHERE param = 'identifier' ORDER BY type",
         )
@@ -744,5 +778,57 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(left, None);
+    }
+
+    /// A database written before resources had a key (`rid`) opens with one for each, and its
+    /// index rows, rebuilt under those keys at the start, point at the right resources.
+    #[tokio::test]
+    async fn index_rows_move_to_resource_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (writer, _) = pools(&dir.path().join("gateway.db"), 1).await.unwrap();
+            let before = MIGRATIONS.iter().position(|m| *m == SQLITE_RID).unwrap();
+            migrate(&writer, &MIGRATIONS[..before]).await.unwrap();
+            for (n, id) in ["a", "b"].into_iter().enumerate() {
+                let body = format!(
+                    r#"{{"resourceType":"Patient","id":"{id}","identifier":[{{"system":"bsn","value":"v{id}"}}]}}"#
+                );
+                sqlx::query("INSERT INTO resource_version (type, id, version, last_updated, method, body) VALUES ('Patient', ?, 1, 0, 'POST', ?)")
+                    .bind(id)
+                    .bind(body.into_bytes())
+                    .execute(&writer)
+                    .await
+                    .unwrap();
+                sqlx::query("INSERT INTO resource_current (type, id, version, deleted, seq) VALUES ('Patient', ?, 1, 0, ?)")
+                    .bind(id)
+                    .bind(n as i64 + 1)
+                    .execute(&writer)
+                    .await
+                    .unwrap();
+                sqlx::query("INSERT INTO search_index (type, id, param, system, value, raw) VALUES ('Patient', ?, 'identifier', 'bsn', ?, '')")
+                    .bind(id)
+                    .bind(format!("v{id}"))
+                    .execute(&writer)
+                    .await
+                    .unwrap();
+            }
+            writer.close().await;
+        }
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT c.id, s.value, k.patient FROM resource_current c \
+             JOIN search_index s ON s.rid = c.rid AND s.param = 'identifier' \
+             JOIN compartment k ON k.rid = c.rid ORDER BY c.id",
+        )
+        .fetch_all(&store.reader)
+        .await
+        .unwrap();
+        let row = |i: &str| (i.to_owned(), format!("v{i}"), i.to_owned());
+        assert_eq!(rows, vec![row("a"), row("b")]);
+        let keys: Vec<i64> = sqlx::query_scalar("SELECT rid FROM resource_current ORDER BY id")
+            .fetch_all(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(keys, vec![1, 2]);
     }
 }

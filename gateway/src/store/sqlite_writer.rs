@@ -381,7 +381,13 @@ impl WriteTx for InlineTx {
             (None, _) => None,
         };
         self.fulltext.add(&stored, indexing.as_ref());
-        for statement in sql::after_insert_but_fulltext(D, &stored, seq, indexing.as_ref()) {
+        let upsert = sql::upsert_current(D, &stored, seq);
+        let rid: i64 = self
+            .conn
+            .prepare_cached(&upsert.text)
+            .and_then(|mut s| s.query_row(params(&upsert), |r| r.get(0)))
+            .map_err(store)?;
+        for statement in sql::after_upsert_but_fulltext(D, &stored, rid, indexing.as_ref()) {
             self.conn
                 .prepare_cached(&statement.text)
                 .and_then(|mut s| s.execute(params(&statement)))
