@@ -134,7 +134,7 @@ pub struct Search {
     pub total: bool,
     /// `_summary` or `_elements`: what of each resource is returned.
     pub subset: Option<crate::fhir::subset::Subset>,
-    /// `_sort` keys, in order; empty: by id.
+    /// `_sort` keys, in order; empty: in the order the resources were first stored (`sql::search`).
     pub sort: Vec<crate::fhir::search::SortKey>,
     /// How many matches a sorted search keeps in its snapshot, and for how long (config `rest`).
     pub snapshot: SnapshotLimits,

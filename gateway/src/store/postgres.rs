@@ -165,7 +165,7 @@ CREATE INDEX search_index_range ON search_index (type, param, low) WHERE low IS 
 ALTER TABLE resource_current ADD COLUMN rid BIGINT;
 UPDATE resource_current SET rid = seq;
 CREATE UNIQUE INDEX resource_current_rid ON resource_current (rid);
-CREATE INDEX resource_current_type_rid ON resource_current (type, rid);
+CREATE INDEX resource_current_type_rid ON resource_current (type, rid, deleted, seq);
 DROP TABLE search_index;
 CREATE TABLE search_index (
     rid    BIGINT NOT NULL,
