@@ -697,6 +697,18 @@ mod tests {
         assert_eq!((v.records, v.broken), (2, vec![]));
     }
 
+    /// The steps of SQLite's query plan for `statement`.
+    async fn plan(store: &SqliteStore, mut statement: Sql) -> Vec<String> {
+        statement.text.insert_str(0, "EXPLAIN QUERY PLAN ");
+        query(&statement)
+            .fetch_all(&store.reader)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(3))
+            .collect()
+    }
+
     /// A range condition (a date, a number, a quantity) is probed per candidate resource on the
     /// owner index, one seek each: with a range index SQLite scanned the parameter's range
     /// entries from the start for every candidate, and a date search over 68,000 Observations
@@ -721,15 +733,8 @@ mod tests {
                 ..Default::default()
             };
             let (count, page) = sql::search(D, &op).unwrap();
-            for mut plan in [count, page] {
-                plan.text.insert_str(0, "EXPLAIN QUERY PLAN ");
-                let steps: Vec<String> = query(&plan)
-                    .fetch_all(&store.reader)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get::<String, _>(3))
-                    .collect();
+            for statement in [count, page] {
+                let steps = plan(&store, statement).await;
                 assert!(
                     steps
                         .iter()
@@ -776,15 +781,8 @@ mod tests {
             descending: true,
         }];
         let sorted = sql::sorted_page(D, &op, 21);
-        for (what, mut plan) in [("count", count), ("page", page), ("sorted", sorted)] {
-            plan.text.insert_str(0, "EXPLAIN QUERY PLAN ");
-            let steps: Vec<String> = query(&plan)
-                .fetch_all(&store.reader)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<String, _>(3))
-                .collect();
+        for (what, statement) in [("count", count), ("page", page), ("sorted", sorted)] {
+            let steps = plan(&store, statement).await;
             assert!(
                 steps.iter().any(|s| s.contains(
                     "SEARCH c USING COVERING INDEX resource_current_type_rid (type=? AND rid=?"

@@ -36,56 +36,82 @@ impl Gateway {
         Gateway::start_in(dir, config)
     }
 
-    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+    pub fn start_in(mut dir: tempfile::TempDir, config: &str) -> Gateway {
         // Tests authenticate with demo tokens: trust the demo issuers unless the test configures auth.
         let config = if config.contains("[auth]") {
             config.to_owned()
         } else {
             format!("{config}\n[auth]\ndemo = true\n")
         };
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
         let cfg_path: PathBuf = dir.path().join("gateway.toml");
         std::fs::File::create(&cfg_path)
             .unwrap()
             .write_all(config.as_bytes())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["serve", "--config"])
-            .arg(&cfg_path)
-            .args(["--listen", &addr, "--data"])
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
-            .spawn()
-            .expect("start gateway");
-        let gw = Gateway {
-            child,
-            base: format!("http://{addr}/fhir"),
-            addr,
-            dir,
-        };
-        gw.wait_ready();
-        gw
+        // A port found free may be taken before the gateway binds it (tests start gateways in
+        // parallel): that gateway exits, and another answers on the port. Readiness is therefore
+        // taken from this gateway's own log, and a lost port is tried again with another.
+        for _ in 0..5 {
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
+            let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+                .args(["serve", "--config"])
+                .arg(&cfg_path)
+                .args(["--listen", &addr, "--data"])
+                .arg(dir.path().join("data"))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
+                .spawn()
+                .expect("start gateway");
+            let mut gw = Gateway {
+                child,
+                base: format!("http://{addr}/fhir"),
+                addr,
+                dir,
+            };
+            if gw.wait_ready() {
+                return gw;
+            }
+            let log = gw.log();
+            if !log.contains("Address already in use") {
+                panic!("gateway exited at start:\n{log}");
+            }
+            dir = gw.take_dir();
+        }
+        panic!("no free port for the gateway after 5 tries");
     }
 
-    fn wait_ready(&self) {
+    /// Whether this gateway came up (false: it exited, its port taken); panics after 30 s.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let listening = format!("FHIR R4 base at http://{}/fhir", self.addr);
         while Instant::now() < deadline {
-            if let Ok(mut s) = std::net::TcpStream::connect(&self.addr) {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if self.log().contains(&listening)
+                && let Ok(mut s) = std::net::TcpStream::connect(&self.addr)
+            {
                 let _ =
                     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
                 let mut buf = String::new();
                 use std::io::Read;
                 let _ = s.read_to_string(&mut buf);
                 if buf.starts_with("HTTP/1.1 200") {
-                    return;
+                    return true;
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("gateway did not become ready at {}", self.addr);
+    }
+
+    /// The data directory of a gateway that has exited (a start that lost its port).
+    fn take_dir(mut self) -> tempfile::TempDir {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        std::mem::forget(self);
+        dir
     }
 
     /// What the server has logged so far.
