@@ -279,6 +279,63 @@ async fn conditional_create_is_atomic() {
     }
 }
 
+/// `_total` is the number of matches whatever the page: a first page that holds them all is
+/// counted from its rows (no count query), any other page by the count query.
+#[tokio::test]
+async fn total_counts_every_match_on_every_page() {
+    for b in backends().await {
+        let s = b.store.as_ref();
+        for _ in 0..5 {
+            let r = json!({"resourceType": "Patient", "name": [{"family": "Totalled"}]});
+            create(s, r).await;
+        }
+        create(
+            s,
+            json!({"resourceType": "Patient", "name": [{"family": "Other"}]}),
+        )
+        .await;
+        let op = |count: u32, cursor: Option<String>| {
+            permit(Search {
+                ty: "Patient".into(),
+                criteria: Criteria {
+                    clauses: vec![Clause {
+                        param: "family".into(),
+                        how: ClauseKind::Any(vec![Pred::StartsWith("totalled".into())]),
+                    }],
+                    ..Default::default()
+                },
+                count,
+                cursor,
+                total: true,
+                ..Default::default()
+            })
+        };
+        for (count, shown) in [(10, 5), (6, 5), (5, 5), (4, 4), (1, 1), (0, 0)] {
+            let page = s.search(&op(count, None)).await.unwrap();
+            assert_eq!(page.total, Some(5), "{}: _count={count}", b.name);
+            assert_eq!(page.entries.len(), shown, "{}: _count={count}", b.name);
+            assert_eq!(
+                page.next.is_some(),
+                count > 0 && count < 5,
+                "{}: _count={count}",
+                b.name
+            );
+        }
+        // The last page is short, but not the first: its total is still every match.
+        let first = s.search(&op(3, None)).await.unwrap();
+        let last = s.search(&op(3, first.next.clone())).await.unwrap();
+        assert_eq!(last.entries.len(), 2, "{}", b.name);
+        assert_eq!(last.total, Some(5), "{}", b.name);
+        assert!(last.next.is_none(), "{}", b.name);
+        // `_total=none`: no total at all.
+        let none = permit(Search {
+            total: false,
+            ..op(10, None).op().clone()
+        });
+        assert_eq!(s.search(&none).await.unwrap().total, None, "{}", b.name);
+    }
+}
+
 #[tokio::test]
 async fn history_is_newest_first_and_pages_stably() {
     for b in backends().await {

@@ -1,8 +1,9 @@
 //! Search and history bundles. Entries are built only from disclosed resources.
 
+use crate::fhir::spliced::{Entry, Resource, SplicedBundle};
 use crate::policy::Disclosed;
 use crate::store::{Stored, WriteMethod, format_instant};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// The resource JSON of a stored version (deletions have none).
 pub fn resource_json(s: &Stored) -> Option<Value> {
@@ -57,29 +58,32 @@ pub struct PageInfo<'a> {
 }
 
 /// A searchset: the matches, then what `_include`/`_revinclude` added (search mode `include`).
+/// Stored bodies go out as kept (see `spliced`); only `_summary`/`_elements` parse them.
 pub fn searchset(
     base: &str,
     page: PageInfo<'_>,
     matches: &[Disclosed<Stored>],
     included: &[Disclosed<Stored>],
     subset: Option<&crate::fhir::subset::Subset>,
-) -> Value {
+) -> SplicedBundle {
     let entry = |d: &Disclosed<Stored>, mode: &str| {
         let s = d.get();
         // `_summary`/`_elements` shape the matches; included resources come whole.
         let resource = match (subset, mode) {
-            (Some(subset), "match") => {
-                resource_json(s).map(|r| crate::fhir::subset::apply(subset, r))
-            }
-            _ => resource_json(s),
+            (Some(subset), "match") => Some(Resource::Json(
+                resource_json(s)
+                    .map(|r| crate::fhir::subset::apply(subset, r))
+                    .unwrap_or(Value::Null),
+            )),
+            _ => Some(stored_resource(s)),
         };
-        json!({
-            "fullUrl": format!("{base}/{}/{}", s.ty, s.id),
-            "resource": resource,
-            "search": { "mode": mode }
-        })
+        Entry {
+            before: object(json!({ "fullUrl": format!("{base}/{}/{}", s.ty, s.id) })),
+            resource,
+            after: object(json!({ "search": { "mode": mode } })),
+        }
     };
-    let entries: Vec<Value> = matches
+    let entries = matches
         .iter()
         .map(|d| entry(d, "match"))
         .chain(included.iter().map(|d| entry(d, "include")))
@@ -87,8 +91,8 @@ pub fn searchset(
     bundle("searchset", page, entries)
 }
 
-pub fn history(base: &str, page: PageInfo<'_>, entries: &[Disclosed<Stored>]) -> Value {
-    let entries: Vec<Value> = entries
+pub fn history(base: &str, page: PageInfo<'_>, entries: &[Disclosed<Stored>]) -> SplicedBundle {
+    let entries = entries
         .iter()
         .map(|d| {
             let s = d.get();
@@ -98,33 +102,49 @@ pub fn history(base: &str, page: PageInfo<'_>, entries: &[Disclosed<Stored>]) ->
                 WriteMethod::Put => (format!("{}/{}", s.ty, s.id), "200 OK"),
                 WriteMethod::Delete => (format!("{}/{}", s.ty, s.id), "204 No Content"),
             };
-            let mut e = json!({
-                "fullUrl": format!("{base}/{}/{}", s.ty, s.id),
-                "request": { "method": s.method.as_str(), "url": url },
-                "response": { "status": status, "etag": etag(s.version), "lastModified": format_instant(s.last_updated) }
-            });
-            if let Some(r) = resource_json(s) {
-                e["resource"] = r;
+            Entry {
+                before: object(json!({
+                    "fullUrl": format!("{base}/{}/{}", s.ty, s.id),
+                    "request": { "method": s.method.as_str(), "url": url },
+                    "response": { "status": status, "etag": etag(s.version), "lastModified": format_instant(s.last_updated) }
+                })),
+                // A deletion has no resource.
+                resource: s.body.as_ref().map(|b| Resource::Stored(b.clone())),
+                after: Map::new(),
             }
-            e
         })
         .collect();
     bundle("history", page, entries)
 }
 
-fn bundle(kind: &str, page: PageInfo<'_>, entries: Vec<Value>) -> Value {
-    let mut b = json!({
+/// A stored version's body as kept (`null` for a version without one, as `resource_json` gives).
+fn stored_resource(s: &Stored) -> Resource {
+    match &s.body {
+        Some(b) => Resource::Stored(b.clone()),
+        None => Resource::Json(Value::Null),
+    }
+}
+
+fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn bundle(kind: &str, page: PageInfo<'_>, entries: Vec<Entry>) -> SplicedBundle {
+    let mut head = object(json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
         "meta": { "lastUpdated": format_instant(time::OffsetDateTime::now_utc()) },
         "type": kind,
-    });
+    }));
     if let Some(t) = page.total {
-        b["total"] = json!(t);
+        head.insert("total".into(), json!(t));
     }
-    b["link"] = Value::Array(links(&page.url, &page.params, page.cursor, page.next));
-    if !entries.is_empty() {
-        b["entry"] = Value::Array(entries);
-    }
-    b
+    head.insert(
+        "link".into(),
+        Value::Array(links(&page.url, &page.params, page.cursor, page.next)),
+    );
+    SplicedBundle { head, entries }
 }

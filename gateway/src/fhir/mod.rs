@@ -16,5 +16,6 @@ pub mod references;
 pub mod search;
 pub mod search_index;
 pub mod search_params;
+pub mod spliced;
 pub mod subset;
 pub mod validate;

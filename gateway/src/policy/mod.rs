@@ -633,11 +633,7 @@ impl Policy {
     }
 
     /// A document assembled from disclosed parts (a bundle), or public (the CapabilityStatement).
-    pub fn release_document(
-        &self,
-        _parts: &[Disclosed<Stored>],
-        document: Value,
-    ) -> Disclosed<Value> {
+    pub fn release_document<T>(&self, _parts: &[Disclosed<Stored>], document: T) -> Disclosed<T> {
         disclosed(document)
     }
 

@@ -109,6 +109,7 @@ fn entry_of(reply: Reply) -> Value {
     let body = match reply.body {
         Some(Payload::Stored(b)) => serde_json::from_slice(&b).ok(),
         Some(Payload::Json(v)) => Some(v),
+        Some(Payload::Bundle(b)) => Some(b.into_value()),
         Some(Payload::Raw { .. }) | None => None,
     };
     match body {

@@ -46,6 +46,8 @@ pub enum Payload {
     /// A stored resource's JSON, sent as kept.
     Stored(Bytes),
     Json(Value),
+    /// A search or history Bundle, its stored resources written as kept (see `fhir::spliced`).
+    Bundle(crate::fhir::spliced::SplicedBundle),
     /// Another media type: a bulk export's manifest (`application/json`) or NDJSON file.
     Raw {
         content_type: &'static str,
@@ -73,23 +75,21 @@ impl Reply {
     /// the gateway says about the search itself (a backend that failed or was not asked). They
     /// carry no patient data, so there is nothing to disclose.
     fn add_outcome_entries(&mut self, outcomes: Vec<Value>) -> Result<()> {
-        let Some(Payload::Json(bundle)) = &mut self.body else {
+        use crate::fhir::spliced::{Entry, Resource};
+        let Some(Payload::Bundle(bundle)) = &mut self.body else {
             return Err(Error::internal(
                 "outcome entries on a reply that is not a Bundle",
             ));
         };
-        let entries = bundle
-            .as_object_mut()
-            .ok_or_else(|| Error::internal("a searchset that is not an object"))?
-            .entry("entry")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Value::Array(entries) = entries {
-            entries.extend(
-                outcomes
-                    .into_iter()
-                    .map(|o| serde_json::json!({"resource": o, "search": {"mode": "outcome"}})),
-            );
-        }
+        bundle.entries.extend(outcomes.into_iter().map(|o| {
+            let mut after = serde_json::Map::new();
+            after.insert("search".into(), serde_json::json!({"mode": "outcome"}));
+            Entry {
+                before: serde_json::Map::new(),
+                resource: Some(Resource::Json(o)),
+                after,
+            }
+        }));
         Ok(())
     }
 
@@ -115,6 +115,11 @@ impl Reply {
     /// A document the policy released (bundle, CapabilityStatement).
     fn json(status: StatusCode, d: Disclosed<Value>) -> Reply {
         Reply::new(status, Some(Payload::Json(d.into_inner())))
+    }
+
+    /// A search or history Bundle the policy released.
+    fn bundle(status: StatusCode, d: Disclosed<crate::fhir::spliced::SplicedBundle>) -> Reply {
+        Reply::new(status, Some(Payload::Bundle(d.into_inner())))
     }
 
     /// A server-written informational outcome: carries no resource data.
@@ -689,7 +694,7 @@ async fn page_reply(
     let mut all = entries;
     all.extend(included);
     let mut reply = with_refs(
-        Reply::json(StatusCode::OK, app.policy.release_document(&all, b)),
+        Reply::bundle(StatusCode::OK, app.policy.release_document(&all, b)),
         &all,
     );
     reply.emergency_releases = all.iter().filter(|d| d.by_emergency()).count();

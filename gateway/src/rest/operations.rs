@@ -46,6 +46,7 @@ pub fn meta_of_reply(mut reply: Reply) -> Result<Reply> {
     let resource: Value = match reply.body.take() {
         Some(super::Payload::Stored(b)) => serde_json::from_slice(&b).map_err(Error::internal)?,
         Some(super::Payload::Json(v)) => v,
+        Some(super::Payload::Bundle(b)) => b.into_value(),
         other @ (Some(super::Payload::Raw { .. }) | None) => {
             reply.body = other;
             return Ok(reply);

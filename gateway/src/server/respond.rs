@@ -32,6 +32,8 @@ pub fn reply(r: Reply, shape: Shape) -> Response<Full<Bytes>> {
             Some(render(&v, true))
         }
         Some(Payload::Json(v)) => Some(render(&v, shape.pretty)),
+        Some(Payload::Bundle(b)) if !shape.pretty => Some(Bytes::from(b.to_bytes())),
+        Some(Payload::Bundle(b)) => Some(render(&b.into_value(), true)),
         Some(Payload::Raw {
             content_type,
             bytes,

@@ -303,6 +303,13 @@ pub const AUDIT_GENESIS: &str = "00000000000000000000000000000000000000000000000
 
 /// A page from the rows a backend fetched (at most `size + 1`: one more says there is a next
 /// page) and the total; `next` is the cursor of the last row shown.
+/// The number of matches when a search's first page already holds them all (fewer rows than
+/// the page size plus the one that tells whether a next page exists): the count query, about
+/// as costly as the page itself, is then not run. `None` when it must be counted.
+pub fn whole_result(first_page: bool, size: u32, rows: usize) -> Option<i64> {
+    (first_page && size > 0 && rows <= size as usize).then_some(rows as i64)
+}
+
 pub fn page_of<R>(
     total: Option<i64>,
     rows: &[R],

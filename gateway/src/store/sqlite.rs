@@ -432,18 +432,20 @@ impl SqliteStore {
         count: Option<&Sql>,
         page: &Sql,
         size: u32,
+        first: bool,
         next_of: fn(&SqliteRow) -> String,
     ) -> Result<Page> {
-        // `_total=none`: no count query at all.
-        let total: Option<i64> = match count {
-            Some(c) => Some(scalar(c).fetch_one(&self.reader).await?),
-            None => None,
-        };
         // `_count=0` asks for the total only.
         let rows = if size == 0 {
             Vec::new()
         } else {
             query(page).fetch_all(&self.reader).await?
+        };
+        // `_total=none`: no count query at all; a first page that holds every match counts them.
+        let total: Option<i64> = match (count, super::whole_result(first, size, rows.len())) {
+            (None, _) => None,
+            (Some(_), Some(n)) => Some(n),
+            (Some(c), None) => Some(scalar(c).fetch_one(&self.reader).await?),
         };
         Ok(page_of(total, &rows, size, row_to_stored, next_of))
     }
@@ -455,7 +457,8 @@ impl SqliteStore {
         if op.sort.is_empty() || op.count == 0 {
             let next_of: fn(&SqliteRow) -> String =
                 |r: &_| r.get::<i64, _>(sql::PAGE_CURSOR_COLUMN).to_string();
-            return self.page(count, &page, op.count, next_of).await;
+            let first = op.cursor.is_none();
+            return self.page(count, &page, op.count, first, next_of).await;
         }
         let total = match count {
             Some(c) => Some(scalar(c).fetch_one(&self.reader).await?),
@@ -510,7 +513,7 @@ impl Store for SqliteStore {
         let op = permit.op();
         let (count, page) = sql::history(D, op);
         let found = self
-            .page(Some(&count), &page, op.count, |r| {
+            .page(Some(&count), &page, op.count, false, |r| {
                 r.get::<i64, _>(6).to_string()
             })
             .await?;
