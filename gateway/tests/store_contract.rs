@@ -87,6 +87,17 @@ fn by_bsn(bsn: &str) -> Criteria {
     }
 }
 
+/// Patients whose family name starts with `prefix` (folded, as the string index keeps it).
+fn by_family(prefix: &str) -> Criteria {
+    Criteria {
+        clauses: vec![Clause {
+            param: "family".into(),
+            how: ClauseKind::Any(vec![Pred::StartsWith(prefix.into())]),
+        }],
+        ..Default::default()
+    }
+}
+
 fn body(s: &gateway::store::Stored) -> Value {
     serde_json::from_slice(s.body.as_ref().unwrap()).unwrap()
 }
@@ -297,13 +308,7 @@ async fn total_counts_every_match_on_every_page() {
         let op = |count: u32, cursor: Option<String>| {
             permit(Search {
                 ty: "Patient".into(),
-                criteria: Criteria {
-                    clauses: vec![Clause {
-                        param: "family".into(),
-                        how: ClauseKind::Any(vec![Pred::StartsWith("totalled".into())]),
-                    }],
-                    ..Default::default()
-                },
+                criteria: by_family("totalled"),
                 count,
                 cursor,
                 total: true,
@@ -842,13 +847,7 @@ async fn sorted_search_pages_from_its_snapshot() {
         let op = |cursor: Option<String>| {
             permit(Search {
                 ty: "Patient".into(),
-                criteria: Criteria {
-                    clauses: vec![Clause {
-                        param: "family".into(),
-                        how: ClauseKind::Any(vec![Pred::StartsWith("sorted".into())]),
-                    }],
-                    ..Default::default()
-                },
+                criteria: by_family("sorted"),
                 count: 2,
                 cursor,
                 total: true,
