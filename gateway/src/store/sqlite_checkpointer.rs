@@ -281,8 +281,11 @@ mod tests {
         let wal = std::fs::metadata(path.with_file_name("db-wal"))
             .unwrap()
             .len();
-        // A frame is a page of 4,096 bytes and a 24-byte header; a commit writes ~2.
-        let most = 2 * RESTART_PAGES as u64 * 4_120;
+        // A frame is a page of 4,096 bytes and a 24-byte header; a commit writes ~2, so a log
+        // that never restarted would hold ~6 x RESTART_PAGES frames (~99 MB). The bound leaves
+        // the checkpoint thread room to fall behind when the tests running beside this one take
+        // the cores (a fresh-clone CI run saw 36.7 MB against a bound of 2 x RESTART_PAGES).
+        let most = 3 * RESTART_PAGES as u64 * 4_120;
         assert!(wal < most, "the WAL grew to {wal} bytes for {rows} rows");
         wait_until_copied(&path, rows as u64, "never checkpointed");
         drop(cp);
