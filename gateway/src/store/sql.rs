@@ -30,6 +30,12 @@ pub struct Sql {
     dialect: Dialect,
     pub text: String,
     pub binds: Vec<Bind>,
+    /// The statement's best plan is the same whatever values are bound (a point read by key, a
+    /// search that starts from one resource's or patient's index rows and tests its other
+    /// conditions row by row, see [`search`]), so PostgreSQL may plan it once per connection and
+    /// reuse that plan (`PostgresStore`'s generic pool). Every other statement is planned for
+    /// its values on each run.
+    pub generic: bool,
 }
 
 /// The columns of a version row, in the order `row_to_stored` reads them; `seq` last.
@@ -45,7 +51,26 @@ impl Sql {
             dialect,
             text: text.to_owned(),
             binds: Vec::new(),
+            generic: false,
         }
+    }
+
+    /// Marks the statement as one whose plan does not depend on its values (see [`Sql::generic`]).
+    fn planned_once(mut self) -> Sql {
+        self.generic = true;
+        self
+    }
+
+    /// Closes an `EXISTS (SELECT ...` that tests one resource. In a statement planned once, with
+    /// `OFFSET 0`, which keeps PostgreSQL from turning the test into a join: it stays a probe of
+    /// the index per resource the search's driver names. As a join, a plan made without the
+    /// values could start from the condition instead (every laboratory Observation, 52,000 rows,
+    /// 1 s, for one patient's 34).
+    fn close_exists(&mut self) -> &mut Sql {
+        if self.generic {
+            self.push(" OFFSET 0");
+        }
+        self.push(")")
     }
 
     pub fn push(&mut self, fragment: &str) -> &mut Sql {
@@ -103,7 +128,7 @@ fn push_criteria(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>) {
         push_same_resource(q, "t", "c");
         q.push(" AND t.param = 'identifier' AND (");
         push_identifier_tokens(q, ors);
-        q.push("))");
+        q.push(")").close_exists();
     }
 }
 
@@ -302,7 +327,7 @@ fn push_clause(q: &mut Sql, clause: &Clause, c: &str, depth: usize, scope: Scope
         }
         q.push(")");
     }
-    q.push(")");
+    q.close_exists();
 }
 
 /// A schema migration of both stores. Identifier searches read the search index's `identifier`
@@ -468,7 +493,7 @@ fn push_compartment(q: &mut Sql, criteria: &Criteria, driver: Option<Driver>) {
         if driver != Some(Driver::Compartment(n)) {
             q.push(" AND EXISTS (SELECT 1 FROM compartment k WHERE k.rid = c.rid AND k.patient ");
             push_patients(q, criteria, n, p);
-            q.push(")");
+            q.close_exists();
         }
     }
 }
@@ -641,14 +666,22 @@ pub const PAGE_CURSOR_COLUMN: usize = 7;
 /// search that starts from an index range (see [`Driver`]) reads its matches in page order
 /// from that range, and stops after a page.
 pub fn search(d: Dialect, op: &Search) -> Result<(Sql, Sql), crate::error::Error> {
+    let generic = planned_once(d, op);
+    let new = |text: &str| {
+        let mut q = Sql::new(d, text);
+        q.generic = generic;
+        q
+    };
     // The count needs no version row: criteria only read `resource_current` and the indexes, and
     // reading 100,000 version rows (with their bodies on the same pages) is most of its cost.
-    let count = index_only_count(d, op).unwrap_or_else(|| {
-        let mut count = Sql::new(d, "SELECT COUNT(*) FROM resource_current c");
-        current_where(&mut count, &op.ty, &op.criteria);
-        count
-    });
-    let mut page = Sql::new(d, PAGE_COLUMNS);
+    let count = index_only_count(d, op)
+        .map(|q| if generic { q.planned_once() } else { q })
+        .unwrap_or_else(|| {
+            let mut count = new("SELECT COUNT(*) FROM resource_current c");
+            current_where(&mut count, &op.ty, &op.criteria);
+            count
+        });
+    let mut page = new(PAGE_COLUMNS);
     page.push(CURRENT_FROM);
     current_where(&mut page, &op.ty, &op.criteria);
     // A sorted search's cursor is its kept order's (see `sorted_search`), which reads no page here.
@@ -661,6 +694,36 @@ pub fn search(d: Dialect, op: &Search) -> Result<(Sql, Sql), crate::error::Error
     page.push(" ORDER BY c.rid LIMIT ")
         .literal_int(op.count as i64 + 1);
     Ok((count, page))
+}
+
+/// Whether a search's statements may be planned once per connection (see [`Sql::generic`]).
+/// PostgreSQL only, and only an unsorted search that starts from one patient's compartment,
+/// identifiers or references (few rows for any value) and whose other conditions each test
+/// index rows of the resource at hand: those are probes per resource, whatever the values
+/// (see [`Sql::close_exists`]). Planning the lab page of one patient for its values took 1.0 ms
+/// against 0.46 ms to run it; planned once, 0.01 ms. Chains, `_has` and text search keep their
+/// plan per values: their subqueries read other resources, which a plan could read either way
+/// round.
+fn planned_once(d: Dialect, op: &Search) -> bool {
+    let c = &op.criteria;
+    let keyed = match driver(c) {
+        Some(Driver::Compartment(_) | Driver::Identifiers(_)) => true,
+        Some(Driver::Clause(n)) => matches!(
+            &c.clauses[n].how,
+            ClauseKind::Any(preds) if preds.iter().all(|p| matches!(p, Pred::Reference(_)))
+        ),
+        None => false,
+    };
+    d == Dialect::Postgres
+        && keyed
+        && op.sort.is_empty()
+        && c.fulltext.is_empty()
+        && c.clauses.iter().all(|k| {
+            matches!(
+                k.how,
+                ClauseKind::Any(_) | ClauseKind::None(_) | ClauseKind::Missing(_)
+            )
+        })
 }
 
 /// PostgreSQL: the count of a search with one indexed condition and nothing else, from that
@@ -1414,7 +1477,7 @@ pub fn read(d: Dialect, ty: &str, id: &str) -> Sql {
         .text(ty)
         .push(" AND c.id = ")
         .text(id);
-    q
+    q.planned_once()
 }
 
 pub fn vread(d: Dialect, ty: &str, id: &str, version: u64) -> Sql {
@@ -1425,7 +1488,7 @@ pub fn vread(d: Dialect, ty: &str, id: &str, version: u64) -> Sql {
         .text(id)
         .push(" AND v.version = ")
         .int(version as i64);
-    q
+    q.planned_once()
 }
 
 /// The key of a resource whose current version is `version`; no row when it is not.
@@ -1436,7 +1499,7 @@ pub fn current_key(d: Dialect, ty: &str, id: &str, version: u64) -> Sql {
         .text(id)
         .push(" AND version = ")
         .int(version as i64);
-    q
+    q.planned_once()
 }
 
 pub fn current_version(d: Dialect, ty: &str, id: &str) -> Sql {
@@ -1445,7 +1508,7 @@ pub fn current_version(d: Dialect, ty: &str, id: &str) -> Sql {
         "SELECT version, deleted FROM resource_current WHERE type = ",
     );
     q.text(ty).push(" AND id = ").text(id);
-    q
+    q.planned_once()
 }
 
 /// The row mapping and parameter binding of a relational backend, the same for every sqlx
@@ -1861,5 +1924,102 @@ mod tests {
                 .text
                 .starts_with("SELECT COUNT(*) FROM resource_current c")
         );
+    }
+
+    /// Which searches PostgreSQL plans once: those that start from one patient's or resource's
+    /// rows, with every other condition a probe of the resource at hand (`OFFSET 0`).
+    #[test]
+    fn searches_from_one_patient_are_planned_once_and_probe_the_rest() {
+        let clause = |param: &str, p: Pred| Clause {
+            param: param.into(),
+            how: ClauseKind::Any(vec![p]),
+        };
+        let patient = clause("patient", Pred::Reference(vec!["Patient/p1".into()]));
+        let category = clause(
+            "category",
+            Pred::Token(Token {
+                system: None,
+                value: Some("laboratory".into()),
+            }),
+        );
+        let op = |clauses: Vec<Clause>| Search {
+            ty: "Observation".into(),
+            criteria: Criteria {
+                clauses,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let labs = op(vec![category.clone(), patient.clone()]);
+        let (count, page) = search(Dialect::Postgres, &labs).unwrap();
+        for q in [&count, &page] {
+            assert!(q.generic, "{}", q.text);
+            // The patient drives; the category is probed per resource, never joined.
+            assert!(q.text.contains("c.rid IN (SELECT s.rid"), "{}", q.text);
+            assert_eq!(q.text.matches(" OFFSET 0)").count(), 1, "{}", q.text);
+            assert_eq!(q.text.matches("EXISTS").count(), 1, "{}", q.text);
+        }
+        // The same search on SQLite, and every search that PostgreSQL plans for its values,
+        // is written as before: no OFFSET.
+        let planned = |op: &Search, d: Dialect| {
+            let (count, page) = search(d, op).unwrap();
+            for q in [count, page] {
+                assert!(!q.generic, "{}", q.text);
+                assert!(!q.text.contains("OFFSET"), "{}", q.text);
+            }
+        };
+        planned(&labs, Dialect::Sqlite);
+        // Started from a code (one value may hold half the table).
+        planned(&op(vec![category.clone()]), Dialect::Postgres);
+        // Sorted.
+        let mut sorted = labs.clone();
+        sorted.sort = vec![SortKey {
+            by: SortBy::LastUpdated,
+            descending: true,
+        }];
+        planned(&sorted, Dialect::Postgres);
+        // A chain beside the patient.
+        let chain = Clause {
+            param: "performer".into(),
+            how: ClauseKind::Chain {
+                targets: vec!["Practitioner".into()],
+                inner: Box::new(clause("family", Pred::StartsWith("jansen".into()))),
+            },
+        };
+        planned(&op(vec![patient.clone(), chain]), Dialect::Postgres);
+        // Text search beside the patient.
+        let mut text = labs.clone();
+        text.criteria.fulltext = vec![FullText {
+            content: true,
+            any_of: vec![vec!["glucose".into()]],
+        }];
+        planned(&text, Dialect::Postgres);
+        // A compartment and an identifier drive too; `:not` and `:missing` are probes.
+        let mut compartment = op(vec![
+            category.clone(),
+            Clause {
+                param: "code".into(),
+                how: ClauseKind::None(vec![Pred::Token(Token {
+                    system: None,
+                    value: Some("x".into()),
+                })]),
+            },
+            Clause {
+                param: "encounter".into(),
+                how: ClauseKind::Missing(true),
+            },
+        ]);
+        compartment.criteria.compartment = Some("p1".into());
+        compartment.criteria.identifiers = vec![vec![Token {
+            system: Some("s".into()),
+            value: Some("v".into()),
+        }]];
+        let (_, page) = search(Dialect::Postgres, &compartment).unwrap();
+        assert!(page.generic);
+        // Identifiers, category, code (NOT EXISTS), encounter (missing): four probes.
+        assert_eq!(page.text.matches(" OFFSET 0)").count(), 4, "{}", page.text);
+        // Point reads are planned once.
+        assert!(read(Dialect::Postgres, "Patient", "p1").generic);
+        assert!(vread(Dialect::Postgres, "Patient", "p1", 2).generic);
     }
 }
