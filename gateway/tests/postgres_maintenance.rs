@@ -10,6 +10,19 @@ use serde_json::json;
 use sqlx::{Connection, Row};
 use std::time::{Duration, Instant};
 
+/// Posts `entries` as one transaction Bundle; it must succeed.
+async fn transaction(gw: &Gateway, entries: Vec<serde_json::Value>) {
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let r = client()
+        .post(&gw.base)
+        .header("content-type", FHIR_JSON)
+        .body(bundle.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enough_writes_vacuum_and_analyze_the_index_tables() {
     let schema = fresh_schema();
@@ -34,15 +47,7 @@ async fn enough_writes_vacuum_and_analyze_the_index_tables() {
             })
         })
         .collect();
-    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
-    let r = client()
-        .post(&gw.base)
-        .header("content-type", FHIR_JSON)
-        .body(bundle.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    transaction(&gw, entries).await;
 
     let started = Instant::now();
     while !check().fetch_one(&mut db).await.unwrap() {
@@ -99,15 +104,7 @@ async fn a_lab_page_planned_once_starts_from_the_patient() {
             }));
         }
     }
-    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
-    let r = client()
-        .post(&gw.base)
-        .header("content-type", FHIR_JSON)
-        .body(bundle.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    transaction(&gw, entries).await;
 
     let op = Search {
         ty: "Observation".into(),
