@@ -291,24 +291,58 @@ async fn conditional_create_is_atomic() {
 }
 
 /// `_total` is the number of matches whatever the page: a first page that holds them all is
-/// counted from its rows (no count query), any other page by the count query.
+/// counted from its rows (no count query), any other page by the count query. Both for a search
+/// planned for its values (a family name) and for one that PostgreSQL plans once and whose first
+/// page counts the matches itself (an identifier, with the family probed per resource).
 #[tokio::test]
 async fn total_counts_every_match_on_every_page() {
+    let tagged = |family: &str| {
+        json!({"resourceType": "Patient", "name": [{"family": family}],
+               "identifier": [{"system": "urn:test:totals", "value": "t"}]})
+    };
+    let keyed = |family: &str| Criteria {
+        identifiers: vec![vec![Token {
+            system: Some("urn:test:totals".into()),
+            value: Some("t".into()),
+        }]],
+        ..by_family(family)
+    };
     for b in backends().await {
         let s = b.store.as_ref();
         for _ in 0..5 {
-            let r = json!({"resourceType": "Patient", "name": [{"family": "Totalled"}]});
-            create(s, r).await;
+            create(s, tagged("Totalled")).await;
         }
-        create(
-            s,
-            json!({"resourceType": "Patient", "name": [{"family": "Other"}]}),
-        )
-        .await;
+        create(s, tagged("Other")).await;
+        // Nothing matches: no rows, and a total of 0.
+        let none_match = s
+            .search(&permit(Search {
+                ty: "Patient".into(),
+                criteria: keyed("nobody"),
+                count: 10,
+                total: true,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        assert_eq!(
+            (none_match.total, none_match.entries.len()),
+            (Some(0), 0),
+            "{}",
+            b.name
+        );
+        for criteria in [by_family("totalled"), keyed("totalled")] {
+            total_on_every_page(&b, criteria).await;
+        }
+    }
+}
+
+async fn total_on_every_page(b: &Backend, criteria: Criteria) {
+    {
+        let s = b.store.as_ref();
         let op = |count: u32, cursor: Option<String>| {
             permit(Search {
                 ty: "Patient".into(),
-                criteria: by_family("totalled"),
+                criteria: criteria.clone(),
                 count,
                 cursor,
                 total: true,

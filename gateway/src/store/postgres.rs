@@ -553,9 +553,22 @@ impl Store for PostgresStore {
         let op = permit.op();
         let (count, page) = sql::search(D, op)?;
         let count = op.total.then_some(&count);
+        let next_of: fn(&PgRow) -> String =
+            |r: &_| r.get::<i64, _>(sql::PAGE_CURSOR_COLUMN).to_string();
+        if sql::counts_on_page(D, op) {
+            let rows = query(&page).fetch_all(self.pool_for(&page)).await?;
+            let total = rows
+                .first()
+                .map_or(0, |r| r.get::<i64, _>(sql::PAGE_TOTAL_COLUMN));
+            return Ok(page_of(
+                Some(total),
+                &rows,
+                op.count,
+                row_to_stored,
+                next_of,
+            ));
+        }
         if op.sort.is_empty() || op.count == 0 {
-            let next_of: fn(&PgRow) -> String =
-                |r: &_| r.get::<i64, _>(sql::PAGE_CURSOR_COLUMN).to_string();
             let first = op.cursor.is_none();
             return self.page(count, &page, op.count, first, next_of).await;
         }
