@@ -1527,7 +1527,7 @@ pub fn current_key(d: Dialect, ty: &str, id: &str, version: u64) -> Sql {
         .text(id)
         .push(" AND version = ")
         .int(version as i64);
-    q.planned_once()
+    q
 }
 
 pub fn current_version(d: Dialect, ty: &str, id: &str) -> Sql {
@@ -1536,7 +1536,7 @@ pub fn current_version(d: Dialect, ty: &str, id: &str) -> Sql {
         "SELECT version, deleted FROM resource_current WHERE type = ",
     );
     q.text(ty).push(" AND id = ").text(id);
-    q.planned_once()
+    q
 }
 
 /// The row mapping and parameter binding of a relational backend, the same for every sqlx
