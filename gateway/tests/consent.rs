@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{FHIR_JSON, Gateway, client_with, token};
+use common::{FHIR_JSON, Gateway, client_with, get_json, token};
 use http::StatusCode;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -479,4 +479,64 @@ async fn a_request_cut_off_by_the_time_out_is_audited() {
         .flatten()
         .any(|e| e["resource"]["outcomeDesc"] == "HTTP 503");
     assert!(cut, "the cut-off request is in the audit log: {log}");
+}
+
+/// Identity linking reads the Patient and searches its BSN from a cache; a Patient written after
+/// the first search (a new record of the person, or one that no longer carries the BSN) changes
+/// the very next search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linking_sees_patients_written_after_a_search() {
+    let gw = Gateway::start();
+    let b = &gw.base;
+    let (pid, lab, _) = hospital_record(&gw).await;
+    let umcu = as_org("umcu");
+    let query = format!("{b}/Observation?patient={pid}&category=laboratory");
+    let found = |bundle: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["search"]["mode"] == "match")
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    // Twice: the second search is answered from the cache.
+    for _ in 0..2 {
+        assert_eq!(found(&get_json(&umcu, &query).await), vec![lab.clone()]);
+    }
+    // A second record of the person (same BSN), with a lab result of its own.
+    let twin = post(
+        &umcu,
+        b,
+        json!({"resourceType": "Patient", "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": BSN}]}),
+    )
+    .await;
+    let twin_id = twin["id"].as_str().unwrap().to_owned();
+    let twin_lab = post(
+        &umcu,
+        b,
+        json!({"resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": LAB, "code": "laboratory"}]}], "code": {"text": "Ht"},
+        "subject": {"reference": format!("Patient/{twin_id}")}}),
+    )
+    .await;
+    let mut both = vec![lab.clone(), twin_lab["id"].as_str().unwrap().to_owned()];
+    both.sort();
+    assert_eq!(found(&get_json(&umcu, &query).await), both);
+    // The twin's BSN corrected to another person's: no longer linked.
+    let r = umcu
+        .put(format!("{b}/Patient/{twin_id}"))
+        .header("content-type", FHIR_JSON)
+        .body(
+            json!({"resourceType": "Patient", "id": twin_id,
+            "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "111222333"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(found(&get_json(&umcu, &query).await), vec![lab]);
 }

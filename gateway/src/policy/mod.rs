@@ -383,6 +383,53 @@ impl Policy {
         Ok(Principal::Token(Arc::new(person)))
     }
 
+    /// Identity linking's read of a Patient (`rest::link`): what `store.read` answers for the
+    /// permit, from a copy kept as long as the consent caches keep theirs and dropped on a
+    /// Patient write through this process. Only `disclose` releases it.
+    pub async fn read_for_linking(&self, permit: &Permit<Read>) -> Result<Option<Stored>> {
+        if permit.op().ty == "Patient" {
+            self.privacy.patient(&permit.op().id).await
+        } else {
+            self.store.read(permit).await
+        }
+    }
+
+    /// Identity linking's search for the Patients that carry one BSN: what `store.search`
+    /// answers for the permit (its first page), cached like [`Policy::read_for_linking`] when
+    /// the search is exactly that; any other search goes to the store. Only `disclose_each`
+    /// releases what it finds.
+    pub async fn search_for_linking(&self, permit: &Permit<Search>) -> Result<Vec<Stored>> {
+        let op = permit.op();
+        let c = &op.criteria;
+        let bsn = match c.identifiers.as_slice() {
+            [one] => match one.as_slice() {
+                [t] if t.system.as_deref() == Some(privacy::BSN_SYSTEM) => t.value.as_deref(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let only_the_bsn = c.ids.is_empty()
+            && c.compartment_linked.is_empty()
+            && c.clauses.is_empty()
+            && c.within.is_none()
+            && c.fulltext.is_empty()
+            && c.types.is_empty()
+            && op.ty == "Patient"
+            && op.cursor.is_none()
+            && op.sort.is_empty()
+            && op.includes.is_empty()
+            && op.audit.is_none();
+        match bsn {
+            Some(bsn) if only_the_bsn => Ok(self
+                .privacy
+                .holders_of_bsn(bsn, c.compartment.as_deref(), op.count)
+                .await?
+                .as_ref()
+                .clone()),
+            _ => Ok(self.store.search(permit).await?.entries),
+        }
+    }
+
     /// Backend Patients' BSNs (for consent across organisations) come from `directory`.
     pub fn with_directory(mut self, directory: Arc<dyn privacy::Directory>) -> Policy {
         self.privacy.set_directory(directory);

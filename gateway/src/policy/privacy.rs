@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::fhir::compartment;
 use crate::fhir::operation::{Read, Search};
 use crate::fhir::search::Criteria;
-use crate::store::Store;
+use crate::store::{Store, Stored};
 use moka::future::Cache;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -119,6 +119,11 @@ pub struct Privacy {
     answers: Cache<PdpKey, Verdict>,
     bsns: Cache<String, Option<Arc<str>>>,
     persons: Cache<String, Arc<Vec<String>>>,
+    /// Patients of this store as read for identity linking (`rest::link`), by id.
+    patients: Cache<String, Option<Stored>>,
+    /// This store's Patients carrying a BSN (within a patient compartment, if the search was
+    /// limited to one), for identity linking.
+    holders_of_bsn: Cache<(String, Option<String>, u32), Arc<Vec<Stored>>>,
     pdp: Option<DecisionPoint>,
     directory: Option<Arc<dyn Directory>>,
 }
@@ -170,6 +175,8 @@ impl Privacy {
             answers: cache(policy.cache_capacity, pdp_ttl),
             bsns: cache(policy.cache_capacity, ttl),
             persons: cache(policy.cache_capacity, ttl),
+            patients: cache(policy.cache_capacity, ttl),
+            holders_of_bsn: cache(policy.cache_capacity, ttl),
             policy,
             orgs,
             pdp,
@@ -450,6 +457,61 @@ impl Privacy {
             .map_err(|e: Arc<Error>| Error::store(format!("patient could not be read: {e}"), true))
     }
 
+    /// A Patient of this store, as `store.read` of a `Patient` read answers, cached like the
+    /// consent caches. Every search for one patient's data links by BSN, which read the Patient
+    /// and searched its BSN on every request: two of the three statements of a lab page.
+    pub async fn patient(&self, id: &str) -> Result<Option<Stored>> {
+        self.patients
+            .try_get_with(id.to_owned(), async {
+                let permit = internal_permit(Read {
+                    ty: "Patient".into(),
+                    id: id.to_owned(),
+                });
+                self.store.read(&permit).await
+            })
+            .await
+            .map_err(|e: Arc<Error>| Error::store(format!("patient could not be read: {e}"), true))
+    }
+
+    /// This store's Patients (deleted ones left out) that carry `bsn`, within `compartment` if
+    /// given; at most `limit`. Cached like [`Privacy::patient`].
+    pub async fn holders_of_bsn(
+        &self,
+        bsn: &str,
+        compartment: Option<&str>,
+        limit: u32,
+    ) -> Result<Arc<Vec<Stored>>> {
+        let key = (bsn.to_owned(), compartment.map(str::to_owned), limit);
+        self.holders_of_bsn
+            .try_get_with(key, async {
+                let permit = internal_permit(Search {
+                    ty: "Patient".into(),
+                    criteria: Criteria {
+                        identifiers: vec![vec![crate::fhir::search::Token {
+                            system: Some(BSN_SYSTEM.into()),
+                            value: Some(bsn.to_owned()),
+                        }]],
+                        compartment: compartment.map(str::to_owned),
+                        ..Default::default()
+                    },
+                    count: limit,
+                    total: false,
+                    ..Default::default()
+                });
+                let page = self.store.search(&permit).await?;
+                Ok::<_, Error>(Arc::new(
+                    page.entries
+                        .into_iter()
+                        .filter(|s| !s.is_deleted())
+                        .collect(),
+                ))
+            })
+            .await
+            .map_err(|e: Arc<Error>| {
+                Error::store(format!("patients could not be searched: {e}"), true)
+            })
+    }
+
     /// A Consent was written or deleted: every cached rule and decision may be stale.
     pub fn consent_changed(&self) {
         self.rules.invalidate_all();
@@ -460,6 +522,9 @@ impl Privacy {
     pub async fn patient_changed(&self, id: &str) {
         self.bsns.invalidate(id).await;
         self.persons.invalidate_all();
+        self.patients.invalidate(id).await;
+        // A new or changed Patient may carry any BSN.
+        self.holders_of_bsn.invalidate_all();
         // Which records are one person (and so whose consents apply) may have changed too.
         self.rules.invalidate_all();
         self.decisions.invalidate_all();

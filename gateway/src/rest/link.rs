@@ -187,7 +187,7 @@ pub async fn linked(
         // A backend that is down links nothing; the search itself reports it.
         app.federation.read(&permit).await.ok().flatten()
     } else {
-        app.store.read(&permit).await?
+        policy.read_for_linking(&permit).await?
     };
     let Some(found) = found.filter(|s| !s.is_deleted()) else {
         return Ok(None);
@@ -235,10 +235,10 @@ async fn same_bsn(
         return Ok(None);
     };
     let (local, remote) = futures::join!(
-        app.store.search(&permit),
+        policy.search_for_linking(&permit),
         app.federation.search(&permit, None)
     );
-    let mut all = local?.entries;
+    let mut all = local?;
     all.extend(remote.matches);
     let seen = policy
         .disclose_each(principal, asked, all, Permission::Search)
