@@ -8,6 +8,7 @@
 mod audit_codec;
 mod audit_journal;
 pub mod postgres;
+mod postgres_held;
 pub mod sql;
 pub mod sqlite;
 mod sqlite_checkpointer;

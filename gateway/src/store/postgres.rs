@@ -14,6 +14,7 @@
 //! Migrations run at start under an advisory lock (replicas starting together migrate once) and a
 //! database at a newer schema version than this binary knows is refused.
 
+use super::postgres_held::Held;
 use super::sql::{self, Dialect, Sql};
 use super::statistics;
 use super::writes::{self, WriteTx};
@@ -198,8 +199,9 @@ pub struct PostgresStore {
     /// Connections that plan each statement once and reuse the plan (`force_generic_plan`): the
     /// statements marked [`Sql::generic`] and the audit append. Planning a point read took
     /// 0.2 ms against its 0.04 ms run, one patient's lab page 1.0 ms against 0.46 ms; on 2 cores
-    /// a third of PostgreSQL's CPU under a search load went to planning.
-    generic: PgPool,
+    /// a third of PostgreSQL's CPU under a search load went to planning. Held by the store, not
+    /// pooled by sqlx (see `postgres_held`).
+    generic: Held,
     statistics: std::sync::Arc<statistics::Schedule>,
 }
 
@@ -244,7 +246,11 @@ impl PostgresStore {
             .connect_with(options("force_custom_plan")?)
             .await?;
         // Connections are opened when first needed.
-        let generic = pool_of(generic_size).connect_lazy_with(options("force_generic_plan")?);
+        let generic = Held::new(
+            options("force_generic_plan")?,
+            generic_size,
+            Duration::from_millis(cfg.connect_timeout_ms),
+        );
         migrate(&pool, &cfg.schema).await?;
         let store = PostgresStore {
             pool,
@@ -420,9 +426,49 @@ impl PostgresStore {
         Ok(Tx(self.pool.begin().await?))
     }
 
-    /// The pool that runs `q`: planned once or for its values (see [`Sql::generic`]).
-    fn pool_for(&self, q: &Sql) -> &PgPool {
-        if q.generic { &self.generic } else { &self.pool }
+    /// `q`'s rows, on the connections that plan it once or for its values (see [`Sql::generic`]).
+    async fn fetch_all(&self, q: &Sql) -> Result<Vec<PgRow>> {
+        if !q.generic {
+            return Ok(query(q).fetch_all(&self.pool).await?);
+        }
+        self.generic
+            .run(|mut c| {
+                Box::pin(async move {
+                    let r = query(q).fetch_all(&mut c).await;
+                    (c, r)
+                })
+            })
+            .await
+    }
+
+    /// `q`'s one row, if any (see [`PostgresStore::fetch_all`]).
+    async fn fetch_optional(&self, q: &Sql) -> Result<Option<PgRow>> {
+        if !q.generic {
+            return Ok(query(q).fetch_optional(&self.pool).await?);
+        }
+        self.generic
+            .run(|mut c| {
+                Box::pin(async move {
+                    let r = query(q).fetch_optional(&mut c).await;
+                    (c, r)
+                })
+            })
+            .await
+    }
+
+    /// `q`'s one number (see [`PostgresStore::fetch_all`]).
+    async fn fetch_scalar(&self, q: &Sql) -> Result<i64> {
+        if !q.generic {
+            return Ok(scalar(q).fetch_one(&self.pool).await?);
+        }
+        self.generic
+            .run(|mut c| {
+                Box::pin(async move {
+                    let r = scalar(q).fetch_one(&mut c).await;
+                    (c, r)
+                })
+            })
+            .await
     }
 
     async fn page(
@@ -437,13 +483,13 @@ impl PostgresStore {
         let rows = if size == 0 {
             Vec::new()
         } else {
-            query(page).fetch_all(self.pool_for(page)).await?
+            self.fetch_all(page).await?
         };
         // `_total=none`: no count query at all; a first page that holds every match counts them.
         let total: Option<i64> = match (count, super::whole_result(first, size, rows.len())) {
             (None, _) => None,
             (Some(_), Some(n)) => Some(n),
-            (Some(c), None) => Some(scalar(c).fetch_one(self.pool_for(c)).await?),
+            (Some(c), None) => Some(self.fetch_scalar(c).await?),
         };
         Ok(page_of(total, &rows, size, row_to_stored, next_of))
     }
@@ -493,14 +539,14 @@ impl Store for PostgresStore {
     async fn read(&self, permit: &Permit<Read>) -> Result<Option<Stored>> {
         let op = permit.op();
         let q = sql::read(D, &op.ty, &op.id);
-        let row = query(&q).fetch_optional(self.pool_for(&q)).await?;
+        let row = self.fetch_optional(&q).await?;
         Ok(row.as_ref().map(row_to_stored))
     }
 
     async fn vread(&self, permit: &Permit<VRead>) -> Result<Option<Stored>> {
         let op = permit.op();
         let q = sql::vread(D, &op.ty, &op.id, op.version);
-        let row = query(&q).fetch_optional(self.pool_for(&q)).await?;
+        let row = self.fetch_optional(&q).await?;
         Ok(row.as_ref().map(row_to_stored))
     }
 
@@ -556,7 +602,7 @@ impl Store for PostgresStore {
         let next_of: fn(&PgRow) -> String =
             |r: &_| r.get::<i64, _>(sql::PAGE_CURSOR_COLUMN).to_string();
         if sql::counts_on_page(D, op) {
-            let rows = query(&page).fetch_all(self.pool_for(&page)).await?;
+            let rows = self.fetch_all(&page).await?;
             let total = rows
                 .first()
                 .map_or(0, |r| r.get::<i64, _>(sql::PAGE_TOTAL_COLUMN));
@@ -580,39 +626,14 @@ impl Store for PostgresStore {
     }
 
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
-        // Every statement here is the same whatever is appended: planned once.
-        let mut tx = self.generic.begin().await?;
-        // One chain across every replica: appends are serialized by the database.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(AUDIT_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let last: String =
-            sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or_else(|| AUDIT_GENESIS.to_owned());
-        let links = chain(last, records);
-        let col = |f: fn(&AuditRecord) -> String| records.iter().map(f).collect::<Vec<String>>();
-        // One statement per batch; WITH ORDINALITY keeps the chain order in seq.
-        sqlx::query(
-            "INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) \
-             SELECT id, recorded, patient, agent, outcome, prev_hash, hash, body FROM UNNEST( \
-               $1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bytea[]) \
-             WITH ORDINALITY AS t(id, recorded, patient, agent, outcome, prev_hash, hash, body, n) ORDER BY n",
-        )
-        .bind(col(|r| r.id.clone()))
-        .bind(records.iter().map(|r| r.recorded_ms).collect::<Vec<i64>>())
-        .bind(records.iter().map(|r| r.patient.clone()).collect::<Vec<Option<String>>>())
-        .bind(col(|r| r.agent.clone()))
-        .bind(col(|r| r.outcome.clone()))
-        .bind(links.iter().map(|(p, _)| p.clone()).collect::<Vec<String>>())
-        .bind(links.iter().map(|(_, h)| h.clone()).collect::<Vec<String>>())
-        .bind(records.iter().map(|r| r.packed.to_vec()).collect::<Vec<Vec<u8>>>())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.generic
+            .run(|mut c| {
+                Box::pin(async move {
+                    let r = append_audit(&mut c, records).await;
+                    (c, r)
+                })
+            })
+            .await
     }
 
     async fn search_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
@@ -663,4 +684,43 @@ impl Store for PostgresStore {
         }
         Ok(())
     }
+}
+
+/// Appends `records` to the hash chain, in one transaction. Every statement here is the same
+/// whatever is appended: planned once.
+async fn append_audit(
+    conn: &mut sqlx::PgConnection,
+    records: &[AuditRecord],
+) -> std::result::Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    // One chain across every replica: appends are serialized by the database.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(AUDIT_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let last: String = sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or_else(|| AUDIT_GENESIS.to_owned());
+    let links = chain(last, records);
+    let col = |f: fn(&AuditRecord) -> String| records.iter().map(f).collect::<Vec<String>>();
+    // One statement per batch; WITH ORDINALITY keeps the chain order in seq.
+    sqlx::query(
+        "INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) \
+         SELECT id, recorded, patient, agent, outcome, prev_hash, hash, body FROM UNNEST( \
+           $1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bytea[]) \
+         WITH ORDINALITY AS t(id, recorded, patient, agent, outcome, prev_hash, hash, body, n) ORDER BY n",
+    )
+    .bind(col(|r| r.id.clone()))
+    .bind(records.iter().map(|r| r.recorded_ms).collect::<Vec<i64>>())
+    .bind(records.iter().map(|r| r.patient.clone()).collect::<Vec<Option<String>>>())
+    .bind(col(|r| r.agent.clone()))
+    .bind(col(|r| r.outcome.clone()))
+    .bind(links.iter().map(|(p, _)| p.clone()).collect::<Vec<String>>())
+    .bind(links.iter().map(|(_, h)| h.clone()).collect::<Vec<String>>())
+    .bind(records.iter().map(|r| r.packed.to_vec()).collect::<Vec<Vec<u8>>>())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
