@@ -410,24 +410,12 @@ impl Privacy {
     /// The other Patients in this store that carry `bsn` (at most 100: one person, a few
     /// organisations).
     async fn records_with(&self, bsn: &str, patient: &str) -> Result<Vec<String>> {
-        let permit = internal_permit(Search {
-            ty: "Patient".into(),
-            criteria: Criteria {
-                identifiers: vec![vec![crate::fhir::search::Token {
-                    system: Some(BSN_SYSTEM.into()),
-                    value: Some(bsn.to_owned()),
-                }]],
-                ..Default::default()
-            },
-            count: 100,
-            ..Default::default()
-        });
-        let page = self.store.search(&permit).await?;
-        Ok(page
-            .entries
-            .into_iter()
-            .filter(|s| s.id != patient && !s.is_deleted())
-            .map(|s| s.id)
+        Ok(self
+            .holders_of_bsn(bsn, None, 100)
+            .await?
+            .iter()
+            .filter(|s| s.id != patient)
+            .map(|s| s.id.clone())
             .collect())
     }
 
