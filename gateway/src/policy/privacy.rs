@@ -1,8 +1,9 @@
 //! The consent decision for one resource leaving the server: regional rules, the patient's
 //! `Consent` resources (read from the gateway's own store), the optional external decision point,
-//! and break-the-glass. Decisions, consent rules, decision-point answers and patients' BSNs are
-//! cached in moka; every Consent write through this process drops the consent caches, and their
-//! time-to-live bounds how long another replica's write takes to be seen.
+//! and break-the-glass. Decisions, consent rules, decision-point answers, patients' BSNs and the
+//! Patients that identity linking reads (`rest::link`) are cached in moka. A Consent or Patient
+//! write through this process drops what it may change; the time-to-live bounds how long another
+//! replica's write takes to be seen.
 
 use super::consent::{self, Facts, Rule, Verdict};
 use super::pdp::DecisionPoint;
