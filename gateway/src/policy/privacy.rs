@@ -431,11 +431,8 @@ impl Privacy {
         }
         self.bsns
             .try_get_with(patient.to_owned(), async {
-                let permit = internal_permit(Read {
-                    ty: "Patient".into(),
-                    id: patient.to_owned(),
-                });
-                let stored = self.store.read(&permit).await?;
+                // The Patient as identity linking reads it: one cached read for both.
+                let stored = self.patient(patient).await?;
                 let bsn = stored
                     .and_then(|s| s.body)
                     .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
