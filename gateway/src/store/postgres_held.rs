@@ -20,15 +20,22 @@ use futures::future::BoxFuture;
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+
+/// A connection is closed once it is this old (sqlx's pool default), so that PostgreSQL frees
+/// what a long-lived backend gathers and a moved server address is followed.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
 pub struct Held {
     options: PgConnectOptions,
-    idle: Mutex<Vec<PgConnection>>,
+    /// Idle connections, with when each was opened.
+    idle: Mutex<Vec<(PgConnection, Instant)>>,
     /// At most this many connections open at once.
     slots: Semaphore,
     timeout: Duration,
+    /// [`MAX_LIFETIME`] (shorter in tests).
+    lifetime: Duration,
 }
 
 impl Held {
@@ -40,6 +47,7 @@ impl Held {
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(size.max(1) as usize),
             timeout,
+            lifetime: MAX_LIFETIME,
         }
     }
 
@@ -54,13 +62,13 @@ impl Held {
             .await
             .map_err(|_| Error::store("no database connection free in time", true))?
             .map_err(|_| Error::store("the store is closed", true))?;
-        let conn = match self.take_idle() {
+        let (conn, opened) = match self.take_idle() {
             Some(c) => c,
-            None => self.connect().await?,
+            None => (self.connect().await?, Instant::now()),
         };
         match work(conn).await {
             (conn, Ok(v)) => {
-                self.give_back(conn);
+                self.give_back(conn, opened);
                 Ok(v)
             }
             (conn, Err(e)) if lost(&e) => {
@@ -68,10 +76,11 @@ impl Held {
                 drop(conn);
                 // A restarted server closed every connection: drop the idle ones too.
                 self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                let opened = Instant::now();
                 let fresh = self.connect().await?;
                 let (fresh, r) = work(fresh).await;
                 let v = r?;
-                self.give_back(fresh);
+                self.give_back(fresh, opened);
                 Ok(v)
             }
             // Closed, not given back: an error may leave the connection mid-transaction.
@@ -79,15 +88,17 @@ impl Held {
         }
     }
 
-    fn take_idle(&self) -> Option<PgConnection> {
+    fn take_idle(&self) -> Option<(PgConnection, Instant)> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
-    fn give_back(&self, conn: PgConnection) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
+    fn give_back(&self, conn: PgConnection, opened: Instant) {
+        if opened.elapsed() < self.lifetime {
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((conn, opened));
+        }
     }
 
     async fn connect(&self) -> Result<PgConnection> {
@@ -186,5 +197,18 @@ mod tests {
             third, second,
             "the failed statement's connection was closed"
         );
+    }
+
+    /// A connection past its lifetime is closed when it comes back, not reused.
+    #[tokio::test]
+    async fn old_connections_are_closed() {
+        use std::str::FromStr;
+        let options = PgConnectOptions::from_str(&url()).unwrap();
+        let mut held = Held::new(options, 1, Duration::from_secs(5));
+        held.lifetime = Duration::ZERO;
+        let (_, first) = backend(&held, 1).await.unwrap();
+        let (_, second) = backend(&held, 2).await.unwrap();
+        assert_ne!(first, second);
+        assert!(held.take_idle().is_none());
     }
 }
