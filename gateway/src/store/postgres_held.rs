@@ -98,6 +98,9 @@ impl Held {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push((conn, opened));
+        } else {
+            // Said goodbye to, so the server logs no lost client.
+            tokio::spawn(sqlx::Connection::close(conn));
         }
     }
 
