@@ -35,6 +35,9 @@ use std::time::Duration;
 
 const D: Dialect = Dialect::Postgres;
 
+/// What one statement's fetch returns (see `PostgresStore::on_connection`).
+type Fetch<'c, T> = futures::future::BoxFuture<'c, std::result::Result<T, sqlx::Error>>;
+
 /// Key of the advisory lock that serializes migrations across replicas.
 const MIGRATION_LOCK: i64 = 0x4648_4952_0001;
 /// Key of the advisory lock that serializes audit appends (one hash chain).
@@ -426,48 +429,39 @@ impl PostgresStore {
         Ok(Tx(self.pool.begin().await?))
     }
 
-    /// `q`'s rows, on the connections that plan it once or for its values (see [`Sql::generic`]).
+    /// Runs `fetch` for `q` on the connections that plan it once or for its values (see
+    /// [`Sql::generic`]).
+    async fn on_connection<T>(
+        &self,
+        q: &Sql,
+        fetch: for<'c> fn(&'c Sql, &'c mut sqlx::PgConnection) -> Fetch<'c, T>,
+    ) -> Result<T> {
+        if !q.generic {
+            let mut c = self.pool.acquire().await?;
+            return Ok(fetch(q, &mut c).await?);
+        }
+        self.generic
+            .run(|mut c| {
+                Box::pin(async move {
+                    let r = fetch(q, &mut c).await;
+                    (c, r)
+                })
+            })
+            .await
+    }
+
     async fn fetch_all(&self, q: &Sql) -> Result<Vec<PgRow>> {
-        if !q.generic {
-            return Ok(query(q).fetch_all(&self.pool).await?);
-        }
-        self.generic
-            .run(|mut c| {
-                Box::pin(async move {
-                    let r = query(q).fetch_all(&mut c).await;
-                    (c, r)
-                })
-            })
+        self.on_connection(q, |q, c| Box::pin(query(q).fetch_all(c)))
             .await
     }
 
-    /// `q`'s one row, if any (see [`PostgresStore::fetch_all`]).
     async fn fetch_optional(&self, q: &Sql) -> Result<Option<PgRow>> {
-        if !q.generic {
-            return Ok(query(q).fetch_optional(&self.pool).await?);
-        }
-        self.generic
-            .run(|mut c| {
-                Box::pin(async move {
-                    let r = query(q).fetch_optional(&mut c).await;
-                    (c, r)
-                })
-            })
+        self.on_connection(q, |q, c| Box::pin(query(q).fetch_optional(c)))
             .await
     }
 
-    /// `q`'s one number (see [`PostgresStore::fetch_all`]).
     async fn fetch_scalar(&self, q: &Sql) -> Result<i64> {
-        if !q.generic {
-            return Ok(scalar(q).fetch_one(&self.pool).await?);
-        }
-        self.generic
-            .run(|mut c| {
-                Box::pin(async move {
-                    let r = scalar(q).fetch_one(&mut c).await;
-                    (c, r)
-                })
-            })
+        self.on_connection(q, |q, c| Box::pin(scalar(q).fetch_one(c)))
             .await
     }
 
