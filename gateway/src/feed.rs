@@ -1,8 +1,9 @@
 //! The HL7 v2 feeds: what the MLLP listener (`adapters::hl7v2`) maps is written here, as one
 //! transaction, through the policy chokepoint as the sending organisation's feed principal, and
 //! audited. The listener acknowledges only after this returns, i.e. once what the message carried
-//! is committed and on disk (SQLite: the WAL synced after the commit, see `store::sqlite_syncer`;
-//! PostgreSQL: the commit).
+//! is committed and on disk (SQLite: the WAL synced after the commit, see `store::sqlite_syncer`,
+//! while the message's audit record is appended, see `store::deferred_sync`; PostgreSQL: the
+//! commit), and so is its audit record.
 
 use crate::app::App;
 use crate::error::Error;

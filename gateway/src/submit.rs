@@ -1,5 +1,6 @@
 //! A Bundle from inside the gateway (an import, a feed) through the same interaction path as a
-//! client's request: parsed, permitted entry by entry, executed, audited.
+//! client's request: parsed, permitted entry by entry, executed, audited. It returns once the
+//! writes and their audit record are both on disk.
 
 use crate::app::App;
 use crate::audit::Access;
@@ -34,7 +35,10 @@ pub async fn bundle(app: &App, principal: &Principal, bundle: Value, peer: &str)
         peer: peer.into(),
         ..Default::default()
     };
-    let result = crate::rest::execute(app, principal, request).await;
+    // The audit record is appended while the write syncs (see `store::deferred_sync`); this
+    // returns once both are on disk.
+    let (result, owed) =
+        crate::store::deferred_sync::deferring(crate::rest::execute(app, principal, request)).await;
     match &result {
         Ok(reply) => {
             access.status = reply.status.as_u16();
@@ -43,6 +47,8 @@ pub async fn bundle(app: &App, principal: &Principal, bundle: Value, peer: &str)
         }
         Err(e) => access.status = e.status.as_u16(),
     }
-    app.auditor.record(principal, &access).await?;
+    let (audited, synced) = tokio::join!(app.auditor.record(principal, &access), owed.paid());
+    audited?;
+    synced?;
     result.map(|_| ())
 }

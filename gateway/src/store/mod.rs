@@ -7,6 +7,7 @@
 
 mod audit_codec;
 mod audit_journal;
+pub mod deferred_sync;
 pub mod postgres;
 mod postgres_held;
 pub mod sql;

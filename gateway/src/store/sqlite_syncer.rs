@@ -50,7 +50,11 @@ impl Durability {
 
     /// Waits until every group a read that has finished could have seen is on disk.
     pub async fn settled(&self) -> Result<()> {
-        let needed = self.visible.load(Ordering::SeqCst);
+        self.synced_to(self.visible.load(Ordering::SeqCst)).await
+    }
+
+    /// Waits until group `needed` is on disk.
+    pub async fn synced_to(&self, needed: u64) -> Result<()> {
         loop {
             if self.synced.load(Ordering::SeqCst) >= needed {
                 return Ok(());
@@ -69,12 +73,12 @@ impl Durability {
         }
     }
 
-    fn synced_up_to(&self, n: u64) {
+    pub(super) fn synced_up_to(&self, n: u64) {
         self.synced.fetch_max(n, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 
-    fn fail(&self) {
+    pub(super) fn fail(&self) {
         self.failed.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
     }

@@ -31,13 +31,24 @@ trait Job: Send {
     fn run(&mut self, tx: &mut InlineTx) -> bool;
     /// Answers the caller once the group's commit is known.
     fn deliver(self: Box<Self>, committed: Result<()>);
+    /// Called right after group `n` committed (or failed to): `true` when the caller waits for
+    /// the sync itself (see `deferred_sync`), so that the job is answered now rather than after
+    /// the sync.
+    fn answer_at_commit(&mut self, _n: u64) -> bool {
+        false
+    }
 }
 
 struct WriteJob<T, F> {
     work: F,
     indexing: Option<Indexing>,
     result: Option<Result<T>>,
-    reply: tokio::sync::oneshot::Sender<Result<T>>,
+    /// The result, and the group still to be synced when answered at the commit.
+    reply: tokio::sync::oneshot::Sender<Result<(T, Option<u64>)>>,
+    /// The caller waits for the sync itself (it runs in `deferred_sync::deferring`).
+    defer_sync: bool,
+    /// Set when answered at the commit of this group.
+    unsynced: Option<u64>,
 }
 
 impl<T, F> Job for WriteJob<T, F>
@@ -68,7 +79,14 @@ where
                 .unwrap_or_else(|| Err(Error::internal("a write job did not run"))),
             Err(e) => Err(e),
         };
-        let _ = self.reply.send(r);
+        let _ = self.reply.send(r.map(|t| (t, self.unsynced)));
+    }
+
+    fn answer_at_commit(&mut self, n: u64) -> bool {
+        if self.defer_sync {
+            self.unsynced = Some(n);
+        }
+        self.defer_sync
     }
 }
 
@@ -123,8 +141,14 @@ impl GroupWriter {
             indexing,
             result: None,
             reply,
+            defer_sync: super::deferred_sync::active(),
+            unsynced: None,
         };
-        self.submit(Box::new(job), answer).await
+        let (t, unsynced) = self.submit(Box::new(job), answer).await?;
+        if let Some(n) = unsynced {
+            super::deferred_sync::owe(&self.durability, n);
+        }
+        Ok(t)
     }
 
     /// Hands `job` to the writer thread and waits for the answer it sends on `answer`.
@@ -219,11 +243,24 @@ fn writer_loop(
         let outcome = run_group(&mut tx, &mut group).map_err(|e| Error::store(e, true));
         checkpointer.end_group();
         checkpointer.nudge();
+        // Jobs whose callers wait for the sync themselves are answered now; the sync thread
+        // still syncs the group (it wrote) and answers the rest.
+        let mut after_sync = Vec::with_capacity(group.len());
+        for mut job in group {
+            if job.answer_at_commit(n) {
+                job.deliver(outcome.clone());
+            } else {
+                after_sync.push(job);
+            }
+        }
         if let Err(mpsc::SendError(c)) = synced.send(Committed {
             n,
             outcome,
-            jobs: group,
+            jobs: after_sync,
         }) {
+            // Answered at the commit, some callers wait for this group's sync: they are
+            // failed rather than left waiting.
+            durability.fail();
             for job in c.jobs {
                 job.deliver(Err(Error::internal(
                     "the SQLite WAL sync thread has stopped",
@@ -499,6 +536,99 @@ mod tests {
         runs.iter()
             .map(|r| r.load(std::sync::atomic::Ordering::SeqCst))
             .collect()
+    }
+
+    /// A writer thread on a file database whose commits go to `committed` instead of a sync
+    /// thread: nothing is synced until the test says so.
+    fn unsynced_writer() -> (
+        tempfile::TempDir,
+        GroupWriter,
+        mpsc::Receiver<Committed<Box<dyn Job>>>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let open = |p: &std::path::Path| {
+            super::super::sqlite_inline::open(
+                p,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_CREATE,
+            )
+            .unwrap()
+        };
+        let conn = open(&path);
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        let checkpointer = Checkpointer::start(open(&path)).unwrap();
+        let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
+        let (synced, committed) = mpsc::channel();
+        let durability = Arc::new(Durability::default());
+        let shared = durability.clone();
+        std::thread::spawn(move || writer_loop(conn, rx, checkpointer, &shared, synced));
+        (dir, GroupWriter { jobs, durability }, committed)
+    }
+
+    #[tokio::test]
+    async fn a_deferring_write_is_answered_at_its_commit_and_owes_its_sync() {
+        let (_dir, writer, committed) = unsynced_writer();
+        let (answer, owed) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            super::super::deferred_sync::deferring(writer.write(None, |_| Ok(7))),
+        )
+        .await
+        .expect("answered at the commit, before any sync");
+        assert_eq!(answer.unwrap(), 7, "answered although nothing is synced");
+        let group = committed
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        assert!(
+            group.jobs.is_empty(),
+            "nobody left to answer after the sync"
+        );
+        assert!(group.outcome.is_ok(), "but the group is still synced");
+        let paid = tokio::spawn(owed.paid());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!paid.is_finished(), "the sync owed is not made yet");
+        writer.durability.synced_up_to(group.n);
+        tokio::time::timeout(std::time::Duration::from_secs(5), paid)
+            .await
+            .expect("paid once synced")
+            .unwrap()
+            .unwrap();
+
+        // Outside `deferring`, the answer waits for the sync thread.
+        let plain = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.write(None, |_| Ok(8)).await }
+        });
+        let group = tokio::task::spawn_blocking(move || {
+            committed
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(group.jobs.len(), 1, "left for the sync thread to answer");
+        assert!(!plain.is_finished());
+        for job in group.jobs {
+            job.deliver(Ok(()));
+        }
+        assert_eq!(plain.await.unwrap().unwrap(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_sync_that_fails_fails_the_write_that_owes_it() {
+        let (_dir, writer, committed) = unsynced_writer();
+        let (answer, owed) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            super::super::deferred_sync::deferring(writer.write(None, |_| Ok(()))),
+        )
+        .await
+        .expect("answered at the commit");
+        answer.unwrap();
+        let _group = committed.recv().unwrap();
+        writer.durability.fail();
+        let e = owed.paid().await.expect_err("never on disk");
+        assert_eq!(e.status, hyper::StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]
