@@ -10,6 +10,7 @@ mod audit_journal;
 pub mod deferred_sync;
 pub mod postgres;
 mod postgres_held;
+mod postgres_locks;
 pub mod sql;
 pub mod sqlite;
 mod sqlite_checkpointer;

@@ -5,9 +5,10 @@
 //! - a write to a known resource takes a transaction-scoped advisory lock on (type, id), and reads
 //!   the current version `FOR UPDATE`, so concurrent `If-Match` updates from any replica see each
 //!   other: exactly one wins, the rest get 412;
-//! - conditional writes (`If-None-Exist`, conditional update/delete) take an advisory lock per
-//!   resource type before they search, so "search, then create if nothing matched" is atomic
-//!   across replicas;
+//! - conditional writes (`If-None-Exist`, conditional update/delete) take advisory locks on the
+//!   identifier values their criteria require (or on their resource type when the criteria name
+//!   none) before they search, so "search, then create if nothing matched" is atomic across
+//!   replicas (see `postgres_locks`);
 //! - unique constraints on (type, id, version) and (type, id) are the last line: a race that gets
 //!   past the locks fails with 409 instead of writing twice.
 //!
@@ -15,6 +16,7 @@
 //! database at a newer schema version than this binary knows is refused.
 
 use super::postgres_held::Held;
+use super::postgres_locks::{self, Lock, Write as LockedWrite};
 use super::sql::{self, Dialect, Sql};
 use super::statistics;
 use super::writes::{self, WriteTx};
@@ -24,7 +26,7 @@ use super::{
 };
 use crate::config;
 use crate::error::{Error, Result};
-use crate::fhir::operation::{Create, Delete, History, Read, Search, Target, Update, VRead};
+use crate::fhir::operation::{Create, Delete, History, Read, Search, Update, VRead};
 use crate::fhir::search::Criteria;
 use crate::policy::Permit;
 use serde_json::Value;
@@ -348,52 +350,48 @@ async fn write_version(
 struct Tx(Transaction<'static, Postgres>);
 
 impl Tx {
-    /// An advisory lock held until commit or rollback.
-    async fn lock(&mut self, key: &str) -> Result<()> {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(key)
-            .execute(&mut *self.0)
-            .await?;
+    /// Advisory locks held until commit or rollback, taken in the order given, in one round trip
+    /// (see `postgres_locks`).
+    async fn take(&mut self, locks: &[Lock]) -> Result<()> {
+        if locks.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = locks.iter().map(|l| l.key.as_str()).collect();
+        let shared: Vec<bool> = locks.iter().map(|l| l.shared).collect();
+        // `unnest` yields the rows in the arrays' order, and each row's lock is taken as it is
+        // read.
+        sqlx::query(
+            "SELECT count(CASE WHEN s THEN pg_advisory_xact_lock_shared(hashtextextended(k, 0)) \
+             ELSE pg_advisory_xact_lock(hashtextextended(k, 0)) END) \
+             FROM unnest($1::text[], $2::bool[]) AS l(k, s)",
+        )
+        .bind(keys)
+        .bind(shared)
+        .execute(&mut *self.0)
+        .await?;
         Ok(())
     }
-
-    /// Serializes conditional writes of one type across replicas.
-    async fn lock_conditional(&mut self, ty: &str) -> Result<()> {
-        self.lock(&conditional_lock(ty)).await
-    }
-
-    async fn lock_target(&mut self, ty: &str, target: &Target) -> Result<()> {
-        self.lock(&target_lock(ty, target)).await
-    }
 }
 
-/// Serializes conditional writes of one type across replicas.
-fn conditional_lock(ty: &str) -> String {
-    format!("conditional/{ty}")
-}
-
-/// Serializes writers of one resource (by id) or of a type's conditional writes.
-fn target_lock(ty: &str, target: &Target) -> String {
-    match target {
-        Target::Id(id) => format!("resource/{ty}/{id}"),
-        Target::Criteria(_) => conditional_lock(ty),
-    }
-}
-
-/// The locks a transaction takes, every one before it reads anything and in one global order,
-/// so that two transactions can never each hold a lock the other waits for.
-fn transaction_locks(entries: &[writes::TxEntry]) -> Vec<String> {
-    let mut keys: Vec<String> = entries
+/// The locks of a transaction's entries, all taken before it reads anything.
+fn transaction_locks(entries: &[writes::TxEntry]) -> Vec<Lock> {
+    let writes: Vec<LockedWrite<'_>> = entries
         .iter()
         .filter_map(|e| match &e.op {
-            writes::TxOp::Create(op) => op.if_none_exist.as_ref().map(|_| conditional_lock(&op.ty)),
-            writes::TxOp::Update(op) => Some(target_lock(&op.ty, &op.target)),
-            writes::TxOp::Delete(op) => Some(target_lock(&op.ty, &op.target)),
+            writes::TxOp::Create(op) => op
+                .if_none_exist
+                .as_ref()
+                .map(|c| LockedWrite::Create(&op.ty, c, &op.resource, e.indexing.as_ref())),
+            writes::TxOp::Update(op) => Some(LockedWrite::Update(
+                &op.ty,
+                &op.target,
+                &op.resource,
+                e.indexing.as_ref(),
+            )),
+            writes::TxOp::Delete(op) => Some(LockedWrite::Delete(&op.ty, &op.target)),
         })
         .collect();
-    keys.sort();
-    keys.dedup();
-    keys
+    postgres_locks::locks(&writes)
 }
 
 #[async_trait::async_trait]
@@ -521,8 +519,9 @@ impl Store for PostgresStore {
     async fn create(&self, permit: &Permit<Create>) -> Result<Created> {
         let op = permit.op();
         let mut tx = self.begin().await?;
-        if op.if_none_exist.is_some() {
-            tx.lock_conditional(&op.ty).await?;
+        if let Some(c) = &op.if_none_exist {
+            let write = LockedWrite::Create(&op.ty, c, &op.resource, None);
+            tx.take(&postgres_locks::locks(&[write])).await?;
         }
         let created = writes::create(&mut tx, op).await?;
         tx.0.commit().await?;
@@ -547,7 +546,8 @@ impl Store for PostgresStore {
     async fn update(&self, permit: &Permit<Update>) -> Result<Updated> {
         let op = permit.op();
         let mut tx = self.begin().await?;
-        tx.lock_target(&op.ty, &op.target).await?;
+        let write = LockedWrite::Update(&op.ty, &op.target, &op.resource, None);
+        tx.take(&postgres_locks::locks(&[write])).await?;
         let updated = writes::update(&mut tx, op).await?;
         tx.0.commit().await?;
         self.wrote(1);
@@ -557,7 +557,10 @@ impl Store for PostgresStore {
     async fn delete(&self, permit: &Permit<Delete>) -> Result<Option<Stored>> {
         let op = permit.op();
         let mut tx = self.begin().await?;
-        tx.lock_target(&op.ty, &op.target).await?;
+        tx.take(&postgres_locks::locks(&[LockedWrite::Delete(
+            &op.ty, &op.target,
+        )]))
+        .await?;
         let deleted = writes::delete(&mut tx, op).await?;
         tx.0.commit().await?;
         self.wrote(1);
@@ -571,9 +574,7 @@ impl Store for PostgresStore {
         let (mut entries, refs, expected) = t.into_parts();
         let n = entries.len() as u64;
         let mut tx = self.begin().await?;
-        for key in transaction_locks(&entries) {
-            tx.lock(&key).await?;
-        }
+        tx.take(&transaction_locks(&entries)).await?;
         let outcomes = writes::transaction(&mut tx, &mut entries, &refs, &expected).await?;
         tx.0.commit().await?;
         self.wrote(n);

@@ -918,6 +918,14 @@ pub struct Indexing {
 }
 
 impl Indexing {
+    /// The values of the resource's `identifier` index rows (what an identifier search matches).
+    pub fn identifier_values(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .filter(|e| e.param == "identifier")
+            .map(|e| e.value.as_str())
+    }
+
     pub fn of(ty: &str, resource: &serde_json::Value) -> Indexing {
         // A client's `meta.lastUpdated` is not the resource's (the store sets it): left out of
         // the index. Copied only when there is one to drop.
