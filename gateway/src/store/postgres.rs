@@ -373,6 +373,34 @@ impl Tx {
     }
 }
 
+/// Whether `c` matches by `_id` and `identifier` alone (see `PostgresStore::begin_write`).
+fn by_id_or_identifier(c: &Criteria) -> bool {
+    let Criteria {
+        ids: _,
+        identifiers: _,
+        compartment,
+        compartment_linked,
+        clauses,
+        within,
+        fulltext,
+        types,
+    } = c;
+    compartment.is_none()
+        && compartment_linked.is_empty()
+        && clauses.is_empty()
+        && within.is_none()
+        && fulltext.is_empty()
+        && types.is_empty()
+}
+
+/// The criteria a write searches with.
+fn searched(target: &crate::fhir::operation::Target) -> Option<&Criteria> {
+    match target {
+        crate::fhir::operation::Target::Criteria(c) => Some(c),
+        crate::fhir::operation::Target::Id(_) => None,
+    }
+}
+
 /// The locks of a transaction's entries, all taken before it reads anything.
 fn transaction_locks(entries: &[writes::TxEntry]) -> Vec<Lock> {
     let writes: Vec<LockedWrite<'_>> = entries
@@ -423,7 +451,22 @@ impl WriteTx for Tx {
 }
 
 impl PostgresStore {
-    async fn begin(&self) -> Result<Tx> {
+    /// Begins a write. A write whose searches (conditional criteria, conditional references)
+    /// are all by id or identifier plans each of its statements once per connection and reuses
+    /// the plan: those searches and the inserts have one good plan whatever the values, and
+    /// planning them for their values cost more than running them (an HL7 v2 message's
+    /// conditional identifier search: 0.32 ms to plan, 0.02 ms to run). Any other search keeps
+    /// the connections' plan per set of values.
+    async fn begin_write<'a>(
+        &self,
+        mut criteria: impl Iterator<Item = &'a Criteria>,
+    ) -> Result<Tx> {
+        if criteria.all(by_id_or_identifier) {
+            return Ok(Tx(self
+                .pool
+                .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+                .await?));
+        }
         Ok(Tx(self.pool.begin().await?))
     }
 
@@ -518,7 +561,7 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn create(&self, permit: &Permit<Create>) -> Result<Created> {
         let op = permit.op();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write(op.if_none_exist.iter()).await?;
         if let Some(c) = &op.if_none_exist {
             let write = LockedWrite::Create(&op.ty, c, &op.resource, None);
             tx.take(&postgres_locks::locks(&[write])).await?;
@@ -545,7 +588,7 @@ impl Store for PostgresStore {
 
     async fn update(&self, permit: &Permit<Update>) -> Result<Updated> {
         let op = permit.op();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write(searched(&op.target).into_iter()).await?;
         let write = LockedWrite::Update(&op.ty, &op.target, &op.resource, None);
         tx.take(&postgres_locks::locks(&[write])).await?;
         let updated = writes::update(&mut tx, op).await?;
@@ -556,7 +599,7 @@ impl Store for PostgresStore {
 
     async fn delete(&self, permit: &Permit<Delete>) -> Result<Option<Stored>> {
         let op = permit.op();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write(searched(&op.target).into_iter()).await?;
         tx.take(&postgres_locks::locks(&[LockedWrite::Delete(
             &op.ty, &op.target,
         )]))
@@ -573,7 +616,15 @@ impl Store for PostgresStore {
     ) -> Result<Vec<crate::store::TxOutcome>> {
         let (mut entries, refs, expected) = t.into_parts();
         let n = entries.len() as u64;
-        let mut tx = self.begin().await?;
+        let searched_by = entries
+            .iter()
+            .filter_map(|e| match &e.op {
+                writes::TxOp::Create(op) => op.if_none_exist.as_ref(),
+                writes::TxOp::Update(op) => searched(&op.target),
+                writes::TxOp::Delete(op) => searched(&op.target),
+            })
+            .chain(refs.iter().map(|(_, _, c)| c));
+        let mut tx = self.begin_write(searched_by).await?;
         tx.take(&transaction_locks(&entries)).await?;
         let outcomes = writes::transaction(&mut tx, &mut entries, &refs, &expected).await?;
         tx.0.commit().await?;
@@ -718,4 +769,39 @@ async fn append_audit(
     .execute(&mut *tx)
     .await?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::search::Token;
+
+    /// Only searches by id or identifier, whose plan does not depend on the values, are planned
+    /// once; anything else in the criteria keeps the plan made for the values.
+    #[test]
+    fn writes_searching_by_id_or_identifier_plan_once() {
+        let by_identifier = Criteria {
+            identifiers: vec![vec![Token {
+                system: Some("http://hospital/pid".into()),
+                value: Some("L1".into()),
+            }]],
+            ids: vec![vec!["a".into()]],
+            ..Default::default()
+        };
+        assert!(by_id_or_identifier(&by_identifier));
+        assert!(by_id_or_identifier(&Criteria::default()));
+        let in_compartment = Criteria {
+            compartment: Some("Patient/1".into()),
+            ..by_identifier.clone()
+        };
+        assert!(!by_id_or_identifier(&in_compartment));
+        let with_text = Criteria {
+            fulltext: vec![crate::fhir::search::FullText {
+                content: true,
+                any_of: vec![vec!["x".into()]],
+            }],
+            ..by_identifier
+        };
+        assert!(!by_id_or_identifier(&with_text));
+    }
 }
