@@ -26,7 +26,7 @@ use super::{
 };
 use crate::config;
 use crate::error::{Error, Result};
-use crate::fhir::operation::{Create, Delete, History, Read, Search, Update, VRead};
+use crate::fhir::operation::{Create, Delete, History, Read, Search, Target, Update, VRead};
 use crate::fhir::search::Criteria;
 use crate::policy::Permit;
 use serde_json::Value;
@@ -331,6 +331,7 @@ async fn write_version(
     version: u64,
     method: crate::store::WriteMethod,
     resource: Option<&serde_json::Value>,
+    prepared: Option<sql::Indexing>,
 ) -> crate::error::Result<crate::store::Stored> {
     use crate::store::sql;
     let stored = crate::store::new_version(ty, id, version, method, resource);
@@ -340,14 +341,20 @@ async fn write_version(
     let rid: i64 = scalar(&sql::upsert_current(D, &stored, seq))
         .fetch_one(&mut *conn)
         .await?;
-    let indexing = resource.map(|r| sql::Indexing::of(ty, r));
+    let indexing = match (resource, prepared) {
+        (Some(_), Some(ix)) => Some(ix),
+        (Some(r), None) => Some(sql::Indexing::of(ty, r)),
+        (None, _) => None,
+    };
     for statement in sql::after_upsert(D, &stored, rid, indexing.as_ref()) {
         query(&statement).execute(&mut *conn).await?;
     }
     Ok(stored)
 }
 
-struct Tx(Transaction<'static, Postgres>);
+/// A write transaction, and the index rows of its next write when they were computed
+/// beforehand (`WriteTx::prepare`).
+struct Tx(Transaction<'static, Postgres>, Option<sql::Indexing>);
 
 impl Tx {
     /// Advisory locks held until commit or rollback, taken in the order given, in one round trip
@@ -394,10 +401,10 @@ fn by_id_or_identifier(c: &Criteria) -> bool {
 }
 
 /// The criteria a write searches with.
-fn searched(target: &crate::fhir::operation::Target) -> Option<&Criteria> {
+fn searched(target: &Target) -> Option<&Criteria> {
     match target {
-        crate::fhir::operation::Target::Criteria(c) => Some(c),
-        crate::fhir::operation::Target::Id(_) => None,
+        Target::Criteria(c) => Some(c),
+        Target::Id(_) => None,
     }
 }
 
@@ -446,7 +453,12 @@ impl WriteTx for Tx {
         method: WriteMethod,
         resource: Option<&Value>,
     ) -> Result<Stored> {
-        write_version(&mut self.0, ty, id, version, method, resource).await
+        let prepared = self.1.take();
+        write_version(&mut self.0, ty, id, version, method, resource, prepared).await
+    }
+
+    fn prepare(&mut self, indexing: Option<sql::Indexing>) {
+        self.1 = indexing;
     }
 }
 
@@ -462,12 +474,14 @@ impl PostgresStore {
         mut criteria: impl Iterator<Item = &'a Criteria>,
     ) -> Result<Tx> {
         if criteria.all(by_id_or_identifier) {
-            return Ok(Tx(self
-                .pool
-                .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
-                .await?));
+            return Ok(Tx(
+                self.pool
+                    .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+                    .await?,
+                None,
+            ));
         }
-        Ok(Tx(self.pool.begin().await?))
+        Ok(Tx(self.pool.begin().await?, None))
     }
 
     /// Runs `fetch` for `q` on the connections that plan it once or for its values (see
@@ -563,8 +577,11 @@ impl Store for PostgresStore {
         let op = permit.op();
         let mut tx = self.begin_write(op.if_none_exist.iter()).await?;
         if let Some(c) = &op.if_none_exist {
-            let write = LockedWrite::Create(&op.ty, c, &op.resource, None);
+            // Indexed once, for the locks (its identifiers) and for the write.
+            let indexing = sql::Indexing::of(&op.ty, &op.resource);
+            let write = LockedWrite::Create(&op.ty, c, &op.resource, Some(&indexing));
             tx.take(&postgres_locks::locks(&[write])).await?;
+            tx.prepare(Some(indexing));
         }
         let created = writes::create(&mut tx, op).await?;
         tx.0.commit().await?;
@@ -589,8 +606,11 @@ impl Store for PostgresStore {
     async fn update(&self, permit: &Permit<Update>) -> Result<Updated> {
         let op = permit.op();
         let mut tx = self.begin_write(searched(&op.target).into_iter()).await?;
-        let write = LockedWrite::Update(&op.ty, &op.target, &op.resource, None);
+        // Indexed once, for the locks (its identifiers) and for the write.
+        let indexing = sql::Indexing::of(&op.ty, &op.resource);
+        let write = LockedWrite::Update(&op.ty, &op.target, &op.resource, Some(&indexing));
         tx.take(&postgres_locks::locks(&[write])).await?;
+        tx.prepare(Some(indexing));
         let updated = writes::update(&mut tx, op).await?;
         tx.0.commit().await?;
         self.wrote(1);
