@@ -26,7 +26,7 @@ use super::{
 };
 use crate::config;
 use crate::error::{Error, Result};
-use crate::fhir::operation::{Create, Delete, History, Read, Search, Target, Update, VRead};
+use crate::fhir::operation::{Create, Delete, History, Read, Search, Update, VRead};
 use crate::fhir::search::Criteria;
 use crate::policy::Permit;
 use serde_json::Value;
@@ -400,17 +400,9 @@ fn by_id_or_identifier(c: &Criteria) -> bool {
         && types.is_empty()
 }
 
-/// The criteria a write searches with.
-fn searched(target: &Target) -> Option<&Criteria> {
-    match target {
-        Target::Criteria(c) => Some(c),
-        Target::Id(_) => None,
-    }
-}
-
-/// The locks of a transaction's entries, all taken before it reads anything.
-fn transaction_locks(entries: &[writes::TxEntry]) -> Vec<Lock> {
-    let writes: Vec<LockedWrite<'_>> = entries
+/// A transaction's entries as the locks see them.
+fn locked_writes(entries: &[writes::TxEntry]) -> Vec<LockedWrite<'_>> {
+    entries
         .iter()
         .filter_map(|e| match &e.op {
             writes::TxOp::Create(op) => op
@@ -425,8 +417,7 @@ fn transaction_locks(entries: &[writes::TxEntry]) -> Vec<Lock> {
             )),
             writes::TxOp::Delete(op) => Some(LockedWrite::Delete(&op.ty, &op.target)),
         })
-        .collect();
-    postgres_locks::locks(&writes)
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -463,25 +454,34 @@ impl WriteTx for Tx {
 }
 
 impl PostgresStore {
-    /// Begins a write. A write whose searches (conditional criteria, conditional references)
+    /// Begins a write and takes the advisory locks of `writes` (see `postgres_locks`), before it
+    /// reads anything.
+    ///
+    /// A write whose searches (`writes`' conditional criteria, conditional references `refs`)
     /// are all by id or identifier plans each of its statements once per connection and reuses
     /// the plan: those searches and the inserts have one good plan whatever the values, and
     /// planning them for their values cost more than running them (an HL7 v2 message's
     /// conditional identifier search: 0.32 ms to plan, 0.02 ms to run). Any other search keeps
     /// the connections' plan per set of values.
-    async fn begin_write<'a>(
+    async fn begin_write(
         &self,
-        mut criteria: impl Iterator<Item = &'a Criteria>,
+        writes: &[LockedWrite<'_>],
+        refs: &[crate::store::ConditionalRef],
     ) -> Result<Tx> {
-        if criteria.all(by_id_or_identifier) {
-            return Ok(Tx(
-                self.pool
-                    .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
-                    .await?,
-                None,
-            ));
-        }
-        Ok(Tx(self.pool.begin().await?, None))
+        let mut searched = writes
+            .iter()
+            .filter_map(LockedWrite::criteria)
+            .chain(refs.iter().map(|(_, _, c)| c));
+        let tx = if searched.all(by_id_or_identifier) {
+            self.pool
+                .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+                .await?
+        } else {
+            self.pool.begin().await?
+        };
+        let mut tx = Tx(tx, None);
+        tx.take(&postgres_locks::locks(writes)).await?;
+        Ok(tx)
     }
 
     /// Runs `fetch` for `q` on the connections that plan it once or for its values (see
@@ -575,14 +575,17 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn create(&self, permit: &Permit<Create>) -> Result<Created> {
         let op = permit.op();
-        let mut tx = self.begin_write(op.if_none_exist.iter()).await?;
-        if let Some(c) = &op.if_none_exist {
-            // Indexed once, for the locks (its identifiers) and for the write.
-            let indexing = sql::Indexing::of(&op.ty, &op.resource);
-            let write = LockedWrite::Create(&op.ty, c, &op.resource, Some(&indexing));
-            tx.take(&postgres_locks::locks(&[write])).await?;
-            tx.prepare(Some(indexing));
-        }
+        let mut tx = match &op.if_none_exist {
+            Some(c) => {
+                // Indexed once, for the locks (its identifiers) and for the write.
+                let indexing = sql::Indexing::of(&op.ty, &op.resource);
+                let write = LockedWrite::Create(&op.ty, c, &op.resource, Some(&indexing));
+                let mut tx = self.begin_write(&[write], &[]).await?;
+                tx.prepare(Some(indexing));
+                tx
+            }
+            None => self.begin_write(&[], &[]).await?,
+        };
         let created = writes::create(&mut tx, op).await?;
         tx.0.commit().await?;
         self.wrote(1);
@@ -605,11 +608,10 @@ impl Store for PostgresStore {
 
     async fn update(&self, permit: &Permit<Update>) -> Result<Updated> {
         let op = permit.op();
-        let mut tx = self.begin_write(searched(&op.target).into_iter()).await?;
         // Indexed once, for the locks (its identifiers) and for the write.
         let indexing = sql::Indexing::of(&op.ty, &op.resource);
         let write = LockedWrite::Update(&op.ty, &op.target, &op.resource, Some(&indexing));
-        tx.take(&postgres_locks::locks(&[write])).await?;
+        let mut tx = self.begin_write(&[write], &[]).await?;
         tx.prepare(Some(indexing));
         let updated = writes::update(&mut tx, op).await?;
         tx.0.commit().await?;
@@ -619,11 +621,8 @@ impl Store for PostgresStore {
 
     async fn delete(&self, permit: &Permit<Delete>) -> Result<Option<Stored>> {
         let op = permit.op();
-        let mut tx = self.begin_write(searched(&op.target).into_iter()).await?;
-        tx.take(&postgres_locks::locks(&[LockedWrite::Delete(
-            &op.ty, &op.target,
-        )]))
-        .await?;
+        let write = LockedWrite::Delete(&op.ty, &op.target);
+        let mut tx = self.begin_write(&[write], &[]).await?;
         let deleted = writes::delete(&mut tx, op).await?;
         tx.0.commit().await?;
         self.wrote(1);
@@ -636,16 +635,7 @@ impl Store for PostgresStore {
     ) -> Result<Vec<crate::store::TxOutcome>> {
         let (mut entries, refs, expected) = t.into_parts();
         let n = entries.len() as u64;
-        let searched_by = entries
-            .iter()
-            .filter_map(|e| match &e.op {
-                writes::TxOp::Create(op) => op.if_none_exist.as_ref(),
-                writes::TxOp::Update(op) => searched(&op.target),
-                writes::TxOp::Delete(op) => searched(&op.target),
-            })
-            .chain(refs.iter().map(|(_, _, c)| c));
-        let mut tx = self.begin_write(searched_by).await?;
-        tx.take(&transaction_locks(&entries)).await?;
+        let mut tx = self.begin_write(&locked_writes(&entries), &refs).await?;
         let outcomes = writes::transaction(&mut tx, &mut entries, &refs, &expected).await?;
         tx.0.commit().await?;
         self.wrote(n);

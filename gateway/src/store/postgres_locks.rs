@@ -58,6 +58,19 @@ pub enum Write<'a> {
     Delete(&'a str, &'a Target),
 }
 
+impl Write<'_> {
+    /// The criteria the write searches with, if it is conditional.
+    pub fn criteria(&self) -> Option<&Criteria> {
+        match self {
+            Write::Create(_, c, ..) => Some(c),
+            Write::Update(_, Target::Criteria(c), ..) | Write::Delete(_, Target::Criteria(c)) => {
+                Some(c)
+            }
+            Write::Update(_, Target::Id(_), ..) | Write::Delete(_, Target::Id(_)) => None,
+        }
+    }
+}
+
 /// Every lock of `writes`, each key once (exclusive when some write needs it so), in the order
 /// they are to be taken.
 pub fn locks(writes: &[Write<'_>]) -> Vec<Lock> {
