@@ -12,9 +12,11 @@ use crate::store::{
     AUDIT_GENESIS, AuditRecord, Store, chain_hash, format_instant, now_ms, to_millis,
 };
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+
+mod event;
 
 /// The most events one commit carries.
 const MAX_BATCH: usize = 512;
@@ -109,112 +111,149 @@ fn outcome(status: u16) -> &'static str {
 
 /// The AuditEvent of one request.
 pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
+    use event::{Agent, Coding, Concept, Entity, Event, Identifier, Meta, Network, Who};
     let recorded = now_ms();
     // Time-ordered (v7): consecutive events land on the right edge of `audit_log`'s id index
     // instead of dirtying a random page of it per event, which every commit then writes twice
     // (WAL frame and checkpoint).
     let id = uuid::Uuid::now_v7().to_string();
+    let at = format_instant(recorded);
+    let emergency = a.emergency_reason.is_some();
     let (who, org, agent_key, purpose) = match principal {
         Principal::Anonymous => (
-            json!({ "display": "anonymous" }),
-            Value::Null,
+            Who {
+                identifier: None,
+                display: "anonymous",
+            },
+            None,
             "anonymous".to_owned(),
             None,
         ),
         Principal::Token(t) => (
-            json!({
-                "identifier": { "system": t.issuer, "value": t.subject },
-                "display": t.fhir_user.clone().unwrap_or_else(|| t.subject.clone())
+            Who {
+                identifier: Some(Identifier {
+                    system: &t.issuer,
+                    value: &t.subject,
+                }),
+                display: t.fhir_user.as_deref().unwrap_or(&t.subject),
+            },
+            Some(Who {
+                identifier: Some(Identifier {
+                    system: &t.organization.system,
+                    value: &t.organization.value,
+                }),
+                display: &t.organization.name,
             }),
-            json!({ "identifier": { "system": t.organization.system, "value": t.organization.value }, "display": t.organization.name }),
             format!("{}|{}", t.issuer, t.subject),
-            t.purpose_of_use.clone(),
+            t.purpose_of_use.as_deref(),
         ),
     };
-    let emergency = a.emergency_reason.is_some();
-    let mut agents = vec![json!({
-        "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient" }] },
-        "who": who,
-        "requestor": true,
-        "network": { "address": a.peer, "type": "2" }
-    })];
-    if !org.is_null() {
+    let mut agent = vec![Agent {
+        ty: Concept {
+            coding: [Coding::of(
+                "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                "IRCP",
+                "information recipient",
+            )],
+        },
+        who,
+        requestor: true,
+        network: Some(Network {
+            address: &a.peer,
+            ty: "2",
+        }),
+    }];
+    if let Some(org) = org {
         // The organisation the user acted for (NEN 7513: the responsible party).
-        agents.push(json!({
-            "type": { "coding": [{ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application" }] },
-            "who": org,
-            "requestor": false
-        }));
+        agent.push(Agent {
+            ty: Concept {
+                coding: [Coding::of(
+                    "http://dicom.nema.org/resources/ontology/DCM",
+                    "110150",
+                    "Application",
+                )],
+            },
+            who: org,
+            requestor: false,
+            network: None,
+        });
     }
-    let mut entities: Vec<Value> = a
+    let mut entity: Vec<Entity> = a
         .patients
         .iter()
         .map(|p| {
-            let what = match a.bsns.iter().find(|(r, _)| r == p) {
-                Some((_, bsn)) => json!({ "reference": p, "identifier": { "system": crate::policy::privacy::BSN_SYSTEM, "value": bsn } }),
-                None => json!({ "reference": p }),
-            };
-            json!({
-                "what": what,
-                "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
-                "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" }
-            })
+            let bsn = a.bsns.iter().find(|(r, _)| r == p).map(|(_, b)| b.as_str());
+            Entity::patient(p, bsn)
         })
         .collect();
-    entities.extend(a.entities.iter().map(|e| {
-        json!({
-            "what": { "reference": e },
-            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
-            "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource" }
-        })
-    }));
+    entity.extend(a.entities.iter().map(|e| Entity::data(e)));
     if let Some(q) = &a.query {
-        use base64::Engine;
-        entities.push(json!({
-            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
-            "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query" },
-            "query": base64::engine::general_purpose::STANDARD.encode(q.as_bytes())
-        }));
+        entity.push(Entity::query(q));
     }
-    let mut event = json!({
-        "resourceType": "AuditEvent",
-        "id": id,
-        "meta": { "versionId": "1", "lastUpdated": format_instant(recorded) },
-        "type": if emergency {
-            json!({ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110113", "display": "Security Alert" })
-        } else {
-            json!({ "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation" })
-        },
-        "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": a.interaction }],
-        "action": a.action,
-        "recorded": format_instant(recorded),
-        "outcome": outcome(a.status),
-        "outcomeDesc": format!("HTTP {}", a.status),
-        "agent": agents,
-        "source": {
-            "observer": { "display": "Health Hub Utrecht regional FHIR gateway" },
-            "type": [{ "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server" }]
-        },
-    });
-    if let Some(p) = purpose.or_else(|| emergency.then(|| "ETREAT".to_owned())) {
-        event["purposeOfEvent"] = json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p }] }]);
-    }
+    let mut subtype = vec![Coding {
+        system: "http://hl7.org/fhir/restful-interaction",
+        code: &a.interaction,
+        display: None,
+    }];
+    let glass;
     if let Some(reason) = &a.emergency_reason {
-        event["subtype"].as_array_mut().expect("subtype is an array").push(json!({
-            "system": "urn:healthhub-utrecht:audit", "code": "break-the-glass",
-            "display": format!("{reason} (released {} resource(s) consent withheld)", a.emergency_releases)
-        }));
+        glass = format!(
+            "{reason} (released {} resource(s) consent withheld)",
+            a.emergency_releases
+        );
+        subtype.push(Coding::of(
+            "urn:healthhub-utrecht:audit",
+            "break-the-glass",
+            &glass,
+        ));
     }
-    if !entities.is_empty() {
-        event["entity"] = Value::Array(entities);
-    }
+    let purpose = purpose.or(emergency.then_some("ETREAT"));
+    let event = Event {
+        resource_type: "AuditEvent",
+        id: &id,
+        meta: Meta {
+            version_id: "1",
+            last_updated: &at,
+        },
+        ty: if emergency {
+            Coding::of(
+                "http://dicom.nema.org/resources/ontology/DCM",
+                "110113",
+                "Security Alert",
+            )
+        } else {
+            Coding::of(
+                "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                "rest",
+                "RESTful Operation",
+            )
+        },
+        subtype,
+        action: a.action,
+        recorded: &at,
+        outcome: outcome(a.status),
+        outcome_desc: format!("HTTP {}", a.status),
+        agent,
+        source: event::SOURCE,
+        purpose_of_event: purpose.map(|code| {
+            [Concept {
+                coding: [Coding {
+                    system: "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                    code,
+                    display: None,
+                }],
+            }]
+        }),
+        entity,
+    };
+    let body = serde_json::to_vec(&event).expect("an AuditEvent serializes");
     AuditRecord::new(
         id,
         to_millis(recorded),
         a.patients.first().cloned(),
         agent_key,
         outcome(a.status).to_owned(),
-        Bytes::from(serde_json::to_vec(&event).expect("JSON serializes")),
+        Bytes::from(body),
     )
 }
 
@@ -261,4 +300,184 @@ pub fn patients_of(ty: &str, id: &str, resource: &Value) -> Vec<String> {
         .filter(|r| r.starts_with("Patient/"))
         .map(str::to_owned)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use time::OffsetDateTime;
+
+    /// The event as this module built it before `event`: a `serde_json::Value` tree.
+    fn as_value_tree(
+        principal: &Principal,
+        a: &Access,
+        id: String,
+        recorded: OffsetDateTime,
+    ) -> (Value, String) {
+        let (who, org, agent_key, purpose) = match principal {
+            Principal::Anonymous => (
+                json!({ "display": "anonymous" }),
+                Value::Null,
+                "anonymous".to_owned(),
+                None,
+            ),
+            Principal::Token(t) => (
+                json!({
+                    "identifier": { "system": t.issuer, "value": t.subject },
+                    "display": t.fhir_user.clone().unwrap_or_else(|| t.subject.clone())
+                }),
+                json!({ "identifier": { "system": t.organization.system, "value": t.organization.value }, "display": t.organization.name }),
+                format!("{}|{}", t.issuer, t.subject),
+                t.purpose_of_use.clone(),
+            ),
+        };
+        let emergency = a.emergency_reason.is_some();
+        let mut agents = vec![json!({
+            "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient" }] },
+            "who": who,
+            "requestor": true,
+            "network": { "address": a.peer, "type": "2" }
+        })];
+        if !org.is_null() {
+            // The organisation the user acted for (NEN 7513: the responsible party).
+            agents.push(json!({
+                "type": { "coding": [{ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application" }] },
+                "who": org,
+                "requestor": false
+            }));
+        }
+        let mut entities: Vec<Value> = a
+            .patients
+            .iter()
+            .map(|p| {
+                let what = match a.bsns.iter().find(|(r, _)| r == p) {
+                    Some((_, bsn)) => json!({ "reference": p, "identifier": { "system": crate::policy::privacy::BSN_SYSTEM, "value": bsn } }),
+                    None => json!({ "reference": p }),
+                };
+                json!({
+                    "what": what,
+                    "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
+                    "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" }
+                })
+            })
+            .collect();
+        entities.extend(a.entities.iter().map(|e| {
+            json!({
+                "what": { "reference": e },
+                "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
+                "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource" }
+            })
+        }));
+        if let Some(q) = &a.query {
+            use base64::Engine;
+            entities.push(json!({
+                "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
+                "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query" },
+                "query": base64::engine::general_purpose::STANDARD.encode(q.as_bytes())
+            }));
+        }
+        let mut event = json!({
+            "resourceType": "AuditEvent",
+            "id": id,
+            "meta": { "versionId": "1", "lastUpdated": format_instant(recorded) },
+            "type": if emergency {
+                json!({ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110113", "display": "Security Alert" })
+            } else {
+                json!({ "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation" })
+            },
+            "subtype": [{ "system": "http://hl7.org/fhir/restful-interaction", "code": a.interaction }],
+            "action": a.action,
+            "recorded": format_instant(recorded),
+            "outcome": outcome(a.status),
+            "outcomeDesc": format!("HTTP {}", a.status),
+            "agent": agents,
+            "source": {
+                "observer": { "display": "Health Hub Utrecht regional FHIR gateway" },
+                "type": [{ "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server" }]
+            },
+        });
+        if let Some(p) = purpose.or_else(|| emergency.then(|| "ETREAT".to_owned())) {
+            event["purposeOfEvent"] = json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": p }] }]);
+        }
+        if let Some(reason) = &a.emergency_reason {
+            event["subtype"].as_array_mut().expect("subtype is an array").push(json!({
+                "system": "urn:healthhub-utrecht:audit", "code": "break-the-glass",
+                "display": format!("{reason} (released {} resource(s) consent withheld)", a.emergency_releases)
+            }));
+        }
+        if !entities.is_empty() {
+            event["entity"] = Value::Array(entities);
+        }
+        (event, agent_key)
+    }
+
+    fn token(fhir_user: Option<&str>, purpose: Option<&str>) -> Principal {
+        let (_, org) = crate::policy::demo::organizations().remove(0);
+        let Principal::Token(t) = crate::policy::feed_principal(org, "UMCU") else {
+            unreachable!("a feed principal is a token")
+        };
+        let mut t = (*t).clone();
+        t.fhir_user = fhir_user.map(str::to_owned);
+        t.purpose_of_use = purpose.map(str::to_owned);
+        Principal::Token(Arc::new(t))
+    }
+
+    /// The event `build` writes, byte for byte, against the same event built as a value tree
+    /// (how it was built before `event`): same keys, same order, same values.
+    #[test]
+    fn events_are_written_as_the_value_tree_wrote_them() {
+        let search = Access {
+            interaction: "search-type".into(),
+            action: "E",
+            status: 200,
+            entities: vec![
+                "Observation/o1/_history/2".into(),
+                "Observation/o2/_history/1".into(),
+            ],
+            patients: vec!["Patient/p1".into(), "Patient/p2".into()],
+            query: Some("Observation?patient=Patient/p1&code=\"x\"".into()),
+            peer: "10.0.0.7".into(),
+            bsns: vec![("Patient/p2".into(), "999911120".into())],
+            ..Default::default()
+        };
+        let glass = Access {
+            interaction: "read".into(),
+            action: "R",
+            status: 200,
+            entities: vec!["Observation/o1/_history/2".into()],
+            patients: vec!["Patient/p1".into()],
+            peer: "10.0.0.8".into(),
+            emergency_reason: Some("unconscious \"patient\" at the ER".into()),
+            emergency_releases: 3,
+            ..Default::default()
+        };
+        let denied = Access {
+            interaction: "create".into(),
+            action: "C",
+            status: 403,
+            peer: "hl7v2 UMCU 42".into(),
+            ..Default::default()
+        };
+        let principals = [
+            Principal::Anonymous,
+            token(None, None),
+            token(Some("Practitioner/7"), Some("TREAT")),
+        ];
+        for principal in &principals {
+            for access in [&search, &glass, &denied] {
+                let record = build(principal, access);
+                let written: Value = serde_json::from_slice(&record.body).unwrap();
+                let recorded = crate::store::from_millis(record.recorded_ms);
+                let (tree, agent) = as_value_tree(principal, access, record.id.clone(), recorded);
+                assert_eq!(record.agent, agent);
+                assert_eq!(
+                    std::str::from_utf8(&record.body).unwrap(),
+                    serde_json::to_string(&tree).unwrap(),
+                    "{access:?}"
+                );
+                assert_eq!(written["id"], json!(record.id));
+            }
+        }
+    }
 }
