@@ -96,6 +96,40 @@ pub(super) struct Agent<'a> {
     pub network: Option<Network<'a>>,
 }
 
+impl<'a> Agent<'a> {
+    /// Who made the request, from where.
+    pub fn recipient(who: Who<'a>, address: &'a str) -> Agent<'a> {
+        Agent {
+            ty: Concept {
+                coding: [Coding::of(
+                    "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                    "IRCP",
+                    "information recipient",
+                )],
+            },
+            who,
+            requestor: true,
+            network: Some(Network { address, ty: "2" }),
+        }
+    }
+
+    /// The organisation the user acted for (NEN 7513: the responsible party).
+    pub fn organisation(who: Who<'a>) -> Agent<'a> {
+        Agent {
+            ty: Concept {
+                coding: [Coding::of(
+                    "http://dicom.nema.org/resources/ontology/DCM",
+                    "110150",
+                    "Application",
+                )],
+            },
+            who,
+            requestor: false,
+            network: None,
+        }
+    }
+}
+
 /// The observer: this gateway, the same in every event.
 #[derive(Serialize)]
 pub(super) struct Source {

@@ -111,7 +111,7 @@ fn outcome(status: u16) -> &'static str {
 
 /// The AuditEvent of one request.
 pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
-    use event::{Agent, Coding, Concept, Entity, Event, Identifier, Meta, Network, Who};
+    use event::{Agent, Coding, Concept, Entity, Event, Identifier, Meta, Who};
     let recorded = now_ms();
     // Time-ordered (v7): consecutive events land on the right edge of `audit_log`'s id index
     // instead of dirtying a random page of it per event, which every commit then writes twice
@@ -148,36 +148,8 @@ pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
             t.purpose_of_use.as_deref(),
         ),
     };
-    let mut agent = vec![Agent {
-        ty: Concept {
-            coding: [Coding::of(
-                "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                "IRCP",
-                "information recipient",
-            )],
-        },
-        who,
-        requestor: true,
-        network: Some(Network {
-            address: &a.peer,
-            ty: "2",
-        }),
-    }];
-    if let Some(org) = org {
-        // The organisation the user acted for (NEN 7513: the responsible party).
-        agent.push(Agent {
-            ty: Concept {
-                coding: [Coding::of(
-                    "http://dicom.nema.org/resources/ontology/DCM",
-                    "110150",
-                    "Application",
-                )],
-            },
-            who: org,
-            requestor: false,
-            network: None,
-        });
-    }
+    let mut agent = vec![Agent::recipient(who, &a.peer)];
+    agent.extend(org.map(Agent::organisation));
     let mut entity: Vec<Entity> = a
         .patients
         .iter()
