@@ -229,7 +229,11 @@ async fn pipeline(
         .and_then(|v| v.to_str().ok());
     let (principal, resp) = match app.auth.authenticate(authorization).await {
         Ok(principal) => {
-            let request = fhir_request(
+            // Boxed: the handler's future holds every interaction's state, and unboxed it was
+            // copied whole at each move (into the rescue, the time-out, the outer bound), a
+            // memcpy that perf put at ~2 % of the CPU under point reads. Boxed, point reads
+            // answered 2-12 % more per second (wrk -c32, 6 rounds, both binaries side by side).
+            let request = Box::pin(fhir_request(
                 app,
                 &principal,
                 &parts,
@@ -238,7 +242,7 @@ async fn pipeline(
                 is_tls,
                 shape,
                 &mut access,
-            );
+            ));
             // The rescue: a panic anywhere in handling becomes a 500 OperationOutcome (and is
             // audited as one) instead of a dropped connection.
             let request = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(request));
