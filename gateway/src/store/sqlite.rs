@@ -307,9 +307,10 @@ async fn reindex_if_missing(store: &SqliteStore, pool: &SqlitePool) -> Result<()
 
 /// The group writer's page cache, in KiB (negative: SQLite's unit for a size in KiB), smaller
 /// than the readers' 64 MiB. At every commit SQLite drops cached pages past the database's end
-/// (`pcache1TruncateUnsafe`), walking the cache's whole hash table, which grows with the cache:
-/// with 64 MiB that walk was 4.4 % of the gateway's CPU for HL7 v2 ADT messages on one
-/// connection (perf), 0.6 % with 4 MiB. The writer reads unchanged pages from the mapped file
+/// (`pcache1TruncateUnsafe`), which can walk the cache's whole hash table, and that table grows
+/// with the cache (SQLite 3.51's source; which branch runs here was not traced): with 64 MiB it
+/// was 4.4 % of the gateway's CPU for HL7 v2 ADT messages on one connection (perf), 0.6 % with
+/// 4 MiB. The writer reads unchanged pages from the mapped file
 /// (`mmap_size`), so what it caches is mostly the pages it changed since the last checkpoint.
 /// Measured side by side on fresh stores: ADT over MLLP +5-7 % on 1 and 8 connections,
 /// `gateway import` of the Synthea sample +15 %.
