@@ -16,6 +16,7 @@ pub mod sqlite;
 mod sqlite_checkpointer;
 mod sqlite_inline;
 mod sqlite_syncer;
+mod sqlite_wal_writes;
 mod sqlite_writer;
 pub mod statistics;
 pub mod writes;

@@ -249,8 +249,7 @@ impl SqliteStore {
         let (writer, reader) = pools(&main, 8).await?;
         migrate(&writer, MIGRATIONS).await?;
         move_audit_log(&writer, &audit).await?;
-        let group_conn =
-            super::sqlite_inline::open(&main, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        let group_conn = super::sqlite_inline::open_group_writer(&main)?;
         // The WAL is checkpointed beside the writer (see `sqlite_checkpointer`), which also has
         // the writer stop now and then so that the log restarts; the writer's own automatic
         // checkpoint stays as a backstop. The WAL must not stay large once writes stop: readers

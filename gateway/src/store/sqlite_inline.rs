@@ -35,7 +35,24 @@ impl From<rusqlite::Error> for Error {
 }
 
 pub fn open(path: &Path, flags: OpenFlags) -> Result<Connection> {
-    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    configure(Connection::open_with_flags(
+        path,
+        flags | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?)
+}
+
+/// [`open`] for the group writer: its WAL frames go out one `pwrite` per commit (see
+/// `sqlite_wal_writes`).
+pub fn open_group_writer(path: &Path) -> Result<Connection> {
+    super::sqlite_wal_writes::register().map_err(|e| Error::store(e, false))?;
+    configure(Connection::open_with_flags_and_vfs(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        super::sqlite_wal_writes::NAME,
+    )?)
+}
+
+fn configure(conn: Connection) -> Result<Connection> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "cache_size", -65536)?;
     conn.pragma_update(None, "mmap_size", super::sqlite::MMAP_BYTES)?;
