@@ -232,7 +232,7 @@ unsafe extern "C" fn write(
         let f = &mut *file.cast::<File>();
         let inner = f.inner;
         let Some(p) = f.wal.as_mut() else {
-            let (inner, m) = direct(file);
+            let m = &*(*inner).pMethods;
             return delegate!(
                 m,
                 xWrite,
