@@ -194,14 +194,30 @@ unsafe fn direct(
     }
 }
 
-/// Calls the inner file's method `$m` with `$args`, or answers `$missing` if it has none.
+/// Calls the inner file's method `$m` on `$file` with `$args`, or answers `$missing` if it has
+/// none:
+/// - `flushed`: after writing out the buffer (a failure to do so is the answer), for calls that
+///   read or change the file or its locks;
+/// - `direct`: as it is, for calls that do not, and only if the inner methods table is at least
+///   version `$v` (the shared-memory methods came with 2, the mapped ones with 3).
 macro_rules! delegate {
-    ($methods:expr, $m:ident, $missing:expr, $($args:expr),*) => {
-        match $methods.$m {
-            Some(f) => f($($args),*),
-            None => $missing,
+    (flushed $file:expr, $m:ident, $missing:expr $(, $arg:expr)*) => {
+        match flushed($file) {
+            Ok((inner, m)) => match m.$m {
+                Some(f) => f(inner $(, $arg)*),
+                None => $missing,
+            },
+            Err(rc) => rc,
         }
     };
+    (direct $v:literal, $file:expr, $m:ident, $missing:expr $(, $arg:expr)*) => {{
+        let (inner, m) = direct($file);
+        // The version first: an older table has no such field at all.
+        match if m.iVersion >= $v { m.$m } else { None } {
+            Some(f) => f(inner $(, $arg)*),
+            None => $missing,
+        }
+    }};
 }
 
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
@@ -210,8 +226,7 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
             Ok(_) => ffi::SQLITE_OK,
             Err(rc) => rc,
         };
-        let (inner, m) = direct(file);
-        let rc = delegate!(m, xClose, ffi::SQLITE_OK, inner);
+        let rc = delegate!(direct 1, file, xClose, ffi::SQLITE_OK);
         ptr::drop_in_place(ptr::addr_of_mut!((*file.cast::<File>()).wal));
         (*file).pMethods = ptr::null();
         if flushed_rc != ffi::SQLITE_OK {
@@ -232,16 +247,7 @@ unsafe extern "C" fn write(
         let f = &mut *file.cast::<File>();
         let inner = f.inner;
         let Some(p) = f.wal.as_mut() else {
-            let m = &*(*inner).pMethods;
-            return delegate!(
-                m,
-                xWrite,
-                ffi::SQLITE_IOERR_WRITE,
-                inner,
-                data,
-                amount,
-                offset
-            );
+            return delegate!(direct 1, file, xWrite, ffi::SQLITE_IOERR_WRITE, data, amount, offset);
         };
         if amount < 0 {
             return ffi::SQLITE_IOERR_WRITE;
@@ -271,85 +277,34 @@ unsafe extern "C" fn read(
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
-    unsafe {
-        match flushed(file) {
-            Ok((inner, m)) => delegate!(
-                m,
-                xRead,
-                ffi::SQLITE_IOERR_READ,
-                inner,
-                data,
-                amount,
-                offset
-            ),
-            Err(rc) => rc,
-        }
-    }
+    unsafe { delegate!(flushed file, xRead, ffi::SQLITE_IOERR_READ, data, amount, offset) }
 }
 
 unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
-    unsafe {
-        match flushed(file) {
-            Ok((inner, m)) => delegate!(m, xTruncate, ffi::SQLITE_IOERR_TRUNCATE, inner, size),
-            Err(rc) => rc,
-        }
-    }
+    unsafe { delegate!(flushed file, xTruncate, ffi::SQLITE_IOERR_TRUNCATE, size) }
 }
 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    unsafe {
-        match flushed(file) {
-            Ok((inner, m)) => delegate!(m, xSync, ffi::SQLITE_IOERR_FSYNC, inner, flags),
-            Err(rc) => rc,
-        }
-    }
+    unsafe { delegate!(flushed file, xSync, ffi::SQLITE_IOERR_FSYNC, flags) }
 }
 
 unsafe extern "C" fn file_size(
     file: *mut ffi::sqlite3_file,
     size: *mut ffi::sqlite3_int64,
 ) -> c_int {
-    unsafe {
-        match flushed(file) {
-            Ok((inner, m)) => delegate!(m, xFileSize, ffi::SQLITE_IOERR_FSTAT, inner, size),
-            Err(rc) => rc,
-        }
-    }
+    unsafe { delegate!(flushed file, xFileSize, ffi::SQLITE_IOERR_FSTAT, size) }
 }
 
 unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    unsafe {
-        match flushed(file) {
-            Ok((inner, m)) => delegate!(m, xLock, ffi::SQLITE_IOERR_LOCK, inner, level),
-            Err(rc) => rc,
-        }
-    }
+    unsafe { delegate!(flushed file, xLock, ffi::SQLITE_IOERR_LOCK, level) }
 }
 
 unsafe extern "C" fn unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    unsafe {
-        match flushed(file) {
-            Ok((inner, m)) => delegate!(m, xUnlock, ffi::SQLITE_IOERR_UNLOCK, inner, level),
-            Err(rc) => rc,
-        }
-    }
+    unsafe { delegate!(flushed file, xUnlock, ffi::SQLITE_IOERR_UNLOCK, level) }
 }
 
 unsafe extern "C" fn check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    unsafe {
-        match flushed(file) {
-            Ok((inner, m)) => {
-                delegate!(
-                    m,
-                    xCheckReservedLock,
-                    ffi::SQLITE_IOERR_CHECKRESERVEDLOCK,
-                    inner,
-                    out
-                )
-            }
-            Err(rc) => rc,
-        }
-    }
+    unsafe { delegate!(flushed file, xCheckReservedLock, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, out) }
 }
 
 unsafe extern "C" fn file_control(
@@ -357,26 +312,15 @@ unsafe extern "C" fn file_control(
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    unsafe {
-        match flushed(file) {
-            Ok((inner, m)) => delegate!(m, xFileControl, ffi::SQLITE_NOTFOUND, inner, op, arg),
-            Err(rc) => rc,
-        }
-    }
+    unsafe { delegate!(flushed file, xFileControl, ffi::SQLITE_NOTFOUND, op, arg) }
 }
 
 unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
-    unsafe {
-        let (inner, m) = direct(file);
-        delegate!(m, xSectorSize, 4096, inner)
-    }
+    unsafe { delegate!(direct 1, file, xSectorSize, 4096) }
 }
 
 unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    unsafe {
-        let (inner, m) = direct(file);
-        delegate!(m, xDeviceCharacteristics, 0, inner)
-    }
+    unsafe { delegate!(direct 1, file, xDeviceCharacteristics, 0) }
 }
 
 // Shared memory belongs to the database file, which has no buffer; these only pass through.
@@ -388,22 +332,7 @@ unsafe extern "C" fn shm_map(
     extend: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    unsafe {
-        let (inner, m) = direct(file);
-        if m.iVersion < 2 {
-            return ffi::SQLITE_IOERR_SHMMAP;
-        }
-        delegate!(
-            m,
-            xShmMap,
-            ffi::SQLITE_IOERR_SHMMAP,
-            inner,
-            page,
-            size,
-            extend,
-            out
-        )
-    }
+    unsafe { delegate!(direct 2, file, xShmMap, ffi::SQLITE_IOERR_SHMMAP, page, size, extend, out) }
 }
 
 unsafe extern "C" fn shm_lock(
@@ -412,42 +341,15 @@ unsafe extern "C" fn shm_lock(
     n: c_int,
     flags: c_int,
 ) -> c_int {
-    unsafe {
-        let (inner, m) = direct(file);
-        if m.iVersion < 2 {
-            return ffi::SQLITE_IOERR_SHMLOCK;
-        }
-        delegate!(
-            m,
-            xShmLock,
-            ffi::SQLITE_IOERR_SHMLOCK,
-            inner,
-            offset,
-            n,
-            flags
-        )
-    }
+    unsafe { delegate!(direct 2, file, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags) }
 }
 
 unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
-    unsafe {
-        let (inner, m) = direct(file);
-        if m.iVersion >= 2
-            && let Some(f) = m.xShmBarrier
-        {
-            f(inner)
-        }
-    }
+    unsafe { delegate!(direct 2, file, xShmBarrier, ()) }
 }
 
 unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
-    unsafe {
-        let (inner, m) = direct(file);
-        if m.iVersion < 2 {
-            return ffi::SQLITE_OK;
-        }
-        delegate!(m, xShmUnmap, ffi::SQLITE_OK, inner, delete)
-    }
+    unsafe { delegate!(direct 2, file, xShmUnmap, ffi::SQLITE_OK, delete) }
 }
 
 // Memory-mapped reads of the database file (`mmap_size`); a WAL file is never mapped.
@@ -459,13 +361,9 @@ unsafe extern "C" fn fetch(
     out: *mut *mut c_void,
 ) -> c_int {
     unsafe {
-        let (inner, m) = direct(file);
-        if m.iVersion < 3 {
-            // No mapping: SQLite reads the page with xRead instead.
-            *out = ptr::null_mut();
-            return ffi::SQLITE_OK;
-        }
-        delegate!(m, xFetch, ffi::SQLITE_OK, inner, offset, amount, out)
+        // Without a mapping SQLite reads the page with xRead instead.
+        *out = ptr::null_mut();
+        delegate!(direct 3, file, xFetch, ffi::SQLITE_OK, offset, amount, out)
     }
 }
 
@@ -474,13 +372,7 @@ unsafe extern "C" fn unfetch(
     offset: ffi::sqlite3_int64,
     page: *mut c_void,
 ) -> c_int {
-    unsafe {
-        let (inner, m) = direct(file);
-        if m.iVersion < 3 {
-            return ffi::SQLITE_OK;
-        }
-        delegate!(m, xUnfetch, ffi::SQLITE_OK, inner, offset, page)
-    }
+    unsafe { delegate!(direct 3, file, xUnfetch, ffi::SQLITE_OK, offset, page) }
 }
 
 static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
