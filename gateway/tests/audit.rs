@@ -286,17 +286,22 @@ async fn audit_verify_detects_edited_and_removed_records() {
         .execute(&mut db)
         .await
         .unwrap();
-    // Bodies are stored compressed (or, from older binaries, as plain JSON, which is still
-    // read): the attacker writes a forged event in the plain form.
-    let (id, original): (String, Vec<u8>) =
-        sqlx::query_as("SELECT id, body FROM audit_log WHERE seq = 2")
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
-    assert_ne!(original.first(), Some(&b'{'), "stored compressed");
-    let forged = format!(r#"{{"resourceType":"AuditEvent","id":"{id}","outcome":"4"}}"#);
+    // A record is stored as the access's facts (a tag byte, then JSON): the attacker rewrites
+    // the outcome in place.
+    let original: Vec<u8> = sqlx::query_scalar("SELECT body FROM audit_log WHERE seq = 2")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(original.first(), Some(&2), "stored as facts");
+    let text = String::from_utf8(original[1..].to_vec()).unwrap();
+    assert!(text.contains(r#""status":200"#), "{text}");
+    let mut forged = vec![2];
+    forged.extend(
+        text.replace(r#""status":200"#, r#""status":403"#)
+            .into_bytes(),
+    );
     sqlx::query("UPDATE audit_log SET body = ? WHERE seq = 2")
-        .bind(forged.into_bytes())
+        .bind(forged)
         .execute(&mut db)
         .await
         .unwrap();

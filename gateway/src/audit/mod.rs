@@ -9,14 +9,17 @@
 use crate::error::{Error, Result};
 use crate::policy::Principal;
 use crate::store::{
-    AUDIT_GENESIS, AuditRecord, Store, chain_hash, format_instant, now_ms, to_millis,
+    AUDIT_GENESIS, AuditRecord, Store, chain_hash, format_instant, from_millis, now_ms, to_millis,
 };
-use bytes::Bytes;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 mod event;
+pub mod facts;
+
+pub use facts::Facts;
 
 /// The most events one commit carries.
 const MAX_BATCH: usize = 512;
@@ -109,69 +112,120 @@ fn outcome(status: u16) -> &'static str {
     }
 }
 
-/// The AuditEvent of one request.
+/// The audit record of one request: its facts, stored as they are (see [`facts`]).
 pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
-    use event::{Agent, Coding, Concept, Entity, Event, Identifier, Meta, Who};
-    let recorded = now_ms();
+    let recorded = to_millis(now_ms());
     // Time-ordered (v7): consecutive events land on the right edge of `audit_log`'s id index
     // instead of dirtying a random page of it per event, which every commit then writes twice
     // (WAL frame and checkpoint).
     let id = uuid::Uuid::now_v7().to_string();
-    let at = format_instant(recorded);
-    let emergency = a.emergency_reason.is_some();
-    let (who, org, agent_key, purpose) = match principal {
-        Principal::Anonymous => (
-            Who {
+    let (who, agent_key) = match principal {
+        Principal::Anonymous => (None, "anonymous".to_owned()),
+        Principal::Token(t) => (
+            Some(facts::Who {
+                issuer: Cow::Borrowed(&t.issuer),
+                subject: Cow::Borrowed(&t.subject),
+                user: t.fhir_user.as_deref().map(Cow::Borrowed),
+                org: (
+                    Cow::Borrowed(&t.organization.system),
+                    Cow::Borrowed(&t.organization.value),
+                    Cow::Borrowed(&t.organization.name),
+                ),
+                purpose: t.purpose_of_use.as_deref().map(Cow::Borrowed),
+            }),
+            format!("{}|{}", t.issuer, t.subject),
+        ),
+    };
+    let facts = Facts {
+        id: Cow::Borrowed(&id),
+        recorded,
+        interaction: Cow::Borrowed(&a.interaction),
+        action: Cow::Borrowed(a.action),
+        status: a.status,
+        peer: Cow::Borrowed(&a.peer),
+        who,
+        patients: borrowed(&a.patients),
+        bsns: a
+            .bsns
+            .iter()
+            .map(|(p, b)| (Cow::Borrowed(p.as_str()), Cow::Borrowed(b.as_str())))
+            .collect(),
+        entities: borrowed(&a.entities),
+        query: a.query.as_deref().map(Cow::Borrowed),
+        emergency: a.emergency_reason.as_deref().map(Cow::Borrowed),
+        released: a.emergency_releases,
+    };
+    let stored = crate::store::audit_codec::pack_facts(&facts);
+    AuditRecord::new(
+        id,
+        recorded,
+        a.patients.first().cloned(),
+        agent_key,
+        outcome(a.status).to_owned(),
+        stored,
+    )
+}
+
+fn borrowed(v: &[String]) -> Vec<Cow<'_, str>> {
+    v.iter().map(|s| Cow::Borrowed(s.as_str())).collect()
+}
+
+/// The `AuditEvent` JSON of stored facts.
+pub fn render(f: &Facts) -> Vec<u8> {
+    use event::{Agent, Coding, Concept, Entity, Event, Identifier, Meta};
+    let at = format_instant(from_millis(f.recorded));
+    let emergency = f.emergency.is_some();
+    let (who, org, purpose) = match &f.who {
+        None => (
+            event::Who {
                 identifier: None,
                 display: "anonymous",
             },
             None,
-            "anonymous".to_owned(),
             None,
         ),
-        Principal::Token(t) => (
-            Who {
+        Some(w) => (
+            event::Who {
                 identifier: Some(Identifier {
-                    system: &t.issuer,
-                    value: &t.subject,
+                    system: &w.issuer,
+                    value: &w.subject,
                 }),
-                display: t.fhir_user.as_deref().unwrap_or(&t.subject),
+                display: w.user.as_deref().unwrap_or(&w.subject),
             },
-            Some(Who {
+            Some(event::Who {
                 identifier: Some(Identifier {
-                    system: &t.organization.system,
-                    value: &t.organization.value,
+                    system: &w.org.0,
+                    value: &w.org.1,
                 }),
-                display: &t.organization.name,
+                display: &w.org.2,
             }),
-            format!("{}|{}", t.issuer, t.subject),
-            t.purpose_of_use.as_deref(),
+            w.purpose.as_deref(),
         ),
     };
-    let mut agent = vec![Agent::recipient(who, &a.peer)];
+    let mut agent = vec![Agent::recipient(who, &f.peer)];
     agent.extend(org.map(Agent::organisation));
-    let mut entity: Vec<Entity> = a
+    let mut entity: Vec<Entity> = f
         .patients
         .iter()
         .map(|p| {
-            let bsn = a.bsns.iter().find(|(r, _)| r == p).map(|(_, b)| b.as_str());
+            let bsn = f.bsns.iter().find(|(r, _)| r == p).map(|(_, b)| &**b);
             Entity::patient(p, bsn)
         })
         .collect();
-    entity.extend(a.entities.iter().map(|e| Entity::data(e)));
-    if let Some(q) = &a.query {
+    entity.extend(f.entities.iter().map(|e| Entity::data(e)));
+    if let Some(q) = &f.query {
         entity.push(Entity::query(q));
     }
     let mut subtype = vec![Coding {
         system: "http://hl7.org/fhir/restful-interaction",
-        code: &a.interaction,
+        code: &f.interaction,
         display: None,
     }];
     let glass;
-    if let Some(reason) = &a.emergency_reason {
+    if let Some(reason) = &f.emergency {
         glass = format!(
             "{reason} (released {} resource(s) consent withheld)",
-            a.emergency_releases
+            f.released
         );
         subtype.push(Coding::of(
             "urn:healthhub-utrecht:audit",
@@ -182,7 +236,7 @@ pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
     let purpose = purpose.or(emergency.then_some("ETREAT"));
     let event = Event {
         resource_type: "AuditEvent",
-        id: &id,
+        id: &f.id,
         meta: Meta {
             version_id: "1",
             last_updated: &at,
@@ -201,10 +255,10 @@ pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
             )
         },
         subtype,
-        action: a.action,
+        action: &f.action,
         recorded: &at,
-        outcome: outcome(a.status),
-        outcome_desc: format!("HTTP {}", a.status),
+        outcome: outcome(f.status),
+        outcome_desc: format!("HTTP {}", f.status),
         agent,
         source: event::SOURCE,
         purpose_of_event: purpose.map(|code| {
@@ -218,15 +272,7 @@ pub fn build(principal: &Principal, a: &Access) -> AuditRecord {
         }),
         entity,
     };
-    let body = serde_json::to_vec(&event).expect("an AuditEvent serializes");
-    AuditRecord::new(
-        id,
-        to_millis(recorded),
-        a.patients.first().cloned(),
-        agent_key,
-        outcome(a.status).to_owned(),
-        Bytes::from(body),
-    )
+    serde_json::to_vec(&event).expect("an AuditEvent serializes")
 }
 
 /// What `gateway audit verify` found.
@@ -250,7 +296,7 @@ pub async fn verify(store: &dyn Store) -> Result<Verification> {
         }
         for row in rows {
             records += 1;
-            let expected = chain_hash(&prev, &row.record.body);
+            let expected = chain_hash(&prev, &row.record.sealed());
             if row.prev_hash != prev || row.hash != expected {
                 broken.push(row.seq);
             }
@@ -439,12 +485,13 @@ mod tests {
         for principal in &principals {
             for access in [&search, &glass, &denied] {
                 let record = build(principal, access);
-                let written: Value = serde_json::from_slice(&record.body).unwrap();
+                let json = record.json();
+                let written: Value = serde_json::from_slice(&json).unwrap();
                 let recorded = crate::store::from_millis(record.recorded_ms);
                 let (tree, agent) = as_value_tree(principal, access, record.id.clone(), recorded);
                 assert_eq!(record.agent, agent);
                 assert_eq!(
-                    std::str::from_utf8(&record.body).unwrap(),
+                    std::str::from_utf8(&json).unwrap(),
                     serde_json::to_string(&tree).unwrap(),
                     "{access:?}"
                 );

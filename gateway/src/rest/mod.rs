@@ -586,13 +586,14 @@ fn server_written() -> Error {
 
 /// An audit row as a stored resource, so it passes the same disclosure as everything else.
 fn audit_stored(row: AuditRow) -> Stored {
+    let body = row.record.json();
     Stored {
         ty: "AuditEvent".into(),
         id: row.record.id,
         version: 1,
         last_updated: crate::store::from_millis(row.record.recorded_ms),
         method: crate::store::WriteMethod::Post,
-        body: Some(row.record.body),
+        body: Some(body),
     }
 }
 

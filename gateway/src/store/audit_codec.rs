@@ -1,19 +1,26 @@
-//! How an audit record's body (its `AuditEvent` JSON) is kept on disk: compressed with zstd
-//! against a fixed dictionary of the text every event repeats (codings, systems, the observer).
+//! How an audit record is kept on disk, and what its hash chain seals. Three forms, told apart
+//! by the first byte:
 //!
-//! Why: the access log is written on every request, and each ~2 KB event was written twice (WAL
-//! frame, then checkpoint) and fsynced; under point reads that was ~37 % of the gateway's CPU.
-//! Compressed, an event is a few hundred bytes. The hash chain still seals the JSON itself, so a
-//! record verifies the same whichever way it is stored, and records written before stay as they
-//! are: a stored body is either plain JSON (it starts with `{`) or a tag byte and a zstd frame.
+//! - **Facts** (tag 2, written now): the values of the access (`audit::Facts`) as compact JSON.
+//!   The chain seals these stored bytes; the `AuditEvent` JSON is rendered from them when the log
+//!   is read. Writing them costs no rendering, compression or hashing of the ~2 KB event on the
+//!   request path.
+//! - **Compressed event** (tag 1, written before): the `AuditEvent` JSON compressed with zstd
+//!   against a fixed dictionary of the text every event repeats. The chain seals the JSON.
+//! - **Plain event** (starts with `{`, written before that): the JSON itself, sealed as it is.
+//!
+//! Records of every form stay readable and verifiable: a log holds them side by side.
 
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
 /// The tag of a body compressed against [`DICTIONARY_V1`]. A future dictionary gets a new tag;
 /// this one can never change, or the bodies written with it could not be read back.
 const TAG_V1: u8 = 1;
+/// The tag of an access's facts (`audit::Facts`) as JSON.
+const TAG_FACTS: u8 = 2;
 
 /// zstd level: 1. Level -1 (literals left uncoded, half the compression's CPU in perf) measured
 /// no faster under point reads (3 alternating rounds) and stores ~17 % more.
@@ -43,8 +50,37 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// The body as stored: tag and zstd frame; the JSON itself if compression fails (it cannot for
-/// valid input, and the record must not be lost over it).
+/// An access's facts as stored: the tag, then their JSON.
+pub fn pack_facts(facts: &crate::audit::Facts) -> Bytes {
+    let mut out = Vec::with_capacity(384);
+    out.push(TAG_FACTS);
+    serde_json::to_writer(&mut out, facts).expect("audit facts serialize");
+    Bytes::from(out)
+}
+
+/// What the hash chain seals: the stored bytes of facts, the JSON of an event; `None` if a
+/// compressed event cannot be read.
+pub fn sealed(stored: &[u8]) -> Option<Cow<'_, [u8]>> {
+    match stored.first() {
+        Some(&TAG_FACTS) => Some(Cow::Borrowed(stored)),
+        _ => unpack_event(stored).map(|b| Cow::Owned(b.to_vec())),
+    }
+}
+
+/// The `AuditEvent` JSON of a stored record, or `None` if it cannot be read.
+pub fn unpack(stored: &[u8]) -> Option<Bytes> {
+    match stored.split_first() {
+        Some((&TAG_FACTS, facts)) => {
+            let facts: crate::audit::Facts = serde_json::from_slice(facts).ok()?;
+            Some(Bytes::from(crate::audit::render(&facts)))
+        }
+        _ => unpack_event(stored),
+    }
+}
+
+/// An event compressed as records were before facts: tag and zstd frame; the JSON itself if
+/// compression fails. Only tests write these now, to check that such records still read and
+/// verify.
 pub fn pack(json: &[u8]) -> Bytes {
     let frame = COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
@@ -64,9 +100,9 @@ pub fn pack(json: &[u8]) -> Bytes {
     }
 }
 
-/// The JSON of a stored body, or `None` if it cannot be read (then `audit verify` reports the
-/// record as broken: its hash will not match).
-pub fn unpack(stored: &[u8]) -> Option<Bytes> {
+/// The JSON of a stored event (compressed or plain), or `None` if it cannot be read (then
+/// `audit verify` reports the record as broken: its hash will not match).
+fn unpack_event(stored: &[u8]) -> Option<Bytes> {
     match stored.split_first() {
         Some((&TAG_V1, frame)) => {
             let size = zstd::bulk::Decompressor::upper_bound(frame)?;
@@ -103,6 +139,46 @@ mod tests {
             event.len()
         );
         assert_eq!(unpack(&packed).as_deref(), Some(&event[..]));
+    }
+
+    #[test]
+    fn facts_are_sealed_as_stored_and_read_as_their_event() {
+        let facts = crate::audit::Facts {
+            id: "01b3c0de-0000-7000-8000-000000000002".into(),
+            recorded: 1_764_000_000_123,
+            interaction: "search-type".into(),
+            action: "E".into(),
+            status: 200,
+            peer: "10.1.2.3".into(),
+            who: None,
+            patients: vec!["Patient/p1".into()],
+            bsns: vec![("Patient/p1".into(), "999911120".into())],
+            entities: vec![],
+            query: Some("Patient?name=\"\u{e9}\\".into()),
+            emergency: None,
+            released: 0,
+        };
+        let stored = pack_facts(&facts);
+        assert_eq!(stored[0], TAG_FACTS);
+        assert_eq!(sealed(&stored).as_deref(), Some(&stored[..]));
+        let back: crate::audit::Facts = serde_json::from_slice(&stored[1..]).unwrap();
+        assert_eq!(back, facts);
+        let event: serde_json::Value = serde_json::from_slice(&unpack(&stored).unwrap()).unwrap();
+        assert_eq!(event["id"], "01b3c0de-0000-7000-8000-000000000002");
+        assert_eq!(event["recorded"], "2025-11-24T16:00:00.123Z");
+        assert_eq!(
+            event["entity"][0]["what"]["identifier"]["value"],
+            "999911120"
+        );
+        // Damaged facts do not read (and so do not verify).
+        assert_eq!(unpack(&stored[..stored.len() - 1]), None);
+    }
+
+    #[test]
+    fn events_are_sealed_as_their_json() {
+        let json = br#"{"resourceType":"AuditEvent","id":"z"}"#;
+        assert_eq!(sealed(json).as_deref(), Some(&json[..]));
+        assert_eq!(sealed(&pack(json)).as_deref(), Some(&json[..]));
     }
 
     #[test]

@@ -644,7 +644,7 @@ fn parse_frame(data: &[u8]) -> Option<(Vec<AuditRow>, usize)> {
         let packed = bytes::Bytes::copy_from_slice(p.bytes()?);
         rows.push(AuditRow {
             seq,
-            record: AuditRecord::stored(id, recorded_ms, patient, agent, outcome, packed),
+            record: AuditRecord::new(id, recorded_ms, patient, agent, outcome, packed),
             prev_hash,
             hash,
         });

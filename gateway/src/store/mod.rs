@@ -5,7 +5,7 @@
 //! Resources are kept as the JSON that was validated, with the server's `id` and `meta` stamped
 //! in, and every version is kept.
 
-mod audit_codec;
+pub mod audit_codec;
 mod audit_journal;
 pub mod deferred_sync;
 pub mod postgres;
@@ -215,7 +215,7 @@ pub enum TxOutcome {
     Deleted(Option<Stored>),
 }
 
-/// One audit event to append: the AuditEvent JSON and the fields it is searched by.
+/// One audit event to append: the record as stored and the fields it is searched by.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
     pub id: String,
@@ -225,45 +225,18 @@ pub struct AuditRecord {
     pub agent: String,
     /// AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure.
     pub outcome: String,
-    /// The `AuditEvent` JSON: what the hash chain seals.
-    pub body: Bytes,
-    /// The body as stored (compressed, see `audit_codec`).
+    /// The record as stored (see `audit_codec`): the access's facts, or for records of earlier
+    /// versions the `AuditEvent` JSON, compressed or plain.
     pub packed: Bytes,
 }
 
 impl AuditRecord {
-    /// A record whose body is stored compressed.
     pub fn new(
         id: String,
         recorded_ms: i64,
         patient: Option<String>,
         agent: String,
         outcome: String,
-        body: Bytes,
-    ) -> AuditRecord {
-        let packed = audit_codec::pack(&body);
-        let head = (id, recorded_ms, patient, agent, outcome);
-        AuditRecord::of(head, body, packed)
-    }
-
-    /// A record as read back: the stored body unpacked (left as stored if it cannot be, so that
-    /// its hash fails to verify rather than the read).
-    pub fn stored(
-        id: String,
-        recorded_ms: i64,
-        patient: Option<String>,
-        agent: String,
-        outcome: String,
-        packed: Bytes,
-    ) -> AuditRecord {
-        let body = audit_codec::unpack(&packed).unwrap_or_else(|| packed.clone());
-        let head = (id, recorded_ms, patient, agent, outcome);
-        AuditRecord::of(head, body, packed)
-    }
-
-    fn of(
-        (id, recorded_ms, patient, agent, outcome): (String, i64, Option<String>, String, String),
-        body: Bytes,
         packed: Bytes,
     ) -> AuditRecord {
         AuditRecord {
@@ -272,9 +245,19 @@ impl AuditRecord {
             patient,
             agent,
             outcome,
-            body,
             packed,
         }
+    }
+
+    /// What the hash chain seals (see [`audit_codec::sealed`]); the stored bytes themselves if
+    /// they cannot be read, so that the record fails to verify rather than the read.
+    pub fn sealed(&self) -> std::borrow::Cow<'_, [u8]> {
+        audit_codec::sealed(&self.packed).unwrap_or(std::borrow::Cow::Borrowed(&self.packed[..]))
+    }
+
+    /// The `AuditEvent` JSON (the stored bytes if they cannot be read).
+    pub fn json(&self) -> Bytes {
+        audit_codec::unpack(&self.packed).unwrap_or_else(|| self.packed.clone())
     }
 }
 
@@ -340,7 +323,7 @@ pub fn chain(last: String, records: &[AuditRecord]) -> Vec<(String, String)> {
     records
         .iter()
         .map(|r| {
-            let hash = chain_hash(&prev, &r.body);
+            let hash = chain_hash(&prev, &r.sealed());
             (std::mem::replace(&mut prev, hash.clone()), hash)
         })
         .collect()

@@ -1659,7 +1659,7 @@ macro_rules! relational_common {
             use sqlx::Row;
             $crate::store::AuditRow {
                 seq: r.get(0),
-                record: $crate::store::AuditRecord::stored(
+                record: $crate::store::AuditRecord::new(
                     r.get(1),
                     r.get(2),
                     r.get(3),

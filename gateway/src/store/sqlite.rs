@@ -658,7 +658,7 @@ mod tests {
             for (r, (prev, hash)) in records.iter().zip(links) {
                 sqlx::query("INSERT INTO audit_log (id, recorded, patient, agent, outcome, prev_hash, hash, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
                     .bind(&r.id).bind(r.recorded_ms).bind(&r.patient).bind(&r.agent).bind(&r.outcome)
-                    .bind(prev).bind(hash).bind(r.body.to_vec())
+                    .bind(prev).bind(hash).bind(r.packed.to_vec())
                     .execute(&writer).await.unwrap();
             }
             writer.close().await;
@@ -667,17 +667,28 @@ mod tests {
         store.ping().await.unwrap();
         let v = crate::audit::verify(&store).await.unwrap();
         assert_eq!((v.records, v.broken.clone()), (3, vec![]));
-        store.append_audit(&[record(4)]).await.unwrap();
+        let fourth = crate::audit::build(
+            &crate::policy::Principal::Anonymous,
+            &crate::audit::Access {
+                interaction: "read".into(),
+                status: 401,
+                ..Default::default()
+            },
+        );
+        store.append_audit(std::slice::from_ref(&fourth)).await.unwrap();
         let v = crate::audit::verify(&store).await.unwrap();
         assert_eq!((v.records, v.broken), (4, vec![]));
-        // The old records' bodies were stored as plain JSON, the new one's compressed: all four
-        // read back as the JSON that was written.
+        // The old records were stored as plain JSON and read back as it; the new one as its
+        // facts, read back as the AuditEvent they render.
         let rows = store.scan_audit(0, 10).await.unwrap();
-        for (row, n) in rows.iter().zip(1..) {
-            assert_eq!(row.record.body, record(n).body);
+        for (row, n) in rows.iter().zip(1..4) {
+            assert_eq!(row.record.json(), record(n).packed);
+            assert_eq!(row.record.packed.first(), Some(&b'{'));
         }
-        assert_eq!(rows[0].record.packed.first(), Some(&b'{'));
-        assert_ne!(rows[3].record.packed.first(), Some(&b'{'));
+        assert_eq!(rows[3].record.packed, fourth.packed);
+        let event: serde_json::Value = serde_json::from_slice(&rows[3].record.json()).unwrap();
+        assert_eq!(event["id"], serde_json::json!(fourth.id));
+        assert_eq!(event["outcome"], "4");
         let left: Option<String> =
             sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = 'audit_log'")
                 .fetch_optional(&store.reader)
