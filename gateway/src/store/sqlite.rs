@@ -675,7 +675,10 @@ mod tests {
                 ..Default::default()
             },
         );
-        store.append_audit(std::slice::from_ref(&fourth)).await.unwrap();
+        store
+            .append_audit(std::slice::from_ref(&fourth))
+            .await
+            .unwrap();
         let v = crate::audit::verify(&store).await.unwrap();
         assert_eq!((v.records, v.broken), (4, vec![]));
         // The old records were stored as plain JSON and read back as it; the new one as its
