@@ -15,6 +15,7 @@ pub mod pdp;
 pub mod privacy;
 pub mod regional;
 pub mod scopes;
+mod traits;
 
 use crate::config::{Config, Organization};
 use crate::error::{Error, Result};
@@ -737,32 +738,37 @@ impl Policy {
             let patients = crate::audit::patients_of(&s.ty, &s.id, &Value::Null);
             return Ok((Release::Allowed, patients));
         };
-        let Ok(resource) = serde_json::from_slice::<Value>(body) else {
+        let Some(traits) = self.privacy.traits(&s.ty, &s.id, body).await else {
             return withheld;
+        };
+        // Scope constraints are checked on the resource itself, parsed only for them.
+        let resource = if granting.iter().any(|sc| !sc.constraints.is_empty()) {
+            match serde_json::from_slice::<Value>(body) {
+                Ok(r) => Some(r),
+                Err(_) => return withheld,
+            }
+        } else {
+            None
         };
         let in_scope = granting.iter().any(|sc| {
             let in_context = match sc.context {
                 // A patient-context scope reaches the patient's compartment (the Patient itself,
                 // and what references it where the CompartmentDefinition says).
-                Context::Patient => compartment::patients(&s.ty, &s.id, &resource)
-                    .iter()
-                    .any(|p| token.is_me(p)),
+                Context::Patient => traits.compartment.iter().any(|p| token.is_me(p)),
                 Context::User | Context::System => true,
             };
             in_context
-                && sc
-                    .constraints
-                    .iter()
-                    .all(|(param, value)| constraint_holds(&resource, param, value))
+                && sc.constraints.iter().all(|(param, value)| {
+                    resource
+                        .as_ref()
+                        .is_some_and(|r| constraint_holds(r, param, value))
+                })
         });
         if !in_scope {
             return withheld;
         }
-        let release = self
-            .privacy
-            .release(token, asked, &s.ty, &s.id, &resource)
-            .await?;
-        Ok((release, crate::audit::patients_of(&s.ty, &s.id, &resource)))
+        let release = self.privacy.release(token, asked, &s.ty, &traits).await?;
+        Ok((release, traits.audited.clone()))
     }
 
     /// The patient whose compartment a search of `ty` must be limited to: when every scope that

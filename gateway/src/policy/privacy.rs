@@ -7,11 +7,11 @@
 
 use super::consent::{self, Facts, Rule, Verdict};
 use super::pdp::DecisionPoint;
-use super::regional::{self, DataClass};
+use super::regional::DataClass;
+use super::traits::{TraitCache, Traits};
 use super::{TokenPrincipal, internal_permit};
 use crate::config::{Config, ConsentPolicy, Organization};
 use crate::error::{Error, Result};
-use crate::fhir::compartment;
 use crate::fhir::operation::{Read, Search};
 use crate::fhir::search::Criteria;
 use crate::store::{Store, Stored};
@@ -125,6 +125,8 @@ pub struct Privacy {
     /// This store's Patients carrying a BSN (within a patient compartment, if the search was
     /// limited to one), for identity linking.
     holders_of_bsn: Cache<(String, Option<String>, u32), Arc<Vec<Stored>>>,
+    /// What decisions read from a resource, by its exact body.
+    traits: TraitCache,
     pdp: Option<DecisionPoint>,
     directory: Option<Arc<dyn Directory>>,
 }
@@ -178,6 +180,7 @@ impl Privacy {
             persons: cache(policy.cache_capacity, ttl),
             patients: cache(policy.cache_capacity, ttl),
             holders_of_bsn: cache(policy.cache_capacity, ttl),
+            traits: TraitCache::new(),
             policy,
             orgs,
             pdp,
@@ -190,6 +193,11 @@ impl Privacy {
         self.directory = Some(directory);
     }
 
+    /// The traits of a stored resource's body (see [`super::traits`]); `None` if it is not JSON.
+    pub async fn traits(&self, ty: &str, id: &str, body: &bytes::Bytes) -> Option<Arc<Traits>> {
+        self.traits.of(&self.policy, ty, id, body).await
+    }
+
     /// May this resource be released to `token`, as far as the region's rules and the patient's
     /// consent go? (Scopes were checked before; this never widens them.)
     pub async fn release(
@@ -197,20 +205,22 @@ impl Privacy {
         token: &TokenPrincipal,
         asked: &Asked,
         ty: &str,
-        id: &str,
-        resource: &Value,
+        traits: &Traits,
     ) -> Result<Release> {
         let me = &token.organization;
-        let holder_ids = regional::holder_of(resource);
+        let holder_ids = traits
+            .holder
+            .as_ref()
+            .map(|(s, v)| (s.as_str(), v.as_str()));
         if holder_ids.is_some_and(|(s, v)| s == me.system && v == me.value) {
             return Ok(Release::Allowed);
         }
-        let (class, categories) = regional::classify(&self.policy, ty, resource);
+        let (class, categories) = (traits.class, &traits.categories);
         let barred = self.policy.medical_barred.contains(&me.kind);
         if class == DataClass::Medical && barred {
             return Ok(Release::Withheld);
         }
-        let patients = compartment::patients(ty, id, resource);
+        let patients = &traits.compartment;
         // Administrative data is shared by scope alone, except with a social-domain organisation
         // (a municipality): that a care provider holds a record of someone tells of care, so a
         // patient's record held by another organisation needs the person's consent, like
@@ -224,15 +234,15 @@ impl Privacy {
         let holder = holder_ids.map(|(s, v)| self.organization(s, v));
         // Social-domain data addressed to the asking organisation (an allocation whose
         // performer it is): its mandate, unless the patient's consent says otherwise.
-        if class == DataClass::SocialDomain && addressed_to(resource, me) {
-            for patient in &patients {
+        if class == DataClass::SocialDomain && traits.addressed_to(me) {
+            for patient in patients {
                 let rules = self.rules_for(patient).await?;
                 let facts = Facts {
                     requester: me,
                     holder: holder.as_deref(),
                     purpose: &asked.purpose,
                     resource_type: ty,
-                    categories: &categories,
+                    categories,
                     at: time::OffsetDateTime::now_utc(),
                 };
                 if let Some((Verdict::Deny, _)) = consent::decide(&rules, &facts) {
@@ -255,9 +265,9 @@ impl Privacy {
         {
             return Ok(Release::Allowed);
         }
-        for patient in &patients {
+        for patient in patients {
             let verdict = self
-                .decision(patient, token, holder.as_deref(), ty, &categories, asked)
+                .decision(patient, token, holder.as_deref(), ty, categories, asked)
                 .await?;
             if verdict == Verdict::Deny {
                 return Ok(if asked.emergency_reason.is_some() {
@@ -543,18 +553,6 @@ pub fn bsn_in(patient: &Value) -> Option<String> {
 }
 
 /// Whether a `fhirUser` (`Patient/x` or an absolute URL ending so) names this patient.
-/// Whether a resource's `performer` names `org` by identifier (an allocation addressed to it).
-fn addressed_to(resource: &Value, org: &Organization) -> bool {
-    resource["performer"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|p| {
-            p["identifier"]["system"] == org.system.as_str()
-                && p["identifier"]["value"] == org.value.as_str()
-        })
-}
-
 fn names_patient(fhir_user: &str, patient: &str) -> bool {
     let tail = format!("Patient/{patient}");
     fhir_user == tail || fhir_user.ends_with(&format!("/{tail}"))
