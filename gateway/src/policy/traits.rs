@@ -110,6 +110,10 @@ impl TraitCache {
             return Some(t);
         }
         let traits = derive()?;
+        // A copy: the body may be a slice of a larger buffer, which the cache would keep alive
+        // beyond what it weighs.
+        let (ty, id, body) = key;
+        let key = (ty, id, Bytes::copy_from_slice(&body));
         self.cache.insert(key, traits.clone()).await;
         Some(traits)
     }
