@@ -5,7 +5,7 @@
 //!
 //! Why: rendering the ~2 KB event, compressing it and hashing it on every request was ~15 % of
 //! the gateway's CPU under point reads (perf, `wrk -c32`: the compression 8.4 %, the
-//! serialization 3.5 %). These facts are ~300 bytes of JSON, written as they are.
+//! serialization 3.5 %). These facts are ~500 bytes of JSON (a read by a token), written as they are.
 //!
 //! Frozen: records written with this layout must read back for as long as the log is kept. A
 //! field may be added only with `#[serde(default)]`; a change of meaning needs a new tag in
