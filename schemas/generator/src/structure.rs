@@ -106,20 +106,27 @@ pub fn build_schema(sds: &BTreeMap<String, Value>) -> Result<Value, String> {
 /// under load, where the 146 branches' nodes are not in the CPU's cache. Two levels try about
 /// 2√n (24) branches. Which definition applies to which type is unchanged.
 fn resource_dispatch(resources: &[String]) -> Value {
-    let branch = |r: &String| {
+    // `then` applies when `resourceType` is present and passes `test`.
+    let when = |test: Value, then: Value| {
         json!({
-            "if": { "properties": { "resourceType": { "const": r } }, "required": ["resourceType"] },
-            "then": { "$ref": format!("#/definitions/{r}") }
+            "if": { "properties": { "resourceType": test }, "required": ["resourceType"] },
+            "then": then
         })
     };
     let group_size = (resources.len() as f64).sqrt().ceil().max(1.0) as usize;
     let groups: Vec<Value> = resources
         .chunks(group_size)
         .map(|group| {
-            json!({
-                "if": { "properties": { "resourceType": { "enum": group } }, "required": ["resourceType"] },
-                "then": { "allOf": group.iter().map(branch).collect::<Vec<_>>() }
-            })
+            let types: Vec<Value> = group
+                .iter()
+                .map(|r| {
+                    when(
+                        json!({ "const": r }),
+                        json!({ "$ref": format!("#/definitions/{r}") }),
+                    )
+                })
+                .collect();
+            when(json!({ "enum": group }), json!({ "allOf": types }))
         })
         .collect();
     json!({
